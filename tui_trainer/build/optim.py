@@ -1,0 +1,305 @@
+"""Optimizer with per-layer param groups; scheduler with warm-up and a manual factor; LR planning.
+
+The LR a group trains with is  scheduler_lr(t) * warmup(step) * manual_factor.  The scheduler
+only ever sees its own value (we put it back before each `scheduler.step()`), so a manual change
+composes with every scheduler the same way - chainable ones (CosineAnnealingLR) and closed-form
+ones (OneCycleLR) alike - and a resume restores all three terms.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tui_trainer.build import target
+from tui_trainer.build.layers import matches
+from tui_trainer.config import OptimizerSection, SchedulerSection
+from tui_trainer.errors import PresetError, did_you_mean
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    if target.is_target(name):
+        return target.resolve(name, "optimizer.name")
+    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
+             and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"]
+    if name not in names:
+        raise PresetError(f'unknown optimizer "{name}"{did_you_mean(name, names)} (torch.optim has: {", ".join(names)})',
+                          key="optimizer.name")
+    return getattr(torch.optim, name)
+
+
+def check_optimizer(cfg: OptimizerSection) -> type[torch.optim.Optimizer]:
+    cls = optimizer_class(cfg.name)
+    target.check_kwargs(cls, {"lr": cfg.lr, **cfg.kwargs}, "optimizer", skip=("params",))
+    for i, group in enumerate(cfg.groups):
+        target.check_kwargs(cls, group.kwargs, f"optimizer.groups[{i}]", skip=("params",), provided=_all_params(cls))
+    if cls is torch.optim.LBFGS and cfg.groups:
+        raise PresetError("LBFGS does not support per-layer param groups; remove [[optimizer.groups]]",
+                          key="optimizer.groups")
+    return cls
+
+
+def _all_params(cls) -> tuple[str, ...]:
+    import inspect
+
+    return tuple(inspect.signature(cls).parameters)
+
+
+def group_params(cfg: OptimizerSection, model: nn.Module) -> list[dict]:
+    """Param groups: "default" (everything no group names) first, then one per [[optimizer.groups]]."""
+    named = list(model.named_parameters())
+    owner: dict[str, int] = {}
+    for gi, group in enumerate(cfg.groups):
+        for pi, prefix in enumerate(group.params):
+            hits = [n for n, _ in named if matches(n, prefix)]
+            if not hits:
+                from tui_trainer.build.model import check_prefixes
+
+                check_prefixes(model, [prefix], f"optimizer.groups[{gi}].params")
+            for n in hits:
+                if n in owner and owner[n] != gi:
+                    raise PresetError(
+                        f'"{prefix}" overlaps optimizer.groups[{owner[n]}] (both hold {n}); a parameter can be in one group',
+                        key=f"optimizer.groups[{gi}].params[{pi}]",
+                    )
+                owner[n] = gi
+    groups = []
+    rest = [p for n, p in named if n not in owner]
+    if rest:
+        groups.append({"params": rest, "name": "default"})
+    for gi, group in enumerate(cfg.groups):
+        params = [p for n, p in named if owner.get(n) == gi]
+        groups.append({"params": params, "name": ",".join(group.params), **group.kwargs})
+    return groups
+
+
+def build_optimizer(cfg: OptimizerSection, model: nn.Module) -> torch.optim.Optimizer:
+    cls = check_optimizer(cfg)
+    # Every parameter, frozen or not, is in the optimizer from the start: freezing later is then
+    # just requires_grad, and unfreezing needs no rebuild.
+    groups = group_params(cfg, model)
+    try:
+        return cls(groups, lr=cfg.lr, **cfg.kwargs)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise PresetError(f"torch.optim.{cls.__name__} rejected the settings: {exc}", key="optimizer") from None
+
+
+# --------------------------------------------------------------------------- scheduler
+
+_CALLABLE_KWARGS = ("lr_lambda", "scale_fn")
+
+
+def scheduler_class(name: str):
+    import torch.optim.lr_scheduler as S
+
+    if target.is_target(name):
+        return target.resolve(name, "scheduler.name")
+    names = [n for n in dir(S) if isinstance(getattr(S, n), type) and not n.startswith("_")
+             and issubclass(getattr(S, n), (S.LRScheduler, S.ReduceLROnPlateau)) and n != "LRScheduler"]
+    if name not in names:
+        raise PresetError(f'unknown scheduler "{name}"{did_you_mean(name, names)}'
+                          f' (torch.optim.lr_scheduler has: {", ".join(names)}; or "none")', key="scheduler.name")
+    return getattr(S, name)
+
+
+def is_plateau(cls) -> bool:
+    return issubclass(cls, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _autofill(cls, kwargs: dict, run_length: int) -> dict:
+    """Fill the run length a scheduler needs when the preset leaves it out."""
+    import torch.optim.lr_scheduler as S
+
+    kwargs = dict(kwargs)
+    if cls is S.CosineAnnealingLR:
+        kwargs.setdefault("T_max", max(1, run_length))
+    if cls is S.OneCycleLR and "total_steps" not in kwargs and "epochs" not in kwargs:
+        kwargs["total_steps"] = max(1, run_length)
+    return kwargs
+
+
+def check_scheduler(cfg: SchedulerSection) -> None:
+    if cfg.name.lower() == "none":
+        return
+    cls = scheduler_class(cfg.name)
+    provided = ("T_max", "total_steps", "max_lr") if cls.__name__ in ("CosineAnnealingLR", "OneCycleLR") else ()
+    _check_nested(cls, cfg.kwargs, "scheduler", provided)
+    if is_plateau(cls) and cfg.interval != "epoch":
+        raise PresetError("ReduceLROnPlateau steps on a validation metric once an epoch; set interval = \"epoch\"",
+                          key="scheduler.interval")
+
+
+def _check_nested(cls, kwargs: dict, section: str, provided=()) -> None:
+    target.check_kwargs(cls, kwargs, section, skip=("optimizer",), provided=provided)
+    for i, sub in enumerate(kwargs.get("schedulers", []) or []):
+        if not isinstance(sub, dict) or "name" not in sub:
+            raise PresetError('each entry is a table with a name, e.g. {name = "LinearLR", total_iters = 5}',
+                              key=f"{section}.schedulers[{i}]")
+        sub_cls = scheduler_class(sub["name"])
+        _check_nested(sub_cls, {k: v for k, v in sub.items() if k != "name"}, f"{section}.schedulers[{i}]")
+
+
+def build_scheduler(cfg: SchedulerSection, optimizer, run_length: int):
+    """The real torch scheduler on `optimizer`, or None. `run_length` is in `interval` units."""
+    if cfg.name.lower() == "none":
+        return None
+    cls = scheduler_class(cfg.name)
+    kwargs = _autofill(cls, cfg.kwargs, run_length)
+    if cls.__name__ == "OneCycleLR":
+        kwargs.setdefault("max_lr", [g["lr"] for g in optimizer.param_groups])
+    return _construct(cls, kwargs, optimizer, "scheduler", run_length)
+
+
+def _construct(cls, kwargs: dict, optimizer, section: str, run_length: int):
+    kwargs = dict(kwargs)
+    for key in _CALLABLE_KWARGS:
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = target.resolve(kwargs[key], f"{section}.{key}")
+    if "schedulers" in kwargs:
+        kwargs["schedulers"] = [
+            _construct(scheduler_class(s["name"]), _autofill(scheduler_class(s["name"]),
+                       {k: v for k, v in s.items() if k != "name"}, run_length),
+                       optimizer, f"{section}.schedulers[{i}]", run_length)
+            for i, s in enumerate(kwargs["schedulers"])
+        ]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "step() before optimizer.step()" noise from planning
+            if cls.__name__ == "ChainedScheduler":
+                return cls(kwargs.pop("schedulers"), optimizer=optimizer, **kwargs)
+            return cls(optimizer, **kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PresetError(f"{cls.__name__} rejected the settings: {exc}", key=section) from None
+
+
+# --------------------------------------------------------------------------- LR over time
+
+
+class LrSchedule:
+    """Drives the real scheduler plus linear warm-up and the manual factor (see module doc).
+
+    `before_step(step)` sets the LR for that step (0-based); `after_step(done)` steps a
+    per-step scheduler; `after_epoch(metric)` steps a per-epoch one (or ReduceLROnPlateau).
+    """
+
+    def __init__(self, optimizer, scheduler, interval: str, warmup_steps: int):
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.per_step = interval == "step"
+        self.warmup_steps = warmup_steps
+        self.plateau = scheduler is not None and is_plateau(type(scheduler))
+        self.manual_factor = 1.0
+        self.base = [g["lr"] for g in optimizer.param_groups]  # what the scheduler last set
+        self._applied_warmup = -1.0
+        self.before_step(0)
+
+    @property
+    def needs_per_step(self) -> bool:
+        return self.per_step or self.warmup_steps > 0
+
+    def warmup(self, step: int) -> float:
+        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+
+    def before_step(self, step: int) -> None:
+        w = self.warmup(step)
+        if w != self._applied_warmup:
+            self._apply(w)
+
+    def _apply(self, warm: float) -> None:
+        self._applied_warmup = warm
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * warm * self.manual_factor
+
+    def _step_scheduler(self, *args) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base  # the scheduler sees only its own value
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.scheduler.step(*args)
+        self.base = [g["lr"] for g in self.optimizer.param_groups]
+        self._apply(self._applied_warmup)
+
+    def after_step(self, done: int) -> None:
+        if self.per_step and self.scheduler is not None and done > self.warmup_steps:
+            self._step_scheduler()
+        if self.warmup_steps:
+            self.before_step(done)
+
+    def after_epoch(self, metric: float | None) -> None:
+        if self.per_step or self.scheduler is None:
+            return
+        if self.plateau:
+            if metric is not None:
+                self._step_scheduler(metric)
+        else:
+            self._step_scheduler()
+
+    def scale(self, factor: float) -> None:
+        self.manual_factor *= factor
+        self._apply(self._applied_warmup)
+
+    def current(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def plateau_status(self) -> tuple[int, int] | None:
+        """(bad epochs, patience) of ReduceLROnPlateau, for the UI."""
+        if not self.plateau:
+            return None
+        return int(self.scheduler.num_bad_epochs), int(self.scheduler.patience)
+
+    def state_dict(self) -> dict:
+        return {"manual_factor": self.manual_factor, "base": list(self.base),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.manual_factor = float(state["manual_factor"])
+        self.base = [float(b) for b in state["base"]]
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self._applied_warmup = -1.0
+
+
+@dataclass(frozen=True)
+class LrPlan:
+    """The planned LR of every group, sampled at `steps` (at most ~2k points over the run)."""
+
+    groups: tuple[str, ...]
+    steps: tuple[int, ...]
+    lrs: tuple[tuple[float, ...], ...]  # lrs[g][i] at steps[i]
+    total_steps: int
+    adaptive: bool  # ReduceLROnPlateau: no future can be planned, only the current value
+
+
+def plan_lr(opt_cfg: OptimizerSection, sched_cfg: SchedulerSection, group_names: list[str],
+            steps_per_epoch: int, total_steps: int, max_points: int = 2000) -> LrPlan:
+    """Simulate the real scheduler class on a throw-away optimizer for every step of the run."""
+    cls = optimizer_class(opt_cfg.name)
+    groups = []
+    kwargs_by_name = {",".join(g.params): g.kwargs for g in opt_cfg.groups}
+    for name in group_names:
+        groups.append({"params": [nn.Parameter(torch.zeros(1, 1))], "name": name, **kwargs_by_name.get(name, {})})
+    try:
+        dummy = cls(groups, lr=opt_cfg.lr, **opt_cfg.kwargs)
+    except Exception:  # an optimizer that insists on real params: its LRs are all the plan needs
+        dummy = torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=0.9)
+    run_length = total_steps - sched_cfg.warmup_steps if sched_cfg.interval == "step" else \
+        max(1, -(-total_steps // steps_per_epoch))
+    schedule = LrSchedule(dummy, build_scheduler(sched_cfg, dummy, run_length), sched_cfg.interval,
+                          sched_cfg.warmup_steps)
+    stride = max(1, total_steps // max_points)
+    steps, values = [], []
+    for step in range(total_steps):
+        schedule.before_step(step)
+        if step % stride == 0 or step == total_steps - 1:
+            steps.append(step)
+            values.append(schedule.current())
+        if schedule.needs_per_step:
+            schedule.after_step(step + 1)
+        if (step + 1) % steps_per_epoch == 0:
+            schedule.after_epoch(None)
+    lrs = tuple(tuple(v[g] for v in values) for g in range(len(group_names)))
+    return LrPlan(tuple(group_names), tuple(steps), lrs, total_steps, schedule.plateau)

@@ -1,0 +1,81 @@
+"""Command line. Argument parsing only; torch and textual are imported when a command runs, so
+`--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tui_trainer import __version__
+
+EXIT_CODES = """\
+exit codes:
+  0    finished, early-stopped, or stopped by the user (q, Ctrl+C once) after a clean save
+  1    training failed (exception, non-finite loss); see the run's events.jsonl
+  2    bad input: preset, command line, paths, checkpoint
+  128+N  ended by signal N (SIGTERM 143, SIGHUP 129) after its checkpoint; 130 = Ctrl+C twice (abort)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage)
+        self.exit(2, f"tui-trainer: error: {message} (see tui-trainer --help)\n")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tui-trainer",
+        description="Train a PyTorch model from a TOML preset and steer it live from the terminal.",
+        epilog="other commands:\n  tui-trainer preview PRESET.toml   resolved config, layers, planned LR; no training\n\n"
+        + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("preset", help="preset file, e.g. presets/resnet18_finetune.toml")
+    p.add_argument("--no-ui", action="store_true", help="headless: plain log lines (nohup, SLURM, CI)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset key, value read as TOML (repeatable): --set optimizer.lr=0.05")
+    p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = newest last.pt of this preset")
+    p.add_argument("--run-dir", metavar="DIR", help="write the run here instead of runs/<name>-<time>/")
+    p.add_argument("--paused", action="store_true", help="open the app paused (freeze layers before the first step)")
+    p.add_argument("--version", action="version", version=f"tui-trainer {__version__}")
+    return p
+
+
+def _preview_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tui-trainer preview",
+                description="Show the resolved preset, the layer table (one dry forward pass) and the planned LR.")
+    p.add_argument("preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    from tui_trainer.errors import UserError
+
+    try:
+        if args and args[0] == "preview":
+            opts = _preview_parser().parse_args(args[1:])
+            from tui_trainer.run.preview import preview
+
+            return preview(opts.preset, opts.overrides)
+        return _train(_run_parser().parse_args(args))
+    except UserError as err:
+        print(f"tui-trainer: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tui-trainer: aborted", file=sys.stderr)
+        return 130
+
+
+def _train(opts: argparse.Namespace) -> int:
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    if not opts.no_ui and not interactive:
+        print("tui-trainer: no terminal on stdin/stderr; running headless (--no-ui)", file=sys.stderr)
+    if opts.no_ui or not interactive:
+        from tui_trainer.run.headless import run_headless
+
+        return run_headless(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
+    from tui_trainer.ui.app import run_app
+
+    return run_app(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir, paused=opts.paused)

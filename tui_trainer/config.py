@@ -1,0 +1,339 @@
+"""The preset: a pydantic schema over a TOML file, `--set` overrides, one-line errors.
+
+Only types and ranges are checked here (no torch import). Whether a name exists in
+torch (optimizer, scheduler, loss, arch) and whether a kwarg is accepted is checked by
+`build.check()`, which raises `PresetError` with the same one-line shape.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from tui_trainer.errors import UserError, did_you_mean
+
+Monitor = Literal["val_loss", "val_acc", "train_loss"]
+Mode = Literal["auto", "min", "max"]
+
+
+class _Strict(BaseModel):
+    # strict: "64" is not an int; ints are still accepted where floats are expected.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _WithKwargs(BaseModel):
+    """A section whose unknown keys are kwargs of a torch class (checked against its signature)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelSection(_Strict):
+    arch: str = "resnet18"
+    weights: str = "none"
+    weights_fallback: Literal["error", "random"] = "error"
+    num_classes: int | None = Field(default=None, gt=0)
+    freeze: list[str] = []
+    kwargs: dict[str, Any] = {}
+
+
+class DataSection(_Strict):
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    image_size: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    val_batch_size: int = Field(default=0, ge=0)
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    num_workers: int = Field(default=0, ge=0)
+    limit: int = Field(default=0, ge=0)
+    augment: bool = False
+
+
+class ParamGroup(_WithKwargs):
+    params: list[str] = Field(min_length=1)
+
+
+class OptimizerSection(_WithKwargs):
+    name: str = "SGD"
+    lr: float = Field(default=0.01, gt=0)
+    groups: list[ParamGroup] = []
+
+
+class SchedulerSection(_WithKwargs):
+    name: str = "none"
+    interval: Literal["epoch", "step"] = "epoch"
+    warmup_steps: int = Field(default=0, ge=0)
+    monitor: Monitor = "val_loss"
+
+
+class LossSection(_WithKwargs):
+    name: str = "CrossEntropyLoss"
+
+
+class TrainSection(_Strict):
+    epochs: int = Field(default=10, gt=0)
+    max_steps: int = Field(default=0, ge=0)
+    device: str = "auto"
+    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+    grad_clip_norm: float = Field(default=0.0, ge=0)
+    log_every: int = Field(default=10, gt=0)
+    deterministic: bool = False
+    freeze_bn_stats: bool = False
+    nonfinite: Literal["stop", "skip"] = "stop"
+
+
+class CheckpointSection(_Strict):
+    every_epochs: int = Field(default=1, ge=0)
+    every_steps: int = Field(default=0, ge=0)
+    keep_last: int = Field(default=3, ge=0)
+    save_best: bool = True
+    monitor: Monitor = "val_loss"
+    mode: Mode = "auto"
+
+
+class EarlyStoppingSection(_Strict):
+    enabled: bool = False
+    monitor: Monitor = "val_loss"
+    mode: Mode = "auto"
+    patience: int = Field(default=3, gt=0)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class UiSection(_Strict):
+    lr_reduce_factor: float = Field(default=0.5, gt=0, lt=1)
+    refresh_hz: float = Field(default=10.0, gt=0, le=60)
+
+
+class LogSection(_Strict):
+    tensorboard: bool = False
+
+
+class CallbackSection(_WithKwargs):
+    target: str
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """`auto` means what the metric wants: loss goes down, accuracy goes up."""
+    if mode != "auto":
+        return mode
+    return "max" if monitor.endswith("acc") else "min"
+
+
+class Preset(_Strict):
+    name: str = "run"
+    seed: int = 0
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    scheduler: SchedulerSection = SchedulerSection()
+    loss: LossSection = LossSection()
+    train: TrainSection = TrainSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    early_stopping: EarlyStoppingSection = EarlyStoppingSection()
+    ui: UiSection = UiSection()
+    log: LogSection = LogSection()
+    callbacks: list[CallbackSection] = []
+
+    _source: str = PrivateAttr(default="<preset>")
+    _overridden: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _modes_make_sense(self) -> Preset:
+        for section in ("checkpoint", "early_stopping"):
+            cfg = getattr(self, section)
+            wants = resolve_mode(cfg.monitor, "auto")
+            if cfg.mode not in ("auto", wants):
+                raise ValueError(
+                    f"{section}.mode: \"{cfg.mode}\" with monitor \"{cfg.monitor}\" would keep the worst"
+                    f" epochs; use mode = \"{wants}\" (or \"auto\")"
+                )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f'name: "{self.name}" is used in file names; use letters, digits, "_", "-", "."')
+        return self
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def key_source(self, key: str) -> str:
+        """Where a key's value came from: the file, or the `--set` that overrode it."""
+        for over in self._overridden:
+            if key == over or key.startswith(over + ".") or over.startswith(key + "."):
+                return f"--set {over}"
+        return self._source
+
+    def error(self, key: str, message: str) -> UserError:
+        return UserError(message, key=key, source=self.key_source(key))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
+    """Read, override and validate a preset. Raises `UserError` (one line) on any problem."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        hint = "" if path.suffix == ".toml" else " (a preset is a .toml file)"
+        raise UserError(f"no such preset file{hint}; see presets/ for examples", source=source)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("not a UTF-8 text file; a preset is a TOML file", source=source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"TOML syntax error: {exc}", source=source) from None
+    raw.setdefault("name", path.stem)
+    return from_dict(raw, source=source, overrides=overrides)
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "<preset>", overrides=()) -> Preset:
+    raw = dict(raw)
+    keys = []
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(raw, key, value, source=f"--set {item}")
+        keys.append(key)
+    try:
+        preset = Preset.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key, message = _explain(err)
+        origin = source
+        for over in keys:
+            if key == over or key.startswith(over + "."):
+                origin = f"--set {over}"
+        raise UserError(message, key=key or None, source=origin) from None
+    preset._source = source
+    preset._overridden = tuple(keys)
+    return preset
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`optimizer.lr=0.05` -> ("optimizer.lr", 0.05); the value is read as TOML, else a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key):
+        raise UserError(
+            f'bad --set "{item}": expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=0.05',
+            source="--set",
+        )
+    text = text.strip()
+    try:
+        return key, tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, text  # a bare word: model.arch=resnet50
+
+
+def _set_path(raw: dict[str, Any], key: str, value: Any, *, source: str) -> None:
+    node: Any = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"{'.'.join(parts[:i])} has {len(node)} entries; no index {part}", source=source)
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise UserError(f"{'.'.join(parts[:i])} is a value, not a table", source=source)
+        if last:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif isinstance(child, dict):
+                child = node[part] = dict(child)
+            elif isinstance(child, list):
+                child = node[part] = [dict(c) if isinstance(c, dict) else c for c in child]
+            node = child
+
+
+_TYPE_WORDS = {
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "string_type": "a string (in quotes)",
+    "bool_type": "true or false",
+    "list_type": "a list, e.g. [\"a\", \"b\"]",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+
+
+def _explain(err: dict[str, Any]) -> tuple[str, str]:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    typ = err["type"]
+    value = err.get("input")
+    if typ == "extra_forbidden":
+        fields = _fields_at(loc[:-1])
+        where = f"[{'.'.join(loc[:-1])}]" if loc[:-1] else "the top level"
+        hint = did_you_mean(loc[-1], fields) or f"; known keys: {', '.join(sorted(fields))}"
+        return key, f"unknown key in {where}{hint}"
+    if typ == "missing":
+        return key, "is required; add it"
+    if typ in _TYPE_WORDS:
+        return key, f"expected {_TYPE_WORDS[typ]}, got {_show(value)}"
+    if typ == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return key, f"{_show(value)} is not allowed; use one of {expected}"
+    if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = next(iter(err.get("ctx", {}).values()), "")
+        words = {"greater_than": "greater than", "greater_than_equal": "at least",
+                 "less_than": "less than", "less_than_equal": "at most"}[typ]
+        return key, f"got {_show(value)}; must be {words} {bound}"
+    if typ == "too_short":
+        return key, "must not be empty"
+    if typ == "value_error":
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        inner_key, _, rest = msg.partition(": ")
+        if rest and re.fullmatch(r"[\w.]+", inner_key):
+            return inner_key, rest
+        return key, msg
+    return key, f"{err['msg']} (got {_show(value)})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) < 40 else text[:37] + "..."
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: Any = Preset
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        model = inner[0] if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel) else ann
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def dump_toml(preset: Preset) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(preset.to_dict())

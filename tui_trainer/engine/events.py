@@ -1,0 +1,212 @@
+"""What the engine says. Frozen dataclasses; each round-trips through JSON (events.jsonl, sockets).
+
+Conventions: `step` is the number of optimizer steps done so far (global); `epoch` is 1-based,
+the epoch in progress or just finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tui_trainer.build.layers import LayerInfo
+from tui_trainer.build.optim import LrPlan
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """Bytes. On CUDA: allocator numbers of one device; on CPU only `rss` is set."""
+
+    device: str
+    rss: int
+    allocated: int | None = None
+    reserved: int | None = None
+    peak: int | None = None
+    total: int | None = None
+    utilization: float | None = None  # percent, from NVML when available
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_name: str
+    run_dir: str
+    device: str
+    device_name: str
+    amp: str
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    batch_size: int
+    start_step: int
+    start_epoch: int
+    layers: tuple[LayerInfo, ...]
+    trainable: tuple[bool | None, ...]
+    params_total: int
+    params_trainable: int
+    plan: LrPlan
+    lrs: tuple[float, ...]
+    manual_factor: float
+    weights: str
+    data: str
+    monitor: str
+    resumed_from: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    state: str  # starting, running, paused, stopping, finished, failed
+    step: int
+
+
+@dataclass(frozen=True)
+class StepReport(Event):
+    """Sent every `log_every` steps: the loss of each step since the last report (one host sync)."""
+
+    step: int
+    epoch: int
+    first_step: int  # losses[i] belongs to step first_step + i
+    losses: tuple[float, ...]
+    lrs: tuple[float, ...]
+    samples_per_s: float
+    eta_s: float | None
+    memory: MemorySample | None = None
+
+    @property
+    def loss(self) -> float:
+        return sum(self.losses) / len(self.losses) if self.losses else float("nan")
+
+
+@dataclass(frozen=True)
+class LayerStats(Event):
+    """Per layer row (aligned with RunStarted.layers): gradient norm and |dw|/|w| of one step."""
+
+    step: int
+    grad_norm: tuple[float | None, ...]
+    update_ratio: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class EpochEnd(Event):
+    epoch: int
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    val_acc: float | None
+    seconds: float
+    monitor: str
+    value: float | None  # the monitored value this epoch
+    best: float | None
+    best_epoch: int | None
+    improved: bool
+    bad_epochs: int  # early stopping counter
+    patience: int | None  # None when early stopping is off
+    plateau: tuple[int, int] | None = None  # ReduceLROnPlateau (bad epochs, patience)
+
+
+@dataclass(frozen=True)
+class LrChanged(Event):
+    step: int
+    lrs: tuple[float, ...]
+    manual_factor: float
+    reason: str  # manual, plateau, resume
+
+
+@dataclass(frozen=True)
+class TrainableChanged(Event):
+    step: int
+    prefixes: tuple[str, ...]
+    trainable: bool
+    state: tuple[bool | None, ...]  # per layer row; None = mixed
+    params_trainable: int
+    params_total: int
+    source: str = "command"  # command, resume
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    step: int
+    epoch: int
+    path: str
+    tags: tuple[str, ...]  # last, best, epoch, step, manual, emergency, final
+    seconds: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class RunWarning(Event):
+    step: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    status: str  # completed, early_stopped, stopped, signal, nonfinite
+    step: int
+    epoch: int
+    seconds: float
+    exit_code: int
+    message: str
+    best: float | None = None
+    best_epoch: int | None = None
+    best_path: str | None = None
+    last_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    step: int
+    epoch: int
+    error: str  # one line
+    traceback: str
+    emergency_path: str | None
+    exit_code: int = 1
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (RunStarted, StateChanged, StepReport, LayerStats, EpochEnd, LrChanged, TrainableChanged,
+                CheckpointSaved, RunWarning, Finished, Failed)
+}
+
+
+def from_json(data: dict[str, Any]) -> Event:
+    """Inverse of `Event.to_json` (lists become tuples, nested records are rebuilt)."""
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("kind")]
+    kwargs = {k: _tuples(v) for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
+    if cls is RunStarted:
+        kwargs["layers"] = tuple(LayerInfo(**_untuple_shape(d)) for d in data["layers"])
+        plan = dict(data["plan"])
+        kwargs["plan"] = LrPlan(tuple(plan["groups"]), tuple(plan["steps"]),
+                                tuple(tuple(g) for g in plan["lrs"]), plan["total_steps"], plan["adaptive"])
+    if cls is StepReport and data.get("memory"):
+        kwargs["memory"] = MemorySample(**data["memory"])
+    return cls(**kwargs)
+
+
+def _tuples(value):
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _untuple_shape(d: dict) -> dict:
+    d = dict(d)
+    if d.get("out_shape") is not None:
+        d["out_shape"] = tuple(d["out_shape"])
+    return d

@@ -1,0 +1,597 @@
+"""The training loop. It knows no screen: it emits events to `sink` and applies commands from a
+queue between steps. Read `_train` top to bottom for the whole run.
+
+Host syncs: the step path has none on CUDA. Losses stay on the device and are read in one
+`.tolist()` per report (`log_every` steps); everything else that reads a value (validation,
+layer stats, the finite-weights check before a save) runs at report, epoch or save time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tui_trainer.build import Parts
+from tui_trainer.build.layers import first_tensor, matches, trainable_state
+from tui_trainer.config import resolve_mode
+from tui_trainer.engine import checkpoint as ckpt
+from tui_trainer.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
+from tui_trainer.engine.events import (
+    CheckpointSaved,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    LayerStats,
+    LrChanged,
+    RunStarted,
+    RunWarning,
+    StateChanged,
+    StepReport,
+    TrainableChanged,
+)
+from tui_trainer.engine.layer_stats import UpdateProbe
+from tui_trainer.engine.probes import MemoryProbe
+from tui_trainer.engine.stopping import Best, EarlyStopping
+from tui_trainer.errors import UserError
+
+
+class NonFinite(Exception):
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} at step {step}")
+        self.step = step
+
+
+Sink = Callable[[Event], None]
+
+
+class Trainer:
+    def __init__(
+        self,
+        parts: Parts,
+        sink: Sink,
+        *,
+        checkpoint_dir: str | Path,
+        run_dir: str | Path = ".",
+        control: Control | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        layer_stats_every_s: float | None = None,
+    ):
+        self.parts, self.sink = parts, sink
+        self.preset = parts.preset
+        self.model, self.optimizer, self.schedule = parts.model, parts.optimizer, parts.schedule
+        self.device = parts.device
+        self.control = control or Control()
+        self.commands: queue.SimpleQueue = self.control.queue
+        self.should_stop = should_stop or (lambda: False)
+        self.run_dir = Path(run_dir)
+        self.checkpoints = ckpt.CheckpointDir(checkpoint_dir, self.preset.checkpoint.keep_last)
+        self.callbacks = list(parts.callbacks)
+
+        train = self.preset.train
+        self.log_every = train.log_every
+        self.total_steps = parts.total_steps
+        self.batch_size = self.preset.data.batch_size
+        self.params = list(self.model.parameters())
+        self.amp_dtype = parts.amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
+        self.needs_closure = isinstance(self.optimizer, torch.optim.LBFGS)
+        self.clip = train.grad_clip_norm
+        self.bn_modules = [(n, m) for n, m in self.model.named_modules()
+                           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+        monitor = self.preset.checkpoint.monitor
+        self.best = Best(resolve_mode(monitor, self.preset.checkpoint.mode))
+        es = self.preset.early_stopping
+        self.early = EarlyStopping(resolve_mode(es.monitor, es.mode), es.patience, es.min_delta) if es.enabled else None
+
+        # position in the run
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # 0-based epoch in progress
+        self.batch_in_epoch = 0  # steps done in this epoch
+        self.epoch_loss = [0.0, 0]  # sum, count of this epoch's step losses
+        self.resumed_from: str | None = None
+
+        self._pending: list[torch.Tensor] = []  # device-side losses since the last report
+        self._pending_first = 1  # the step number of _pending[0]
+        self._paused = False
+        self._stop: Stop | None = None
+        self._saved_step = -1
+        self._in_update = False
+        self._last_path: Path | None = None
+        self._best_path: Path | None = None
+        self._t_report = time.monotonic()
+        self._step_time: float | None = None
+        self._val_seconds = 0.0
+        self._memory = MemoryProbe(self.device)
+        self._mem_at = 0.0
+        self._stats = UpdateProbe(self.model, parts.layers) if layer_stats_every_s else None
+        self._stats_every = layer_stats_every_s or 0.0
+        self._stats_at = 0.0
+        self._stats_due = False
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> Finished | Failed:
+        t0 = time.monotonic()
+        for path in self.checkpoints.clean_stray():
+            self._emit(RunWarning(self.step, f"removed an incomplete checkpoint left by a killed run: {path.name}"))
+        self._emit(self._run_started())
+        for message in self.parts.warnings:
+            self._emit(RunWarning(self.step, message))
+        self._set_state("running")
+        try:
+            status = self._train()
+        except NonFinite as exc:
+            return self._end_nonfinite(exc, t0)
+        except Exception as exc:  # noqa: BLE001 - any failure ends as a Failed event, never a dead thread
+            return self._fail(exc)
+        return self._finish(status, t0)
+
+    def _train(self) -> str:
+        data = self.parts.data
+        while self.epoch < self.preset.train.epochs and self.step < self.total_steps:
+            data.train_batches.set_epoch(self.epoch, self.batch_in_epoch)
+            self._train_mode()
+            for x, y in data.train:
+                if status := self._between_steps():
+                    return status
+                self._step(x, y)
+                if self.step % self.log_every == 0:
+                    self._report()
+                every = self.preset.checkpoint.every_steps
+                if every and self.step % every == 0:
+                    self._save(("step", "last"))
+                if self.step >= self.total_steps:
+                    break
+            if status := self._between_steps():
+                return status
+            if self._end_epoch():
+                return "early_stopped"
+            if self._stop is not None:
+                return self._stop_status()
+        return "completed"
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.schedule.needs_per_step:
+            self.schedule.before_step(self.step)
+        if self.needs_closure:
+            loss = self.optimizer.step(lambda: self._closure(x, y))
+        else:
+            with self._autocast():
+                loss = self.parts.loss_fn(first_tensor(self.model(x)), y)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            stats = self._stats_due
+            if self.scaler is not None and (self.clip or stats):
+                self.scaler.unscale_(self.optimizer)
+            if self.clip:
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+            if stats:
+                self._stats.before_step()
+            self._in_update = True
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self._in_update = False
+            self.optimizer.zero_grad(set_to_none=True)
+            if stats:
+                self._layer_stats()
+        self.step += 1
+        self.batch_in_epoch += 1
+        if not self._pending:
+            self._pending_first = self.step
+        self._pending.append(loss.detach())
+        if self.schedule.needs_per_step:
+            self.schedule.after_step(self.step)
+
+    def _closure(self, x, y):
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self.parts.loss_fn(first_tensor(self.model(x)), y)
+        loss.backward()
+        return loss
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.preset.train.freeze_bn_stats:
+            # BatchNorm of fully frozen layers: keep its running statistics too
+            for name, module in self.bn_modules:
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+
+    # ------------------------------------------------------------------ between steps
+
+    def _between_steps(self) -> str | None:
+        """Apply queued commands; wait while paused. Returns a status when the run must end."""
+        if self.commands.empty() and not self.should_stop() and not self._paused:
+            return None  # the fast path of every step
+        while True:
+            try:
+                while True:
+                    self._apply(self.commands.get_nowait())
+            except queue.Empty:
+                pass
+            if self.should_stop() and self._stop is None:
+                self._stop = Stop(reason="cancelled")
+            if self._stop is not None:
+                return self._stop_status()
+            if not self._paused:
+                return None
+            try:  # paused: sleep on the queue so a command wakes us at once
+                self._apply(self.commands.get(timeout=0.1))
+            except queue.Empty:
+                pass
+
+    def _apply(self, cmd: Command) -> None:
+        if isinstance(cmd, SaveCheckpoint):
+            self._save((cmd.tag, "last"))
+        elif isinstance(cmd, ScaleLr):
+            self.schedule.scale(cmd.factor)
+            self._emit(LrChanged(self.step, tuple(self.schedule.current()), self.schedule.manual_factor, "manual"))
+        elif isinstance(cmd, SetTrainable):
+            self._set_trainable(cmd.prefixes, cmd.trainable)
+        elif isinstance(cmd, Pause) and not self._paused:
+            self._paused = True
+            self._report()
+            self._set_state("paused")
+        elif isinstance(cmd, Resume) and self._paused:
+            self._paused = False
+            self._t_report = time.monotonic()  # a pause is not slow training
+            self._set_state("running")
+        elif isinstance(cmd, Stop) and self._stop is None:
+            self._stop = cmd
+            self._set_state("stopping")
+
+    def _set_trainable(self, prefixes: tuple[str, ...], trainable: bool, source: str = "command") -> None:
+        names = [n for n, _ in self.model.named_parameters()]
+        unknown = [p for p in prefixes if not any(matches(n, p) for n in names)]
+        if unknown:
+            self._emit(RunWarning(self.step, f"no layer named {', '.join(unknown)}; nothing changed"))
+            return
+        for name, param in self.model.named_parameters():
+            if any(matches(name, p) for p in prefixes):
+                param.requires_grad_(trainable)
+                if not trainable:
+                    param.grad = None  # no stale gradient may reach the optimizer
+        if self.model.training:
+            self._train_mode()
+        self._emit(self._trainable_event(prefixes, trainable, source))
+
+    def _trainable_event(self, prefixes, trainable, source) -> TrainableChanged:
+        return TrainableChanged(self.step, tuple(prefixes), trainable,
+                                trainable_state(self.model, self.parts.layers),
+                                sum(p.numel() for p in self.params if p.requires_grad),
+                                sum(p.numel() for p in self.params), source)
+
+    def _stop_status(self) -> str:
+        return "signal" if self._stop is not None and self._stop.signum else "stopped"
+
+    # ------------------------------------------------------------------ reporting
+
+    def _report(self) -> None:
+        if not self._pending:
+            return
+        values = torch.stack(self._pending).float().tolist()  # the one host sync per report
+        first = self._pending_first
+        self._pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                if self.preset.train.nonfinite == "stop":
+                    raise NonFinite(first + i, f"non-finite loss ({v})")
+                self._emit(RunWarning(first + i, f"non-finite loss ({v}) at step {first + i}"))
+        finite = [v for v in values if math.isfinite(v)]
+        self.epoch_loss[0] += sum(finite)
+        self.epoch_loss[1] += len(finite)
+        now = time.monotonic()
+        dt = max(now - self._t_report, 1e-9)
+        self._t_report = now
+        per_step = dt / len(values)
+        self._step_time = per_step if self._step_time is None else 0.7 * self._step_time + 0.3 * per_step
+        remaining = self.total_steps - self.step
+        epochs_left = max(0, math.ceil(self.total_steps / self.parts.steps_per_epoch) - self.epoch - 1)
+        eta = remaining * self._step_time + epochs_left * self._val_seconds
+        memory = None
+        if now - self._mem_at >= 0.5:
+            self._mem_at = now
+            memory = self._memory.read()
+        self._emit(StepReport(self.step, self.epoch + 1, first, tuple(values), tuple(self.schedule.current()),
+                              len(values) * self.batch_size / dt, eta, memory))
+        if self._stats is not None and now - self._stats_at >= self._stats_every:
+            self._stats_due = True
+
+    def _layer_stats(self) -> None:
+        grad, ratio = self._stats.after_step()
+        self._stats_due = False
+        self._stats_at = time.monotonic()
+        self._emit(LayerStats(self.step, grad, ratio))
+
+    # ------------------------------------------------------------------ epochs
+
+    def _end_epoch(self) -> bool:
+        """Validate, track the best, step the epoch scheduler, checkpoint. True = stop early."""
+        self._report()
+        t0 = time.monotonic()
+        val_loss, val_acc = self._validate()
+        self._val_seconds = time.monotonic() - t0
+        if self._stop is not None:
+            return False  # stopped during validation: this epoch is not complete
+        epoch_no = self.epoch + 1
+        total, count = self.epoch_loss
+        train_loss = total / count if count else None
+        metrics = {"val_loss": val_loss, "val_acc": val_acc, "train_loss": train_loss}
+        monitor = self.preset.checkpoint.monitor
+        value = metrics[monitor] if metrics[monitor] is not None else train_loss
+        improved = self.best.update(value, epoch_no)
+        stop_early = False
+        if self.early is not None:
+            es_value = metrics[self.preset.early_stopping.monitor]
+            self.early.update(es_value if es_value is not None else train_loss, epoch_no)
+            stop_early = self.early.should_stop
+        before = self.schedule.current()
+        self.schedule.after_epoch(metrics[self.preset.scheduler.monitor])
+        if self.schedule.plateau and self.schedule.current() != before:
+            self._emit(LrChanged(self.step, tuple(self.schedule.current()), self.schedule.manual_factor, "plateau"))
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_loss = [0.0, 0]
+        es_state = self.early.best if self.early else None
+        self._emit(EpochEnd(
+            epoch_no, self.step, train_loss, val_loss, val_acc, time.monotonic() - t0, monitor, value,
+            self.best.value, self.best.epoch, improved,
+            es_state.bad_epochs if es_state else 0, self.early.patience if self.early else None,
+            self.schedule.plateau_status(),
+        ))
+        cfg = self.preset.checkpoint
+        tags = []
+        if cfg.every_epochs and epoch_no % cfg.every_epochs == 0:
+            tags += ["epoch", "last"]
+        if improved and cfg.save_best:
+            tags.append("best")
+        if tags:
+            self._save(tuple(tags))
+        return stop_early
+
+    def _validate(self) -> tuple[float | None, float | None]:
+        loader = self.parts.data.val
+        if loader is None:
+            return None, None
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        n, classify = 0, True
+        with torch.no_grad(), self._autocast():
+            for x, y in loader:
+                self._poll_during_validation()
+                if self._stop is not None:
+                    break
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                out = first_tensor(self.model(x))
+                total += self.parts.loss_fn(out, y).float() * len(y)
+                if out.dim() == 2 and y.dim() == 1:
+                    correct += (out.argmax(dim=1) == y).sum()
+                else:
+                    classify = False
+                n += len(y)
+        self._train_mode()
+        if n == 0:
+            return None, None
+        loss_sum, right = torch.stack([total, correct]).tolist()  # one host sync per validation
+        return loss_sum / n, (right / n if classify else None)
+
+    def _poll_during_validation(self) -> None:
+        try:
+            while True:
+                self._apply(self.commands.get_nowait())
+        except queue.Empty:
+            pass
+        if self.should_stop() and self._stop is None:
+            self._stop = Stop(reason="cancelled")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self, tags: tuple[str, ...]) -> Path | None:
+        self._report()  # a save never follows a non-finite loss it has not looked at
+        self._check_weights_finite()
+        t0 = time.monotonic()
+        if "manual" in tags:
+            name = f"manual-step-{self.step:08d}.pt"
+        elif "epoch" in tags:
+            name = f"epoch-{self.epoch:04d}.pt"
+        elif "emergency" in tags:
+            name = f"emergency-step-{self.step:08d}.pt"
+        elif tags == ("best",):
+            name = "best.pt"
+        else:
+            name = "last.pt"
+        try:
+            path, size = self.checkpoints.write(name, self.state_dict())
+            if "last" in tags and name != "last.pt":
+                self.checkpoints.alias(path, "last.pt")
+            if "best" in tags and name != "best.pt":
+                self.checkpoints.alias(path, "best.pt")
+            if "epoch" in tags:
+                self.checkpoints.rotate()
+        except OSError as exc:
+            self._emit(RunWarning(self.step, f"checkpoint NOT saved ({name}): {exc.strerror or exc}; the previous"
+                                  " checkpoint is intact; training goes on"))
+            return None
+        self._saved_step = self.step
+        if "last" in tags or name == "last.pt":
+            self._last_path = self.checkpoints.root / "last.pt"
+        if "best" in tags:
+            self._best_path = self.checkpoints.root / "best.pt"
+        self._emit(CheckpointSaved(self.step, self.epoch + 1 if self.batch_in_epoch else self.epoch, str(path),
+                                   tags, time.monotonic() - t0, size))
+        return path
+
+    def _check_weights_finite(self) -> None:
+        with torch.no_grad():
+            norms = torch._foreach_norm([p.detach() for p in self.params])
+            ok = bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())  # host sync, save time only
+        if not ok:
+            raise NonFinite(self.step, "non-finite weights")
+
+    def state_dict(self) -> dict:
+        return {
+            "format": ckpt.FORMAT,
+            "run_name": self.preset.name,
+            "saved_at": time.time(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_loss": list(self.epoch_loss),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": ckpt.rng_state(),
+            "trainable": {n: p.requires_grad for n, p in self.model.named_parameters()},
+            "best": self.best.state_dict(),
+            "early_stopping": self.early.best.state_dict() if self.early else None,
+            "config": self.preset.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
+        """Continue from a checkpoint: weights, optimizer, schedule, scaler, RNG, position, trainable map."""
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise UserError(f"{source} is from another model ({lines[1][:160] if len(lines) > 1 else lines[0]});"
+                            " resume with the preset it was trained with", source="--resume") from None
+        trainable = state.get("trainable", {})
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(bool(trainable.get(name, param.requires_grad)))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"{source}: optimizer state does not fit this preset's optimizer or param groups ({exc})",
+                            source="--resume") from None
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
+        self.best.load_state_dict(state["best"])
+        if self.early is not None and state.get("early_stopping"):
+            self.early.best.load_state_dict(state["early_stopping"])
+        self.schedule.before_step(self.step)
+        ckpt.set_rng_state(state["rng"])
+        self._saved_step = self.step
+        self.resumed_from = source
+
+    # ------------------------------------------------------------------ endings
+
+    def _finish(self, status: str, t0: float) -> Finished:
+        self._report()
+        if self.step != self._saved_step:
+            self._save(("final", "last"))
+        messages = {
+            "completed": f"finished {self.step} steps",
+            "early_stopped": f"early stop: no {self.preset.early_stopping.monitor} improvement for"
+                             f" {self.preset.early_stopping.patience} epochs",
+            "stopped": "stopped by the user after a clean save",
+            "signal": f"stopped by signal {self._stop.signum if self._stop else ''} after a clean save",
+        }
+        code = 128 + self._stop.signum if status == "signal" and self._stop and self._stop.signum else 0
+        self._set_state("finished")
+        event = Finished(status, self.step, self.epoch, time.monotonic() - t0, code, messages[status],
+                         self.best.value, self.best.epoch, _str(self._best_path), _str(self._last_path))
+        self._emit(event)
+        return event
+
+    def _end_nonfinite(self, exc: NonFinite, t0: float) -> Finished:
+        last = self._last_path or (self.checkpoints.root / "last.pt" if (self.checkpoints.root / "last.pt").exists()
+                                   else None)
+        where = f"; resume from the last finite checkpoint {last}" if last else "; no checkpoint was written"
+        self._set_state("failed")
+        event = Finished("nonfinite", exc.step, self.epoch, time.monotonic() - t0, 1,
+                         f"{exc}: training stopped{where} (lower optimizer.lr, set grad_clip_norm,"
+                         " or train.nonfinite = \"skip\")",
+                         self.best.value, self.best.epoch, _str(self._best_path), _str(last))
+        self._emit(event)
+        return event
+
+    def _fail(self, exc: BaseException) -> Failed:
+        tb = traceback.format_exc()
+        emergency = None
+        if not self._in_update:  # the weights are as the last completed step left them
+            self._pending.clear()
+            try:
+                emergency = self._save(("emergency", "last"))
+            except Exception:  # noqa: BLE001 - the original failure is what matters
+                emergency = None
+        self._set_state("failed")
+        event = Failed(self.step, self.epoch + 1, describe_failure(exc, self.batch_size), tb, _str(emergency))
+        self._emit(event)
+        return event
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _run_started(self) -> RunStarted:
+        p = self.parts
+        return RunStarted(
+            run_name=self.preset.name, run_dir=str(self.run_dir), device=str(self.device), device_name=p.device_name,
+            amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            epochs=self.preset.train.epochs, steps_per_epoch=p.steps_per_epoch, total_steps=self.total_steps,
+            batch_size=self.batch_size, start_step=self.step, start_epoch=self.epoch + 1, layers=p.layers,
+            trainable=trainable_state(self.model, p.layers), params_total=sum(q.numel() for q in self.params),
+            params_trainable=sum(q.numel() for q in self.params if q.requires_grad), plan=p.plan,
+            lrs=tuple(self.schedule.current()), manual_factor=self.schedule.manual_factor, weights=p.weights_note,
+            data=p.data.note, monitor=self.preset.checkpoint.monitor, resumed_from=self.resumed_from,
+            warnings=tuple(p.warnings),
+        )
+
+    def _set_state(self, state: str) -> None:
+        self._emit(StateChanged(state, self.step))
+
+    def _emit(self, event: Event) -> None:
+        self.sink(event)
+        for cb in list(self.callbacks):
+            try:
+                cb.on_event(event, self.control)
+            except Exception as exc:  # noqa: BLE001 - a broken callback must not end the run
+                self.callbacks.remove(cb)
+                self.sink(RunWarning(self.step, f"callback {type(cb).__name__} raised {type(exc).__name__}: {exc};"
+                                                " it is disabled for the rest of the run"))
+
+
+def describe_failure(exc: BaseException, batch_size: int) -> str:
+    """One line a person can act on."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if text.startswith("Caught ") and lines:  # re-raised from a DataLoader worker: the cause is last
+        text = lines[-1]
+        if ":" in text:
+            text = text.split(":", 1)[1].strip()
+    elif lines:
+        text = lines[0]
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        return (f"out of memory at batch_size {batch_size}: try a smaller data.batch_size, train.amp = \"bf16\","
+                " a smaller data.image_size, or freezing more layers")
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _str(path) -> str | None:
+    return str(path) if path else None

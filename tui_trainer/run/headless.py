@@ -1,0 +1,175 @@
+"""--no-ui: the same engine, one readable line per report; a rich progress bar only on a TTY.
+
+Signals: SIGINT stops after the current step with a checkpoint (exit 0, as a user stop), a second
+SIGINT aborts at once (130). SIGTERM and SIGHUP save and exit 128+signal. SIGUSR1 saves and goes
+on. Under nohup SIGHUP is already ignored when we start, and we leave it ignored.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import TextIO
+
+from tui_trainer.engine.commands import Control, SaveCheckpoint, Stop
+from tui_trainer.engine.events import (
+    CheckpointSaved,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    LrChanged,
+    RunStarted,
+    RunWarning,
+    StateChanged,
+    StepReport,
+    TrainableChanged,
+)
+from tui_trainer.run.format import duration, human_bytes, human_count, lrs_text
+
+
+class LineReporter:
+    """A sink that turns events into log lines (plain text; rich colours and a bar on a TTY)."""
+
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.started: RunStarted | None = None
+        self._progress = None
+        self._task = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._console = Console(file=self.stream, highlight=False)
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                                      console=self._console, transient=True)
+
+    def line(self, text: str, style: str = "") -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if self._progress is not None:
+            self._console.print(f"{stamp} {text}", style=style or None, markup=False)
+        else:
+            self.stream.write(f"{stamp} {text}\n")
+            self.stream.flush()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.started = event
+            frozen = event.params_total - event.params_trainable
+            self.line(f"{event.run_name} | {event.device_name} | amp {event.amp} | weights {event.weights}"
+                      f" | {event.data}")
+            self.line(f"model: {human_count(event.params_total)} params, {human_count(event.params_trainable)}"
+                      f" trainable, {human_count(frozen)} frozen | {event.total_steps} steps"
+                      f" ({event.epochs} epochs x {event.steps_per_epoch}) | run dir {event.run_dir}")
+            if event.resumed_from:
+                self.line(f"resumed from {event.resumed_from} at step {event.start_step} (epoch {event.start_epoch})")
+            if self._progress is not None:
+                self._progress.start()
+                self._task = self._progress.add_task(event.run_name, total=event.total_steps,
+                                                     completed=event.start_step, status="")
+        elif isinstance(event, StepReport):
+            total = self.started.total_steps if self.started else "?"
+            epochs = self.started.epochs if self.started else "?"
+            eta = f" ETA {duration(event.eta_s)}" if event.eta_s is not None else ""
+            text = (f"epoch {event.epoch}/{epochs} step {event.step}/{total} loss {event.loss:.4f}"
+                    f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{eta}")
+            if self._progress is not None:
+                self._progress.update(self._task, completed=event.step, status=f"loss {event.loss:.4f}")
+            else:
+                self.line(text)
+        elif isinstance(event, EpochEnd):
+            parts = [f"epoch {event.epoch} done:"]
+            for key in ("train_loss", "val_loss", "val_acc"):
+                value = getattr(event, key)
+                if value is not None:
+                    parts.append(f"{key} {value:.4f}")
+            if event.best is not None:
+                parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
+            if event.patience:
+                parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
+            parts.append(f"| {event.seconds:.1f}s val")
+            self.line(" ".join(parts), "green" if event.improved else "")
+        elif isinstance(event, CheckpointSaved):
+            self.line(f"checkpoint {event.path} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
+                      f" in {event.seconds:.2f}s")
+        elif isinstance(event, LrChanged):
+            self.line(f"LR changed ({event.reason}): {lrs_text(event.lrs)} (manual factor x{event.manual_factor:g})",
+                      "yellow")
+        elif isinstance(event, TrainableChanged):
+            verb = "unfroze" if event.trainable else "froze"
+            self.line(f"{verb} {', '.join(p or '(all)' for p in event.prefixes)}: trainable"
+                      f" {human_count(event.params_trainable)} / {human_count(event.params_total)} params", "cyan")
+        elif isinstance(event, RunWarning):
+            self.line(f"WARNING {event.message}", "yellow")
+        elif isinstance(event, StateChanged) and event.state in ("paused", "stopping"):
+            self.line(f"{event.state} at step {event.step}")
+        elif isinstance(event, Finished):
+            self._stop_progress()
+            best = (f"; best {self.started.monitor if self.started else ''} {event.best:.4f} @ epoch"
+                    f" {event.best_epoch} -> {event.best_path}" if event.best is not None and event.best_path else "")
+            style = "bold green" if event.exit_code == 0 else "bold red"
+            self.line(f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}", style)
+        elif isinstance(event, Failed):
+            self._stop_progress()
+            self.stream.write(event.traceback)
+            saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
+            self.line(f"FAILED at step {event.step}: {event.error}{saved}", "red")
+
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class SignalHandlers:
+    """Turn signals into engine commands (the handler only puts a command on a queue)."""
+
+    def __init__(self, control: Control):
+        self.control = control
+        self.saved: dict[int, object] = {}
+        self.interrupts = 0
+
+    def install(self) -> None:
+        self._set(signal.SIGINT, self._on_int)
+        self._set(signal.SIGTERM, self._on_term)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: keep ignoring it
+            self._set(signal.SIGHUP, self._on_term)
+        self._set(signal.SIGUSR1, self._on_usr1)
+
+    def _set(self, signum: int, handler) -> None:
+        self.saved[signum] = signal.signal(signum, handler)
+
+    def restore(self) -> None:
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+        self.saved.clear()
+
+    def _on_int(self, signum, frame) -> None:
+        self.interrupts += 1
+        if self.interrupts > 1:
+            raise KeyboardInterrupt  # second Ctrl+C: abort now
+        sys.stderr.write("\nstopping after this step (Ctrl+C again aborts without saving)\n")
+        self.control.send(Stop(reason="user"))
+
+    def _on_term(self, signum, frame) -> None:
+        self.control.send(Stop(reason="signal", signum=signum))
+
+    def _on_usr1(self, signum, frame) -> None:
+        self.control.send(SaveCheckpoint(tag="manual"))
+
+
+def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream=None) -> int:
+    from tui_trainer.run.launch import prepare
+
+    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[LineReporter(stream)])
+    handlers = SignalHandlers(session.control)
+    handlers.install()
+    try:
+        final = session.trainer.run()
+    finally:
+        handlers.restore()
+        session.close()
+    return final.exit_code

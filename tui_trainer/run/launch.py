@@ -1,0 +1,122 @@
+"""From CLI arguments to a ready Trainer: preset, resume checkpoint, parts, run directory, sinks.
+
+Everything that can fail on bad input fails here, before the run directory is made, so a bad
+preset leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tui_trainer import config
+from tui_trainer.engine.commands import Control
+from tui_trainer.engine.events import Event
+from tui_trainer.engine.trainer import Trainer
+from tui_trainer.errors import UserError
+from tui_trainer.run.rundir import Recorder, RunDir, find_latest, run_dir_of
+
+
+@dataclass
+class Session:
+    preset: config.Preset
+    run_dir: RunDir
+    trainer: Trainer
+    control: Control
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+
+def prepare(
+    preset_path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    resume: str | None = None,
+    run_dir: str | Path | None = None,
+    sinks: list[Callable[[Event], None]] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    layer_stats: bool = False,
+) -> Session:
+    from tui_trainer import build
+    from tui_trainer.engine import checkpoint
+
+    preset = config.load(preset_path, overrides or [])
+    try:
+        build.check(preset)
+    except UserError as err:
+        err.source = err.source or preset.key_source(err.key or "")
+        raise
+    state, resume_path = None, None
+    if resume:
+        resume_path = find_latest(preset.name) if resume == "auto" else Path(resume)
+        if resume_path is None:
+            raise UserError(f"--resume auto: no runs/{preset.name}-*/checkpoints/last.pt here; start without --resume",
+                            source="--resume")
+        state = checkpoint.load(resume_path)
+    tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
+
+    parts = build.build(preset)
+
+    if run_dir is not None:
+        rd = RunDir(run_dir)
+        rd.path.mkdir(parents=True, exist_ok=True)
+    elif resume_path is not None and run_dir_of(resume_path) is not None:
+        rd = RunDir(run_dir_of(resume_path))  # continue the run it came from: one history
+    else:
+        rd = RunDir.create(preset.name)
+    rd.write_config(preset)
+    recorder = Recorder(rd)
+    all_sinks: list[Callable[[Event], None]] = [recorder, *(sinks or [])]
+    closers = [recorder.close]
+    if tensorboard is not None:
+        tb = TensorBoardSink(tensorboard(log_dir=str(rd.path / "tensorboard")))
+        all_sinks.append(tb)
+        closers.append(tb.close)
+
+    def sink(event: Event) -> None:
+        for s in all_sinks:
+            s(event)
+
+    control = Control()
+    trainer = Trainer(parts, sink, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
+                      should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None)
+    if state is not None:
+        trainer.load_state_dict(state, source=str(resume_path))
+    return Session(preset, rd, trainer, control, closers)
+
+
+def _tensorboard_writer_class(preset: config.Preset):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("needs the tensorboard package: pip install tensorboard (or set it to false)",
+                        key="log.tensorboard", source=preset.key_source("log.tensorboard")) from None
+    return SummaryWriter
+
+
+class TensorBoardSink:
+    """Scalars to TensorBoard: train loss and LR per report, validation per epoch."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def __call__(self, event: Event) -> None:
+        from tui_trainer.engine.events import EpochEnd, StepReport
+
+        if isinstance(event, StepReport):
+            for i, loss in enumerate(event.losses):
+                self.writer.add_scalar("train/loss", loss, event.first_step + i)
+            for g, lr in enumerate(event.lrs):
+                self.writer.add_scalar(f"lr/group{g}", lr, event.step)
+        elif isinstance(event, EpochEnd):
+            for key in ("train_loss", "val_loss", "val_acc"):
+                value = getattr(event, key)
+                if value is not None:
+                    self.writer.add_scalar(f"epoch/{key}", value, event.epoch)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,58 @@
+"""`tui-trainer preview PRESET`: resolved config, layer table with output shapes, planned LR."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tui_trainer import config
+from tui_trainer.build.layers import trainable_state
+from tui_trainer.build.optim import LrPlan
+from tui_trainer.run.format import human_count
+
+
+def preview(path: str, overrides: list[str]) -> int:
+    from tui_trainer import build
+
+    preset = config.load(path, overrides)
+    parts = build.build(preset)
+    console = Console(highlight=False)
+    console.rule(f"[bold]{preset.name}[/bold]  resolved preset ({path})")
+    console.print(config.dump_toml(preset), markup=False)
+    console.rule("layers (output shapes from one dry forward pass)")
+    table = Table(box=None, pad_edge=False)
+    for col, justify in (("layer", "left"), ("type", "left"), ("output", "left"), ("params", "right"),
+                         ("train", "center")):
+        table.add_column(col, justify=justify)
+    state = trainable_state(parts.model, parts.layers)
+    for row, on in zip(parts.layers, state):
+        shape = "x".join(map(str, row.out_shape[1:])) if row.out_shape else "-"
+        mark = {True: "on", False: "off", None: "mixed"}[on]
+        table.add_row("  " * row.depth + row.name.split(".")[-1], row.type, shape, human_count(row.params), mark)
+    console.print(table)
+    total = sum(p.numel() for p in parts.model.parameters())
+    trainable = sum(p.numel() for p in parts.model.parameters() if p.requires_grad)
+    console.print(f"params: {total:,} total, {trainable:,} trainable | device {parts.device_name} |"
+                  f" weights {parts.weights_note} | {parts.data.note}", markup=False)
+    for warning in parts.warnings:
+        console.print(f"WARNING {warning}", style="yellow", markup=False)
+    console.rule(f"planned LR: {parts.total_steps} steps ({preset.train.epochs} epochs x {parts.steps_per_epoch})")
+    console.print(plot_plan(parts.plan, width=min(console.width, 100)), markup=False)
+    return 0
+
+
+def plot_plan(plan: LrPlan, width: int = 80, height: int = 12) -> str:
+    """The planned LR of every group as a text plot."""
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    for name, lrs in zip(plan.groups, plan.lrs):
+        plt.plot(list(plan.steps), list(lrs), label=name, marker="braille")
+    plt.xlabel("step")
+    if plan.adaptive:
+        plt.title("ReduceLROnPlateau: lowered on plateaus; no future is planned")
+    text = plt.build()
+    plt.clear_figure()
+    return text
