@@ -368,6 +368,7 @@ class Trainer:
             tags.append("best")
         if tags:
             self._save(tuple(tags))
+        self._t_report = time.monotonic()  # samples/s measures training, not validation and saving
         return stop_early
 
     def _validate(self) -> tuple[float | None, float | None]:

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny real preset (small CNN on a slice of the real digits data) that trains
+in about a second on CPU, and helpers to run the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """\
+name = "tiny"
+seed = 0
+
+[model]
+arch = "examples.models:small_cnn"
+kwargs = {{ num_classes = 10, width = 4 }}
+
+[data]
+dataset = "digits"
+image_size = 16
+batch_size = 16
+val_fraction = 0.25
+limit = 160
+num_workers = 0
+
+[optimizer]
+name = "SGD"
+lr = 0.05
+momentum = 0.9
+
+[train]
+epochs = 2
+log_every = 2
+
+[checkpoint]
+every_epochs = 1
+keep_last = 2
+{extra}
+"""
+
+
+def tiny_preset_text(extra: str = "") -> str:
+    return TINY.format(extra=textwrap.dedent(extra))
+
+
+@pytest.fixture
+def tiny_preset(tmp_path: Path):
+    """Write the tiny preset (plus extra TOML appended) and return its path."""
+
+    def make(extra: str = "", name: str = "tiny.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(tiny_preset_text(extra), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_cwd(tmp_path: Path, monkeypatch):
+    """Runs land in tmp_path/runs; `examples.models` stays importable from the repo root."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    """The real CLI, as a user runs it (no TTY)."""
+    return subprocess.run([sys.executable, "-m", "tui_trainer", *args], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
