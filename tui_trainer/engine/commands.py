@@ -32,10 +32,12 @@ class ScaleLr(Command):
 
 @dataclass(frozen=True)
 class SetTrainable(Command):
-    """requires_grad of every parameter under these module-name prefixes ("" = whole model)."""
+    """requires_grad of every parameter under these module-name prefixes ("" = whole model);
+    `rest`, when set, applies to every other parameter in the same step (freeze-to)."""
 
     prefixes: tuple[str, ...]
     trainable: bool
+    rest: bool | None = None
 
 
 @dataclass(frozen=True)

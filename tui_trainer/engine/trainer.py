@@ -248,7 +248,7 @@ class Trainer:
             self.schedule.scale(cmd.factor)
             self._emit(LrChanged(self.step, tuple(self.schedule.current()), self.schedule.manual_factor, "manual"))
         elif isinstance(cmd, SetTrainable):
-            self._set_trainable(cmd.prefixes, cmd.trainable)
+            self._set_trainable(cmd.prefixes, cmd.trainable, rest=cmd.rest)
         elif isinstance(cmd, Pause) and not self._paused:
             self._paused = True
             self._report()
@@ -261,17 +261,20 @@ class Trainer:
             self._stop = cmd
             self._set_state("stopping")
 
-    def _set_trainable(self, prefixes: tuple[str, ...], trainable: bool, source: str = "command") -> None:
+    def _set_trainable(self, prefixes: tuple[str, ...], trainable: bool, source: str = "command",
+                       rest: bool | None = None) -> None:
         names = [n for n, _ in self.model.named_parameters()]
         unknown = [p for p in prefixes if not any(matches(n, p) for n in names)]
         if unknown:
             self._emit(RunWarning(self.step, f"no layer named {', '.join(unknown)}; nothing changed"))
             return
         for name, param in self.model.named_parameters():
-            if any(matches(name, p) for p in prefixes):
-                param.requires_grad_(trainable)
-                if not trainable:
-                    param.grad = None  # no stale gradient may reach the optimizer
+            value = trainable if any(matches(name, p) for p in prefixes) else rest
+            if value is None:
+                continue
+            param.requires_grad_(value)
+            if not value:
+                param.grad = None  # no stale gradient may reach the optimizer
         if self.model.training:
             self._train_mode()
         self._emit(self._trainable_event(prefixes, trainable, source))

@@ -42,3 +42,49 @@ def lrs_text(lrs) -> str:
         if text not in seen:
             seen.append(text)
     return ",".join(seen)
+
+
+def event_line(event, monitor: str = "") -> tuple[str, str] | None:
+    """A log line for a rare event, and its level (info, good, warn, error), or None.
+
+    Shared by the headless reporter and the app's log pane so both say the same thing.
+    """
+    from tui_trainer.engine import events as ev
+
+    if isinstance(event, ev.EpochEnd):
+        parts = [f"epoch {event.epoch} done:"]
+        for key in ("train_loss", "val_loss", "val_acc"):
+            value = getattr(event, key)
+            if value is not None:
+                parts.append(f"{key} {value:.4f}")
+        if event.best is not None:
+            parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
+        if event.patience:
+            parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
+        return " ".join(parts), "good" if event.improved else "info"
+    if isinstance(event, ev.CheckpointSaved):
+        return (f"checkpoint {event.path} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
+                f" in {event.seconds:.2f}s", "info")
+    if isinstance(event, ev.LrChanged):
+        return (f"LR changed ({event.reason}): {lrs_text(event.lrs)} (manual factor x{event.manual_factor:g})",
+                "warn")
+    if isinstance(event, ev.TrainableChanged):
+        verb = "unfroze" if event.trainable else "froze"
+        what = ", ".join(p or "(all)" for p in event.prefixes)
+        if len(what) > 80:
+            what = f"{len(event.prefixes)} layers"
+        return (f"{verb} {what}: trainable {human_count(event.params_trainable)} / "
+                f"{human_count(event.params_total)} params", "info")
+    if isinstance(event, ev.RunWarning):
+        return f"WARNING {event.message}", "warn"
+    if isinstance(event, ev.StateChanged) and event.state in ("paused", "stopping"):
+        return f"{event.state} at step {event.step}", "info"
+    if isinstance(event, ev.Finished):
+        best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {event.best_path}"
+                if event.best is not None and event.best_path else "")
+        return (f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}",
+                "good" if event.exit_code == 0 else "error")
+    if isinstance(event, ev.Failed):
+        saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
+        return f"FAILED at step {event.step}: {event.error}{saved}", "error"
+    return None

@@ -13,20 +13,10 @@ import time
 from typing import TextIO
 
 from tui_trainer.engine.commands import Control, SaveCheckpoint, Stop
-from tui_trainer.engine.events import (
-    CheckpointSaved,
-    EpochEnd,
-    Event,
-    Failed,
-    Finished,
-    LrChanged,
-    RunStarted,
-    RunWarning,
-    StateChanged,
-    StepReport,
-    TrainableChanged,
-)
-from tui_trainer.run.format import duration, human_bytes, human_count, lrs_text
+from tui_trainer.engine.events import Event, Failed, Finished, RunStarted, StepReport
+from tui_trainer.run.format import duration, event_line, human_count, lrs_text
+
+_STYLES = {"info": "", "good": "green", "warn": "yellow", "error": "bold red"}
 
 
 class LineReporter:
@@ -80,43 +70,19 @@ class LineReporter:
                 self._progress.update(self._task, completed=event.step, status=f"loss {event.loss:.4f}")
             else:
                 self.line(text)
-        elif isinstance(event, EpochEnd):
-            parts = [f"epoch {event.epoch} done:"]
-            for key in ("train_loss", "val_loss", "val_acc"):
-                value = getattr(event, key)
-                if value is not None:
-                    parts.append(f"{key} {value:.4f}")
-            if event.best is not None:
-                parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
-            if event.patience:
-                parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
-            parts.append(f"| {event.seconds:.1f}s val")
-            self.line(" ".join(parts), "green" if event.improved else "")
-        elif isinstance(event, CheckpointSaved):
-            self.line(f"checkpoint {event.path} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
-                      f" in {event.seconds:.2f}s")
-        elif isinstance(event, LrChanged):
-            self.line(f"LR changed ({event.reason}): {lrs_text(event.lrs)} (manual factor x{event.manual_factor:g})",
-                      "yellow")
-        elif isinstance(event, TrainableChanged):
-            verb = "unfroze" if event.trainable else "froze"
-            self.line(f"{verb} {', '.join(p or '(all)' for p in event.prefixes)}: trainable"
-                      f" {human_count(event.params_trainable)} / {human_count(event.params_total)} params", "cyan")
-        elif isinstance(event, RunWarning):
-            self.line(f"WARNING {event.message}", "yellow")
-        elif isinstance(event, StateChanged) and event.state in ("paused", "stopping"):
-            self.line(f"{event.state} at step {event.step}")
-        elif isinstance(event, Finished):
+        elif isinstance(event, (Finished, Failed)):
             self._stop_progress()
-            best = (f"; best {self.started.monitor if self.started else ''} {event.best:.4f} @ epoch"
-                    f" {event.best_epoch} -> {event.best_path}" if event.best is not None and event.best_path else "")
-            style = "bold green" if event.exit_code == 0 else "bold red"
-            self.line(f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}", style)
-        elif isinstance(event, Failed):
-            self._stop_progress()
-            self.stream.write(event.traceback)
-            saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
-            self.line(f"FAILED at step {event.step}: {event.error}{saved}", "red")
+            if isinstance(event, Failed):
+                self.stream.write(event.traceback)
+            self._say(event)
+        else:
+            self._say(event)
+
+    def _say(self, event: Event) -> None:
+        said = event_line(event, self.started.monitor if self.started else "")
+        if said is not None:
+            text, level = said
+            self.line(text, _STYLES[level])
 
     def _stop_progress(self) -> None:
         if self._progress is not None:

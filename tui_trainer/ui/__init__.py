@@ -1,0 +1,1 @@
+"""The Textual face of tui-trainer. The engine never imports this package."""

@@ -1,0 +1,315 @@
+"""The Textual app: compose the panes, drain the engine link on a timer, turn keys into commands.
+
+Data flow (see DESIGN.md): the engine never waits on us. Its events land in the link's deque; a
+`set_interval(1 / refresh_hz)` tick drains them into a RunView and redraws what changed; plots
+redraw at most 4 times a second. Keys become engine commands; panes show only what the engine
+confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Static
+
+from tui_trainer.engine.commands import Command, Pause, Resume, SaveCheckpoint, ScaleLr, Stop
+from tui_trainer.engine.events import Failed, Finished
+from tui_trainer.run.format import duration
+from tui_trainer.ui.link import EngineLink, LocalLink
+from tui_trainer.ui.messages import SendCommand
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.header import RunHeader
+from tui_trainer.ui.widgets.help import HelpScreen, SummaryScreen
+from tui_trainer.ui.widgets.layers import LayersPane, LayerTable
+from tui_trainer.ui.widgets.log import EventLog
+from tui_trainer.ui.widgets.losses import LossPane
+from tui_trainer.ui.widgets.lr_preview import LrPane
+from tui_trainer.ui.widgets.memory import MemoryPane
+
+PANES = ("layers", "lr", "loss", "memory", "log")
+PLOT_PERIOD_S = 0.25  # plots redraw at most 4 Hz
+
+
+class TrainerApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "tui-trainer"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("s", "save", "Save"),
+        Binding("l", "lr_down", "LR lower"),
+        Binding("L", "lr_up", "LR undo"),
+        Binding("p", "pause", "Pause"),
+        Binding("q", "stop", "Stop"),
+        Binding("question_mark", "help", "Help"),
+        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
+        Binding("ctrl+q", "interrupt", "Stop", show=False, priority=True),
+        *[Binding(str(i + 1), f"show_pane('{name}')", show=False) for i, name in enumerate(PANES)],
+    ]
+
+    def __init__(self, link: EngineLink, *, refresh_hz: float = 10.0, lr_reduce_factor: float = 0.5,
+                 paused: bool = False, handle_signals: bool = False) -> None:
+        super().__init__()
+        self.link = link
+        self.view = RunView()
+        self.refresh_hz = refresh_hz
+        self.lr_factor = lr_reduce_factor
+        self.start_paused = paused
+        self.handle_signals = handle_signals
+        self.aborted = False
+        self.active_pane = "layers"
+        self._interrupts = 0
+        self._exit_on_final = False
+        self._layers_for = None
+        self._plots_dirty: set[str] = set()
+        self._plots_at = 0.0
+        self._signals: list[int] = []
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader(id="header")
+        with Horizontal(id="top"):
+            yield LayersPane(id="layers", classes="pane")
+            with Vertical(id="right"):
+                yield LrPane(id="lr", classes="pane")
+                yield LossPane(id="loss", classes="pane")
+        with Horizontal(id="bottom"):
+            yield MemoryPane(id="memory", classes="pane")
+            yield EventLog(id="log", classes="pane")
+        yield Static(id="tabs")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(1 / self.refresh_hz, self._tick)
+        if self.handle_signals:
+            self._install_signals()
+        if self.start_paused and not self.link.read_only:
+            self.link.send(Pause())  # before the first step: freeze layers first
+        self.link.start()
+        self.query_one(LayerTable).focus()
+        self._layout()
+        self._tick()
+
+    def on_resize(self) -> None:
+        self._layout()
+
+    def _layout(self) -> None:
+        """Wide: every pane at once. Narrow (under 100x30): one pane at a time, keys 1-5."""
+        narrow = self.size.width < 100 or self.size.height < 30
+        for name in PANES:
+            self.query_one(f"#{name}").display = not narrow or name == self.active_pane
+        self.query_one("#right").display = not narrow or self.active_pane in ("lr", "loss")
+        self.query_one("#top").display = not narrow or self.active_pane in ("layers", "lr", "loss")
+        self.query_one("#bottom").display = not narrow or self.active_pane in ("memory", "log")
+        tabs = self.query_one("#tabs", Static)
+        tabs.display = narrow
+        if narrow:
+            text = Text()
+            for i, name in enumerate(PANES):
+                style = "bold reverse" if name == self.active_pane else "grey62"
+                text.append(f" {i + 1} {name} ", style=style)
+            tabs.update(text)
+        self._plots_dirty |= {"lr", "loss", "memory"}
+
+    def action_show_pane(self, name: str) -> None:
+        self.active_pane = name
+        self._layout()
+        if name == "layers":
+            self.query_one(LayerTable).focus()
+        elif name == "log":
+            self.query_one(EventLog).focus()
+
+    # ------------------------------------------------------------------ the tick
+
+    def _tick(self) -> None:
+        for event in self.link.drain():
+            self.view.apply(event)
+        view = self.view
+        dirty = view.take_dirty()
+        if "header" in dirty:
+            self.query_one(RunHeader).update_from(view)
+        if "layers" in dirty and view.started is not None:
+            structure = self._layers_for is not view.started
+            self._layers_for = view.started
+            self.query_one(LayersPane).update_from(view, structure)
+        if "layer_stats" in dirty:
+            self.query_one(LayersPane).update_stats(view)
+        if "log" in dirty:
+            self.query_one(EventLog).update_from(view)
+        self._plots_dirty |= dirty & {"lr", "loss", "memory"}
+        now = time.monotonic()
+        if self._plots_dirty and now - self._plots_at >= PLOT_PERIOD_S:
+            self._plots_at = now
+            for name in self._plots_dirty:
+                if self.query_one(f"#{name}").display:
+                    self.query_one(f"#{name}").update_from(view)
+            self._plots_dirty.clear()
+        if "final" in dirty:
+            self._on_final()
+
+    def _on_final(self) -> None:
+        final = self.view.final
+        if self._exit_on_final:  # a signal ended it: nobody is there to read a summary
+            self.exit(final.exit_code)
+            return
+        if isinstance(self.screen, SummaryScreen):
+            return
+
+        def leave(go: bool | None) -> None:
+            if go:
+                self.exit(self.exit_code)
+
+        self.push_screen(SummaryScreen(summary_text(final, self.view)), leave)
+
+    # ------------------------------------------------------------------ keys -> commands
+
+    def _send(self, command: Command, note: str = "") -> bool:
+        if self.link.read_only:
+            self.notify("read-only: this run is not live", severity="warning")
+            return False
+        if self.view.final is not None:
+            self.notify("the run has ended", severity="warning")
+            return False
+        self.link.send(command)
+        if note:
+            self.notify(note, timeout=2)
+        return True
+
+    def on_send_command(self, message: SendCommand) -> None:
+        self._send(message.command, message.note)
+
+    def action_save(self) -> None:
+        self._send(SaveCheckpoint(), "saving a checkpoint…")
+
+    def action_lr_down(self) -> None:
+        self._send(ScaleLr(self.lr_factor), f"LR ×{self.lr_factor:g}")
+
+    def action_lr_up(self) -> None:
+        if self.view.manual_factor >= 1.0 - 1e-9:
+            self.notify("nothing to undo: the LR follows its schedule", severity="warning")
+            return
+        self._send(ScaleLr(1 / self.lr_factor), f"LR ×{1 / self.lr_factor:g} (undo)")
+
+    def action_pause(self) -> None:
+        if self.view.state == "paused":
+            self._send(Resume(), "resuming")
+        else:
+            self._send(Pause(), "pausing after this step")
+
+    def action_stop(self) -> None:
+        if self.view.final is not None or self.link.read_only:
+            self.exit(self.exit_code)
+        elif self.view.state == "stopping":
+            self.notify("stopping: saving the last checkpoint…")
+        else:
+            self._send(Stop(reason="user"), "stopping after this step (saves a checkpoint)")
+
+    def action_interrupt(self) -> None:
+        self._interrupts += 1
+        if self.view.final is not None or self.link.read_only:
+            self.exit(self.exit_code)
+        elif self._interrupts >= 2:
+            self.aborted = True  # second ctrl+c: leave now, no save
+            self.exit(130)
+        else:
+            self._send(Stop(reason="user"), "stopping after this step; ctrl+c again aborts without saving")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    # ------------------------------------------------------------------ signals and exit
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1):
+            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # started under nohup: keep ignoring it
+            loop.add_signal_handler(sig, self._on_signal, sig)
+            self._signals.append(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if sig == signal.SIGUSR1:
+            self._send(SaveCheckpoint())
+        elif sig == signal.SIGINT:
+            self.action_interrupt()
+        else:  # SIGTERM, SIGHUP (the SSH session is gone): save, then leave with 128+signal
+            self._exit_on_final = True
+            if self.view.final is not None:
+                self.exit(self.exit_code)
+            else:
+                self.link.send(Stop(reason="signal", signum=int(sig)))
+
+    def on_unmount(self) -> None:
+        if self._signals:
+            loop = asyncio.get_running_loop()
+            for sig in self._signals:
+                loop.remove_signal_handler(sig)
+
+    @property
+    def final_event(self) -> Finished | Failed | None:
+        return self.link.final
+
+    @property
+    def exit_code(self) -> int:
+        if self.aborted:
+            return 130
+        final = self.link.final
+        return final.exit_code if final is not None else 0
+
+
+def summary_text(final: Finished | Failed, view: RunView) -> Text:
+    text = Text()
+    if isinstance(final, Failed):
+        text.append("FAILED\n", style="bold red")
+        text.append(f"{final.error}\n")
+        if final.emergency_path:
+            text.append(f"emergency checkpoint: {final.emergency_path}\n")
+        text.append("the traceback is in the log pane and events.jsonl\n", style="grey50")
+        return text
+    style = "bold green" if final.exit_code == 0 else "bold red"
+    text.append(f"{final.status.replace('_', ' ').upper()}\n", style=style)
+    text.append(f"{final.message}\n")
+    text.append(f"{final.step} steps in {duration(final.seconds)}\n")
+    if final.best is not None and view.started is not None:
+        text.append(f"best {view.started.monitor} {final.best:.4f} at epoch {final.best_epoch}\n", style="green3")
+    if final.best_path:
+        text.append(f"best: {final.best_path}\n")
+    if final.last_path:
+        text.append(f"last: {final.last_path}\n")
+    if view.started is not None:
+        text.append(f"run dir: {view.started.run_dir}\n", style="grey50")
+    return text
+
+
+def make_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
+             handle_signals: bool = False) -> TrainerApp:
+    """The one app factory, used by the CLI, tests and benchmarks: prepares the run (bad input
+    raises UserError here, before any screen appears) and wires it to the app."""
+    from tui_trainer.run.launch import prepare
+
+    link = LocalLink()
+    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[link.sink],
+                      should_stop=link.should_stop, layer_stats=True)
+    link.bind(session)
+    ui = session.preset.ui
+    return TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor, paused=paused,
+                      handle_signals=handle_signals)
+
+
+def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False) -> int:
+    app = make_app(preset_path, overrides, resume=resume, run_dir=run_dir, paused=paused, handle_signals=True)
+    try:
+        app.run(mouse=False)
+    finally:
+        if app.aborted:
+            os._exit(130)  # the terminal is restored; skip the engine's save on purpose
+        app.link.close()  # however the app ended, the engine stops after its step and saves
+        app.link.wait()
+    return app.exit_code

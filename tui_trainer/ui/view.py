@@ -1,0 +1,194 @@
+"""What the app knows about the run: a pure-Python model fed by engine events (no Textual here).
+
+Every history is bounded: `Series` halves its resolution when full, so a million-step run keeps
+the same few thousand points for the whole-run view; recent windows are fixed-size deques.
+`dirty` names the panes whose data changed since the app last drew them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+from tui_trainer.engine import events as ev
+from tui_trainer.run.format import event_line
+
+
+class Series:
+    """(x, y) points; past `max_points` neighbours merge pairwise (x of the later, mean of y)."""
+
+    def __init__(self, max_points: int = 1024):
+        self.max_points = max_points
+        self.stride = 1
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self._sum = 0.0
+        self._n = 0
+
+    def add(self, x: float, y: float) -> None:
+        if not math.isfinite(y):
+            return
+        self._sum += y
+        self._n += 1
+        if self._n < self.stride:
+            return
+        self.xs.append(x)
+        self.ys.append(self._sum / self._n)
+        self._sum, self._n = 0.0, 0
+        if len(self.xs) > self.max_points:
+            self.xs = self.xs[1::2]
+            self.ys = [(a + b) / 2 for a, b in zip(self.ys[::2], self.ys[1::2])]
+            self.stride *= 2
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+class RunView:
+    RECENT = 600  # per-step losses kept raw for the sparklines
+
+    def __init__(self) -> None:
+        self.started: ev.RunStarted | None = None
+        self.state = "starting"
+        self.step = 0
+        self.epoch = 1
+        self.samples_per_s: float | None = None
+        self.eta_s: float | None = None
+        self.lrs: tuple[float, ...] = ()
+        self.manual_factor = 1.0
+        self.manual_changes: list[tuple[int, float]] = []  # (step, factor after the change)
+        self.loss = Series(2048)
+        self.recent: deque[float] = deque(maxlen=self.RECENT)
+        self.smoothed: deque[float] = deque(maxlen=self.RECENT)
+        self._ema: float | None = None
+        self.lr_history: list[Series] = []
+        self.epochs: deque[ev.EpochEnd] = deque(maxlen=10_000)
+        self.trainable: tuple[bool | None, ...] = ()
+        self.params_trainable = 0
+        self.params_total = 0
+        self.grad_norm: tuple[float | None, ...] = ()
+        self.update_ratio: tuple[float | None, ...] = ()
+        self.memory: ev.MemorySample | None = None
+        self.memory_history: deque[float] = deque(maxlen=300)
+        self.badges: list[str] = []
+        self.log: deque[tuple[float, str, str]] = deque(maxlen=2000)
+        self.log_count = 0  # total lines ever logged: the log pane writes the ones it has not seen
+        self.last_checkpoint: str | None = None
+        self.final: ev.Finished | ev.Failed | None = None
+        self.dirty: set[str] = set()
+
+    # ------------------------------------------------------------------ events in
+
+    def apply(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None:
+            handler(event)
+        said = event_line(event, self.started.monitor if self.started else "")
+        if said is not None:
+            self.say(*said, when=event.time)
+        if isinstance(event, ev.Failed):
+            for line in event.traceback.rstrip().splitlines():
+                self.say(line, "error", when=event.time)
+
+    def say(self, text: str, level: str = "info", when: float | None = None) -> None:
+        self.log.append((when or time.time(), text, level))
+        self.log_count += 1
+        self.dirty.add("log")
+
+    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+        self.started = e
+        self.step = e.start_step
+        self.epoch = e.start_epoch
+        self.lrs = e.lrs
+        self.manual_factor = e.manual_factor
+        self.trainable = e.trainable
+        self.params_trainable, self.params_total = e.params_trainable, e.params_total
+        self.lr_history = [Series(1024) for _ in e.plan.groups]
+        self.badges = [w.split(";")[0] for w in e.warnings][:3]
+        self.say(f"{e.run_name}: {e.device_name}, amp {e.amp}, weights {e.weights}, {e.data}")
+        self.say(f"run dir {e.run_dir}" + (f" (resumed from {e.resumed_from})" if e.resumed_from else ""))
+        self.dirty |= {"header", "layers", "lr", "loss"}
+
+    def _on_StateChanged(self, e: ev.StateChanged) -> None:
+        self.state = e.state
+        self.dirty.add("header")
+
+    def _on_StepReport(self, e: ev.StepReport) -> None:
+        self.step, self.epoch = e.step, e.epoch
+        self.samples_per_s, self.eta_s = e.samples_per_s, e.eta_s
+        self.lrs = e.lrs
+        for i, loss in enumerate(e.losses):
+            self.loss.add(e.first_step + i, loss)
+            if math.isfinite(loss):
+                self.recent.append(loss)
+                self._ema = loss if self._ema is None else 0.9 * self._ema + 0.1 * loss
+                self.smoothed.append(self._ema)
+        for series, lr in zip(self.lr_history, e.lrs):
+            series.add(e.step, lr)
+        if e.memory is not None:
+            self.memory = e.memory
+            used = e.memory.allocated if e.memory.allocated is not None else e.memory.rss
+            self.memory_history.append(float(used))
+            self.dirty.add("memory")
+        self.dirty |= {"header", "loss", "lr"}
+
+    def _on_LayerStats(self, e: ev.LayerStats) -> None:
+        self.grad_norm, self.update_ratio = e.grad_norm, e.update_ratio
+        self.dirty.add("layer_stats")
+
+    def _on_EpochEnd(self, e: ev.EpochEnd) -> None:
+        self.epochs.append(e)
+        self.dirty |= {"loss", "header", "lr"}
+
+    def _on_LrChanged(self, e: ev.LrChanged) -> None:
+        self.lrs = e.lrs
+        if e.reason == "manual":
+            self.manual_changes.append((e.step, e.manual_factor))
+        self.manual_factor = e.manual_factor
+        self.dirty |= {"lr", "header"}
+
+    def _on_TrainableChanged(self, e: ev.TrainableChanged) -> None:
+        self.trainable = e.state
+        self.params_trainable, self.params_total = e.params_trainable, e.params_total
+        self.dirty.add("layers")
+
+    def _on_CheckpointSaved(self, e: ev.CheckpointSaved) -> None:
+        self.last_checkpoint = e.path
+
+    def _on_RunWarning(self, e: ev.RunWarning) -> None:
+        short = e.message.split(";")[0]
+        if short not in self.badges:
+            self.badges = (self.badges + [short])[-3:]
+        self.dirty.add("header")
+
+    def _on_Finished(self, e: ev.Finished) -> None:
+        self.final = e
+        self.dirty |= {"header", "final"}
+
+    def _on_Failed(self, e: ev.Failed) -> None:
+        self.final = e
+        self.state = "failed"
+        self.dirty |= {"header", "final"}
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def total_steps(self) -> int:
+        return self.started.total_steps if self.started else 0
+
+    @property
+    def last_epoch(self) -> ev.EpochEnd | None:
+        return self.epochs[-1] if self.epochs else None
+
+    def replanned(self, group: int = 0) -> tuple[list[int], list[float]]:
+        """The planned LR from the current step on, scaled by the manual factor."""
+        if self.started is None:
+            return [], []
+        plan = self.started.plan
+        pairs = [(s, lr * self.manual_factor) for s, lr in zip(plan.steps, plan.lrs[group]) if s >= self.step]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty

@@ -1,0 +1,25 @@
+"""Small text drawings: a progress bar and a sparkline scaled from zero."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def bar(fraction: float, width: int) -> Text:
+    fraction = min(max(fraction, 0.0), 1.0)
+    full = int(fraction * width)
+    text = Text("━" * full, style="green3")
+    text.append("━" * (width - full), style="grey30")
+    return text
+
+
+def spark(values: list[float], width: int, top: float | None = None) -> str:
+    """The last `width` values as one line of blocks, 0 at the bottom, `top` (or the max) at the top.
+    (Textual's Sparkline scales from the minimum, which makes a steady memory line look like a cliff.)"""
+    values = values[-width:]
+    if not values:
+        return ""
+    top = top or max(values) or 1.0
+    return "".join(BLOCKS[min(8, max(1, round(8 * v / top)))] for v in values)

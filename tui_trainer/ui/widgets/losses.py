@@ -1,0 +1,62 @@
+"""Loss: train-loss sparklines (raw and smoothed), validation per epoch, best so far, early stop."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.containers import Vertical
+from textual.widgets import Sparkline, Static
+
+from tui_trainer.ui.view import RunView
+
+
+class LossPane(Vertical):
+    def compose(self):
+        yield Static(id="loss-raw-label", classes="spark-label")
+        yield Sparkline([], id="loss-raw")
+        yield Static(id="loss-smooth-label", classes="spark-label")
+        yield Sparkline([], id="loss-smooth")
+        yield Static(id="loss-epochs")
+
+    def on_mount(self) -> None:
+        self.border_title = "Loss"
+
+    def update_from(self, view: RunView) -> None:
+        width = max(10, self.size.width - 2)
+        raw = list(view.recent)[-width * 2:]
+        smooth = list(view.smoothed)[-width * 2:]
+        self.query_one("#loss-raw", Sparkline).data = raw
+        self.query_one("#loss-smooth", Sparkline).data = smooth
+        last = f"{raw[-1]:.4f}" if raw else "-"
+        self.query_one("#loss-raw-label", Static).update(
+            Text.assemble(("train loss ", "bold"), f"{last}", (f"  (last {len(raw)} steps)", "grey50")))
+        ema = f"{smooth[-1]:.4f}" if smooth else "-"
+        self.query_one("#loss-smooth-label", Static).update(
+            Text.assemble(("smoothed ", "bold"), ema, ("  (EMA 0.9)", "grey50")))
+        self.query_one("#loss-epochs", Static).update(self._epochs(view))
+
+    def _epochs(self, view: RunView):
+        table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
+        for col in ("epoch", "train", "val loss", "val acc", ""):
+            table.add_column(col, justify="right")
+        rows = max(1, min(4, (self.size.height - 6)))
+        for e in list(view.epochs)[-rows:]:
+            table.add_row(str(e.epoch), _f(e.train_loss), _f(e.val_loss),
+                          f"{100 * e.val_acc:.1f}%" if e.val_acc is not None else "-",
+                          Text("★ best", style="green3") if e.improved else "")
+        last = view.last_epoch
+        footer = Text()
+        if last is not None and last.best is not None:
+            footer.append(f"best {last.monitor} {last.best:.4f} @ epoch {last.best_epoch}", style="green3")
+        if last is not None and last.patience:
+            style = "yellow" if last.bad_epochs else ""
+            footer.append(f"\nearly stop: no improvement {last.bad_epochs}/{last.patience}", style=style)
+        if not view.epochs:
+            return Text("validation after the first epoch", style="grey50")
+        from rich.console import Group
+
+        return Group(table, footer)
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
