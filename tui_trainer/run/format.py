@@ -44,12 +44,23 @@ def lrs_text(lrs) -> str:
     return ",".join(seen)
 
 
-def event_line(event, monitor: str = "") -> tuple[str, str] | None:
+def event_line(event, started=None) -> tuple[str, str] | None:
     """A log line for a rare event, and its level (info, good, warn, error), or None.
 
-    Shared by the headless reporter and the app's log pane so both say the same thing.
+    Shared by the headless reporter and the app's log pane so both say the same thing. Paths
+    inside the run directory are shown relative to it (the run directory is printed at start).
     """
+    import os
+
     from tui_trainer.engine import events as ev
+
+    monitor = started.monitor if started is not None else ""
+
+    def short(path: str | None) -> str:
+        if not path or started is None:
+            return path or ""
+        rel = os.path.relpath(path, started.run_dir)
+        return path if rel.startswith("..") else rel
 
     if isinstance(event, ev.EpochEnd):
         parts = [f"epoch {event.epoch} done:"]
@@ -63,7 +74,7 @@ def event_line(event, monitor: str = "") -> tuple[str, str] | None:
             parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
         return " ".join(parts), "good" if event.improved else "info"
     if isinstance(event, ev.CheckpointSaved):
-        return (f"checkpoint {event.path} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
+        return (f"checkpoint {short(event.path)} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
                 f" in {event.seconds:.2f}s", "info")
     if isinstance(event, ev.LrChanged):
         return (f"LR changed ({event.reason}): {lrs_text(event.lrs)} (manual factor x{event.manual_factor:g})",
@@ -80,11 +91,11 @@ def event_line(event, monitor: str = "") -> tuple[str, str] | None:
     if isinstance(event, ev.StateChanged) and event.state in ("paused", "stopping"):
         return f"{event.state} at step {event.step}", "info"
     if isinstance(event, ev.Finished):
-        best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {event.best_path}"
+        best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {short(event.best_path)}"
                 if event.best is not None and event.best_path else "")
         return (f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}",
                 "good" if event.exit_code == 0 else "error")
     if isinstance(event, ev.Failed):
-        saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
+        saved = f"; emergency checkpoint {short(event.emergency_path)}" if event.emergency_path else ""
         return f"FAILED at step {event.step}: {event.error}{saved}", "error"
     return None

@@ -79,7 +79,7 @@ class LineReporter:
             self._say(event)
 
     def _say(self, event: Event) -> None:
-        said = event_line(event, self.started.monitor if self.started else "")
+        said = event_line(event, self.started)
         if said is not None:
             text, level = said
             self.line(text, _STYLES[level])

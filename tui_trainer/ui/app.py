@@ -117,6 +117,7 @@ class TrainerApp(App[int]):
                 text.append(f" {i + 1} {name} ", style=style)
             tabs.update(text)
         self._plots_dirty |= {"lr", "loss", "memory"}
+        self.view.dirty.add("header")
 
     def action_show_pane(self, name: str) -> None:
         self.active_pane = name

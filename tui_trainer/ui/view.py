@@ -84,7 +84,7 @@ class RunView:
         handler = getattr(self, f"_on_{event.kind}", None)
         if handler is not None:
             handler(event)
-        said = event_line(event, self.started.monitor if self.started else "")
+        said = event_line(event, self.started)
         if said is not None:
             self.say(*said, when=event.time)
         if isinstance(event, ev.Failed):

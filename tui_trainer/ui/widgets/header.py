@@ -41,12 +41,11 @@ class RunHeader(Static):
         total = view.total_steps or 1
         epochs = s.epochs if s else 0
         line.append(f" epoch {view.epoch}/{epochs}  step {view.step}/{view.total_steps} ")
-        width = max(10, min(40, self.size.width - len(line.plain) - 8))
+        width = max(10, min(40, self.size.width - 60))  # leave room for a warning badge
         line.append_text(bar(view.step / total, width))
         line.append(f" {100 * view.step / total:3.0f}% ")
         for badge in view.badges[:2]:
             line.append(f" ⚠ {badge} ", style="bold black on yellow")
-        for part in (top, line):
-            part.no_wrap, part.overflow = True, "ellipsis"
-            part.truncate(max(20, self.size.width), overflow="ellipsis")
-        self.update(Text("\n").join([top, line]))
+        joined = Text("\n").join([top, line])
+        joined.no_wrap, joined.overflow = True, "ellipsis"  # crop at draw time, whatever the width
+        self.update(joined)

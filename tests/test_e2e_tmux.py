@@ -1,0 +1,99 @@
+"""The real CLI in a real terminal (tmux), driven as a person would: keys in, screen out."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import cli_env
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Tmux:
+    def __init__(self, name: str, cmd: str, cwd, width: int = 120, height: int = 40):
+        self.name = name
+        # pytest pins COLUMNS/LINES in its environment; a real shell in tmux has the window's size
+        env = " ".join(f"{k}={v}" for k, v in cli_env().items() if k in ("PYTHONPATH", "PYTHONUNBUFFERED"))
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
+                        f"unset COLUMNS LINES; cd {cwd} && env {env} {cmd}; echo EXIT=$?; sleep 60"], check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True,
+                              text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def wait_for(self, text: str, limit_s: float = 180) -> str:
+        deadline = time.monotonic() + limit_s  # a hang guard, not a timing assertion
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared on screen:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+def test_cli_in_tmux_keys_and_screen(tiny_preset, tmp_path):
+    preset = tiny_preset()
+    run_dir = tmp_path / "run"
+    cmd = (f"{sys.executable} -m tui_trainer {preset} --paused --run-dir {run_dir}"
+           " --set train.epochs=5000 --set train.log_every=1")
+    tty = Tmux("tui-trainer-e2e", cmd, cwd=tmp_path)
+    try:
+        screen = tty.wait_for("PAUSED")
+        for pane in ("Layers", "LR schedule", "Loss", "Memory", "Log"):
+            assert pane in screen
+        assert "● on" in screen and "trainable" in screen
+        tty.keys("Space")  # freeze the first block before the first step
+        screen = tty.wait_for("○ off")
+        assert "froze 0" in screen
+        tty.keys("p")
+        tty.wait_for("RUNNING")
+        tty.keys("l")
+        screen = tty.wait_for("LR ×0.5 by hand")
+        tty.keys("p")  # pause so the log stops scrolling; commands still apply while paused
+        tty.wait_for("PAUSED")
+        tty.keys("s")
+        tty.wait_for("checkpoints/manual-step-")
+        assert list((run_dir / "checkpoints").glob("manual-step-*.pt"))
+        tty.keys("q")
+        screen = tty.wait_for("q or Enter to leave")
+        assert "STOPPED" in screen
+        tty.keys("Enter")
+        tty.wait_for("EXIT=0")
+    finally:
+        tty.close()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["trainable"]["0.0.weight"] is False
+    assert state["schedule"]["manual_factor"] == 0.5
+    assert list((run_dir / "checkpoints").glob("manual-step-*.pt"))
+
+
+def test_narrow_terminal_is_usable(tiny_preset, tmp_path):
+    preset = tiny_preset()
+    cmd = f"{sys.executable} -m tui_trainer {preset} --paused --run-dir {tmp_path / 'run'}"
+    tty = Tmux("tui-trainer-e2e-narrow", cmd, cwd=tmp_path, width=80, height=24)
+    try:
+        screen = tty.wait_for("PAUSED")
+        assert "1 layers" in screen and "Layers" in screen
+        tty.keys("2")
+        tty.wait_for("LR schedule")
+        tty.keys("5")
+        tty.wait_for("Log")
+        tty.keys("q")
+        tty.wait_for("q or Enter to leave")
+        tty.keys("q")
+        tty.wait_for("EXIT=0")
+    finally:
+        tty.close()
