@@ -28,6 +28,16 @@ class LrPane(Vertical):
         s = view.started
         if s is None:
             return
+        self.query_one("#lr-numbers", Static).update(self._numbers(view))
+        # Redraw the plot only when something visible moved: the marker's column, the history's
+        # length bucket, a manual change, the size. plotext is the costliest thing we draw.
+        width = max(1, self.size.width)
+        signature = (s, view.manual_factor, width, self.size.height,
+                     int(view.step * width / max(1, s.plan.total_steps)), len(view.lr_history[0]) // 8
+                     if view.lr_history else 0, view.lr_history[0].stride if view.lr_history else 0)
+        if signature == getattr(self, "_drawn", None):
+            return
+        self._drawn = signature
         plt = self.query_one(PlotextPlot).plt
         plt.clear_data()
         plt.clear_figure()
@@ -51,7 +61,6 @@ class LrPane(Vertical):
         plt.yfrequency(3)
         plt.title("ReduceLROnPlateau: history only (no planned future)" if plan.adaptive else "")
         self.query_one(PlotextPlot).refresh()
-        self.query_one("#lr-numbers", Static).update(self._numbers(view))
 
     def _numbers(self, view: RunView) -> Text:
         s = view.started
