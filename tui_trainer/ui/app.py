@@ -48,6 +48,7 @@ class TrainerApp(App[int]):
         Binding("p", "pause", "Pause"),
         Binding("q", "stop", "Stop"),
         Binding("question_mark", "help", "Help"),
+        Binding("d", "detach", "Detach"),  # shown only when attached (check_action)
         Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
         Binding("ctrl+q", "interrupt", "Stop", show=False, priority=True),
         *[Binding(str(i + 1), f"show_pane('{name}')", show=False) for i, name in enumerate(PANES)],
@@ -63,6 +64,9 @@ class TrainerApp(App[int]):
         self.start_paused = paused
         self.handle_signals = handle_signals
         self.aborted = False
+        self.remote = bool(getattr(link, "remote", False))  # a viewer of a run in another process
+        self.hangup_detached = False  # the terminal went away and the run goes on headless
+        self.detach_on_hangup = False
         self.active_pane = "layers"
         self._interrupts = 0
         self._exit_on_final = False
@@ -85,6 +89,11 @@ class TrainerApp(App[int]):
             yield EventLog(id="log", classes="pane")
         yield Static(id="tabs")
         yield Footer()
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action == "detach":
+            return self.remote  # only a viewer can leave a run behind
+        return True
 
     def on_mount(self) -> None:
         self.set_interval(1 / self.refresh_hz, self._tick)
@@ -178,7 +187,11 @@ class TrainerApp(App[int]):
         if self.view.final is not None:
             self.notify("the run has ended", severity="warning")
             return False
-        self.link.send(command)
+        try:
+            self.link.send(command)
+        except ConnectionError as exc:
+            self.notify(str(exc), severity="error")
+            return False
         if note:
             self.notify(note, timeout=2)
         return True
@@ -212,9 +225,15 @@ class TrainerApp(App[int]):
         else:
             self._send(Stop(reason="user"), "stopping after this step (saves a checkpoint)")
 
+    def action_detach(self) -> None:
+        """Leave the viewer; the run goes on (attach again with `tui-trainer attach`)."""
+        self.exit(0)
+
     def action_interrupt(self) -> None:
         self._interrupts += 1
-        if self.view.final is not None or self.link.read_only:
+        if self.remote:  # ctrl+c leaves a viewer; stopping a shared run is `q`
+            self.action_detach()
+        elif self.view.final is not None or self.link.read_only:
             self.exit(self.exit_code)
         elif self._interrupts >= 2:
             self.aborted = True  # second ctrl+c: leave now, no save
@@ -240,6 +259,11 @@ class TrainerApp(App[int]):
             self._send(SaveCheckpoint())
         elif sig == signal.SIGINT:
             self.action_interrupt()
+        elif self.remote:  # a viewer's terminal went away: the run itself goes on
+            self.exit(0)
+        elif sig == signal.SIGHUP and self.detach_on_hangup and self.view.final is None:
+            self.hangup_detached = True  # --on-hangup detach: keep training headless, socket open
+            self.exit(0)
         else:  # SIGTERM, SIGHUP (the SSH session is gone): save, then leave with 128+signal
             self._exit_on_final = True
             if self.view.final is not None:
@@ -262,6 +286,8 @@ class TrainerApp(App[int]):
         if self.aborted:
             return 130
         final = self.link.final
+        if self.remote and final is None:
+            return 0  # detached: the run goes on
         return final.exit_code if final is not None else 0
 
 
@@ -290,27 +316,83 @@ def summary_text(final: Finished | Failed, view: RunView) -> Text:
 
 
 def make_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
-             handle_signals: bool = False) -> TrainerApp:
+             handle_signals: bool = False, serve: bool = False) -> TrainerApp:
     """The one app factory, used by the CLI, tests and benchmarks: prepares the run (bad input
     raises UserError here, before any screen appears) and wires it to the app."""
     from tui_trainer.run.launch import prepare
 
     link = LocalLink()
     session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[link.sink],
-                      should_stop=link.should_stop, layer_stats=True)
+                      should_stop=link.should_stop, layer_stats=True, serve=serve)
     link.bind(session)
     ui = session.preset.ui
     return TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor, paused=paused,
                       handle_signals=handle_signals)
 
 
-def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False) -> int:
-    app = make_app(preset_path, overrides, resume=resume, run_dir=run_dir, paused=paused, handle_signals=True)
+def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
+            on_hangup: str = "stop") -> int:
+    app = make_app(preset_path, overrides, resume=resume, run_dir=run_dir, paused=paused, handle_signals=True,
+                   serve=True)
+    app.detach_on_hangup = on_hangup == "detach"
     try:
         app.run(mouse=False)
+    except Exception:  # noqa: BLE001 - e.g. writing to a terminal that is gone; the run still ends cleanly
+        if not app.hangup_detached:
+            app.link.close()
     finally:
         if app.aborted:
             os._exit(130)  # the terminal is restored; skip the engine's save on purpose
-        app.link.close()  # however the app ended, the engine stops after its step and saves
+        if app.hangup_detached:
+            _go_headless(app.link.session.run_dir.path)
+        else:
+            app.link.close()  # however the app ended, the engine stops after its step and saves
         app.link.wait()
+    return app.exit_code
+
+
+def _go_headless(run_dir) -> None:
+    """The terminal is gone (--on-hangup detach): from now on write to the run's output.log, ignore
+    further hangups, and let the engine and its control socket go on for `tui-trainer attach`."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log = os.open(os.path.join(run_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+
+
+def run_attach(run_dir=None, base="runs") -> int:
+    """`tui-trainer attach`: the same app on a run in another process (or, finished, read-only)."""
+    from pathlib import Path
+
+    from tui_trainer import config
+    from tui_trainer.errors import UserError
+    from tui_trainer.run.catalog import newest_attachable
+    from tui_trainer.run.rundir import read_events
+    from tui_trainer.run.server import live_socket
+    from tui_trainer.ui.link import ReplayLink
+    from tui_trainer.ui.remote import SocketLink
+
+    if run_dir is None:
+        run_dir = newest_attachable(base)
+        if run_dir is None:
+            raise UserError(f"no running run under {base}/ to attach to; `tui-trainer ls` lists the runs,"
+                            " `tui-trainer attach RUN_DIR` shows a finished one", source="attach")
+    run_dir = Path(run_dir)
+    if not (run_dir / "events.jsonl").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no events.jsonl); `tui-trainer ls` lists runs",
+                        source="attach")
+    try:
+        ui = config.load(run_dir / "config.toml").ui
+    except UserError:
+        ui = config.UiSection()
+    sock = live_socket(run_dir)
+    link = SocketLink(sock) if sock is not None else ReplayLink(read_events(run_dir / "events.jsonl"))
+    app = TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor, handle_signals=True)
+    app.remote = True
+    try:
+        app.run(mouse=False)
+    finally:
+        link.close()
     return app.exit_code

@@ -16,6 +16,7 @@ STATE_STYLE = {
     "stopping": "bold black on magenta",
     "finished": "bold black on dodger_blue1",
     "failed": "bold white on red3",
+    "disconnected": "bold white on grey35",
 }
 
 

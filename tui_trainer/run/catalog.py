@@ -1,0 +1,106 @@
+"""The runs under runs/: what state each is in, how far it got, whether a viewer can attach.
+
+Read from each run's events.jsonl (its first line and its tail, so a huge log costs the same as
+a small one) and its control socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tui_trainer.run.server import live_socket
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    name: str
+    state: str  # running, paused, stopping, completed, early_stopped, stopped, signal, nonfinite, failed, dead
+    step: int
+    total_steps: int | None
+    epoch: int | None
+    epochs: int | None
+    monitor: str | None
+    best: float | None
+    best_epoch: int | None
+    attachable: bool
+    started: float
+
+
+def _head_and_tail(path: Path, tail_bytes: int = 256 * 1024) -> tuple[dict | None, list[dict]]:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(len(first), size - tail_bytes))
+            chunk = f.read()
+    except OSError:
+        return None, []
+    lines = chunk.split(b"\n")
+    if size - tail_bytes > len(first):
+        lines = lines[1:]  # a partial first line
+    records = []
+    for line in [first, *lines]:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line of a killed writer
+    head = records[0] if records and records[0].get("kind") == "RunStarted" else None
+    started = next((r for r in records if r.get("kind") == "RunStarted"), head)
+    return started, records
+
+
+def summarize(run_dir: Path) -> RunSummary | None:
+    started, records = _head_and_tail(run_dir / "events.jsonl")
+    if started is None:
+        return None
+    state, step, epoch, best, best_epoch = "dead", started.get("start_step", 0), None, None, None
+    final = None
+    for record in records:
+        kind = record.get("kind")
+        step = record.get("step", step)
+        if kind == "StateChanged":
+            state = record["state"]
+        elif kind == "EpochEnd":
+            epoch, best, best_epoch = record["epoch"], record.get("best"), record.get("best_epoch")
+        elif kind == "StepReport":
+            epoch = record.get("epoch", epoch)
+        elif kind in ("Finished", "Failed"):
+            final = record
+    sock = live_socket(run_dir) if final is None else None
+    if final is not None:
+        state = "failed" if final["kind"] == "Failed" else final["status"]
+    elif sock is None:
+        state = "dead"  # no final event and nobody serving: killed, or the machine went down
+    return RunSummary(run_dir, started["run_name"], state, step, started.get("total_steps"), epoch,
+                      started.get("epochs"), started.get("monitor"), best, best_epoch, sock is not None,
+                      started.get("time", 0.0))
+
+
+def list_runs(base: str | Path = "runs") -> list[RunSummary]:
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    runs = [summarize(p) for p in base.iterdir() if (p / "events.jsonl").is_file()]
+    return sorted((r for r in runs if r is not None), key=lambda r: r.started)
+
+
+def newest_attachable(base: str | Path = "runs") -> Path | None:
+    live = [r for r in list_runs(base) if r.attachable]
+    return live[-1].path if live else None
+
+
+def format_runs(runs: list[RunSummary]) -> str:
+    if not runs:
+        return "no runs here (runs/ is empty); start one with: tui-trainer PRESET.toml --detach"
+    header = f"{'run':<42} {'state':<13} {'epoch':>9} {'step':>13} {'best':>20}  attach"
+    lines = [header]
+    for r in runs:
+        epoch = f"{r.epoch or '-'}/{r.epochs or '?'}"
+        step = f"{r.step}/{r.total_steps or '?'}"
+        best = f"{r.monitor} {r.best:.4f}" if r.best is not None and r.monitor else "-"
+        lines.append(f"{str(r.path):<42} {r.state:<13} {epoch:>9} {step:>13} {best:>20}  {'yes' if r.attachable else '-'}")
+    return "\n".join(lines)
