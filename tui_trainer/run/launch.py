@@ -54,8 +54,8 @@ def prepare(
     if resume:
         resume_path = find_latest(preset.name) if resume == "auto" else Path(resume)
         if resume_path is None:
-            raise UserError(f"--resume auto: no runs/{preset.name}-*/checkpoints/last.pt here; start without --resume",
-                            source="--resume")
+            raise UserError(f"no runs/{preset.name}-*/checkpoints/last.pt in this directory; start without"
+                            " --resume, or give the checkpoint's path", source="--resume auto")
         state = checkpoint.load(resume_path)
     tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
 
