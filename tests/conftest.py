@@ -75,7 +75,9 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
-    """The real CLI, as a user runs it (no TTY)."""
-    return subprocess.run([sys.executable, "-m", "tui_trainer", *args], cwd=cwd, env=cli_env(),
+def run_cli(*args: str, cwd: Path, timeout: float = 240, env_extra: dict[str, str] | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """The real CLI, as a user runs it (no TTY). `env_extra`: variables to add or override."""
+    env = {**cli_env(), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "tui_trainer", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
