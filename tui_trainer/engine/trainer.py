@@ -272,6 +272,11 @@ class Trainer:
                 param.requires_grad_(trainable)
                 if not trainable:
                     param.grad = None  # no stale gradient may reach the optimizer
+        if self.needs_closure:
+            # LBFGS moves every parameter along a direction built from its history of all of them,
+            # gradient or not, so a frozen one would still move. From a fresh history the direction
+            # is exactly zero where the gradient is: frozen stays bit-identical.
+            self.optimizer.state.clear()
         if self.model.training:
             self._train_mode()
         self._emit(self._trainable_event(prefixes, trainable, source))
