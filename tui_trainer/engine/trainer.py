@@ -153,6 +153,10 @@ class Trainer:
                     break
             if status := self._between_steps():
                 return status
+            if self.batch_in_epoch < self.parts.steps_per_epoch:
+                # train.max_steps ended the run mid-epoch: the epoch is not over (no validation,
+                # no epoch scheduler step), so a resume continues with its next batch.
+                return "completed"
             if self._end_epoch():
                 return "early_stopped"
             if self._stop is not None:
