@@ -108,3 +108,10 @@ class _Failing(nn.Module):
             if self.calls == self.fail_at:
                 raise RuntimeError(f"planned failure on training call {self.calls}")
         return self.body(x)
+
+
+def record_lrs(optimizer: torch.optim.Optimizer) -> list[list[float]]:
+    """The LR of every group at every optimizer step, as the step is taken (`lrs[k]`: 0-based step k)."""
+    lrs: list[list[float]] = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: lrs.append([g["lr"] for g in opt.param_groups]))
+    return lrs

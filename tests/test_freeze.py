@@ -15,6 +15,8 @@ from tests.engine_helpers import TINY_OPTIMIZER, At, Snapshots, edit, run
 from tui_trainer.engine.commands import SetTrainable
 from tui_trainer.engine.events import RunWarning, TrainableChanged
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FROZEN = ("0.0.weight", "0.1.weight", "0.1.bias")  # block 0: conv and BatchNorm
 HEAD = "6.weight"
 FREEZE_AT, UNFREEZE_AT = 3, 7  # sent after these steps, applied before the next one
