@@ -31,11 +31,12 @@ class Outcome:
 
 
 def run(preset: Path, *overrides: str, callbacks: Iterable[object] | Callable[[Session], Iterable[object]] = (),
-        resume: str | None = None, run_dir: Path | None = None, layer_stats: bool = False) -> Outcome:
+        resume: str | None = None, run_dir: Path | None = None, layer_stats: bool = False,
+        sinks: Iterable[Callable[[Event], None]] = ()) -> Outcome:
     """One run through `prepare` (as the CLI does); `callbacks` may be a function of the session
     for callbacks that need the live model."""
     events: list[Event] = []
-    session = prepare(preset, list(overrides), resume=resume, run_dir=run_dir, sinks=[events.append],
+    session = prepare(preset, list(overrides), resume=resume, run_dir=run_dir, sinks=[events.append, *sinks],
                       layer_stats=layer_stats)
     session.trainer.callbacks.extend(callbacks(session) if callable(callbacks) else callbacks)
     try:
@@ -115,3 +116,19 @@ def record_lrs(optimizer: torch.optim.Optimizer) -> list[list[float]]:
     lrs: list[list[float]] = []
     optimizer.register_step_pre_hook(lambda opt, args, kwargs: lrs.append([g["lr"] for g in opt.param_groups]))
     return lrs
+
+
+def resnetish(num_classes: int = 10) -> nn.Module:
+    """A tiny model with resnet's module names (conv1, bn1, layer1-4 of two blocks, fc): presets in
+    tests can name layers as for resnet18 without paying for torchvision and an 11M-parameter init."""
+    def layer(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.Conv2d(cout, cout, 3, padding=1))
+
+    model = nn.Sequential()
+    model.add_module("conv1", nn.Conv2d(3, 4, 3, padding=1))
+    model.add_module("bn1", nn.BatchNorm2d(4))
+    for i in range(1, 5):
+        model.add_module(f"layer{i}", layer(4, 4))
+    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    model.add_module("fc", nn.Linear(4, num_classes))
+    return model

@@ -18,6 +18,9 @@ from tui_trainer.build.model import build_model, find_head, replace_head
 from tui_trainer.build.layers import first_tensor
 from tui_trainer.config import ModelSection
 
+pytestmark = [pytest.mark.filterwarnings("ignore:The default weight initialization:FutureWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
+
 ALL = tvm.list_models(module=tvm)
 NUM_CLASSES = 7
 

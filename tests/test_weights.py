@@ -1,8 +1,12 @@
 """Pretrained weights on a machine without network: "error" stops before training with the file
 name, the URL and the cache directory; "random" says so loudly and trains. The download is sent to
-a closed local port (a proxy at 127.0.0.1:9), so these tests never reach the network, online or not."""
+a closed local port (a proxy at 127.0.0.1:9), so these tests never reach the network, online or not,
+and TORCH_HOME is a fresh folder (no cached weights)."""
 
 from __future__ import annotations
+
+import io
+import urllib.request
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ import torchvision.models as tvm
 
 from tests.conftest import ONE_THREAD_ENV, run_cli
 from tests.engine_helpers import run
+from tui_trainer.engine.events import RunStarted, RunWarning
 from tui_trainer.errors import UserError
 
 URL = tvm.ResNet18_Weights.IMAGENET1K_V1.url
@@ -54,17 +59,29 @@ def test_fallback_error_names_file_url_and_cache(tmp_path):
     assert not list(cache.iterdir()), "no partial download left in the cache"
 
 
-def test_fallback_random_warns_loudly_and_trains(tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_fallback_random_warns_loudly_and_trains(tmp_path, monkeypatch):
+    """In-process, with the same closed proxy installed as urllib's opener."""
+    closed = "http://127.0.0.1:9"
+    monkeypatch.setattr(urllib.request, "_opener", None)  # restored after the test
+    urllib.request.install_opener(urllib.request.build_opener(urllib.request.ProxyHandler(
+        {"http": closed, "https": closed})))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     preset = tmp_path / "r18.toml"
     preset.write_text(RESNET.format(fallback="random"))
-    proc = run_cli(str(preset), "--no-ui", cwd=tmp_path, env_extra=offline_env(tmp_path / "th"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = io.StringIO()
+    from tui_trainer.run.headless import LineReporter
+
+    out = run(preset, sinks=[LineReporter(lines)], run_dir=tmp_path / "run")
+    assert out.final.status == "completed" and out.final.step == 2
     cache = tmp_path / "th" / "hub" / "checkpoints"
-    lines = proc.stdout.splitlines()
-    assert "| weights random init (offline) |" in lines[0]
-    assert lines[2].endswith(f"WARNING weights: resnet18 IMAGENET1K_V1 unavailable offline ({FILE} not in {cache});"
-                             " training from RANDOM INIT")
-    assert "completed: finished 2 steps" in lines[-1]
+    warning = (f"weights: resnet18 IMAGENET1K_V1 unavailable offline ({FILE} not in {cache});"
+               " training from RANDOM INIT")
+    assert [e.message for e in out.of(RunWarning)] == [warning]
+    assert out.of(RunStarted)[0].weights == "random init (offline)"
+    printed = lines.getvalue().splitlines()
+    assert "| weights random init (offline) |" in printed[0]
+    assert printed[2].endswith(f"WARNING {warning}")
 
 
 @pytest.mark.usefixtures("one_torch_thread")
