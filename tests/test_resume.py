@@ -12,6 +12,7 @@ from tests.conftest import ONE_THREAD_ENV, run_cli
 from tests.engine_helpers import At, run
 from tui_trainer.engine.commands import ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.events import EpochEnd, RunStarted, StepReport
+from tui_trainer.errors import UserError
 from tui_trainer.run.rundir import read_events
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -131,3 +132,30 @@ def test_resume_auto_through_the_cli(tiny_preset, tmp_path):
     assert state["step"] == 21
     for name, tensor in reference.model.state_dict().items():
         assert torch.equal(state["model"][name], tensor), name
+
+
+def test_a_checkpoint_that_does_not_fit_changes_nothing(tiny_preset, tmp_path):
+    """Resuming with a preset whose model or param groups differ is bad input: one line, and the run
+    directory it came from is left as it was (its config.toml still describes the run)."""
+    preset = tiny_preset()
+    run(preset, "train.epochs=1", run_dir=tmp_path / "a")
+    run_dir = tmp_path / "a"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    last = run_dir / "checkpoints" / "last.pt"
+    cases = {
+        "model.kwargs.width=8": f"--resume: {last} is from another model (size mismatch for 0.0.weight: copying a"
+                                " param with shape torch.Size([4, 3, 3, 3]) from checkpoint, the shape in current"
+                                " model is torch.Size([8, 3, 3, 3]).); resume with the preset it was trained with",
+        'optimizer.groups=[{params=["6"], lr=0.1}]': f"--resume: {last}: optimizer state does not fit this preset's"
+                                                     " optimizer or param groups (loaded state dict has a different"
+                                                     " number of parameter groups)",
+    }
+    for override, message in cases.items():
+        with pytest.raises(UserError) as info:
+            run(preset, override, resume=str(last))
+        assert str(info.value) == message
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    # Nor does a fresh --run-dir appear for a resume that cannot start.
+    with pytest.raises(UserError):
+        run(preset, "model.kwargs.width=8", resume=str(last), run_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()

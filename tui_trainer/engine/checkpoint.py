@@ -24,13 +24,14 @@ _TMP = re.compile(r"^\..+\.tmp$")
 
 class CheckpointDir:
     def __init__(self, root: str | Path, keep_last: int):
-        self.root = Path(root)
+        self.root = Path(root)  # made by the first write: a run that never starts leaves nothing
         self.keep_last = keep_last
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def clean_stray(self) -> list[Path]:
         """Remove temp files a killed process left behind."""
         removed = []
+        if not self.root.is_dir():
+            return removed
         for path in self.root.iterdir():
             if _TMP.match(path.name):
                 path.unlink(missing_ok=True)
@@ -38,6 +39,7 @@ class CheckpointDir:
         return removed
 
     def write(self, name: str, payload: dict[str, Any]) -> tuple[Path, int]:
+        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
         atomic_save(payload, path)
         return path, path.stat().st_size

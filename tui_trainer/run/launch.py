@@ -61,21 +61,15 @@ def prepare(
 
     parts = build.build(preset)
 
+    fresh = run_dir is None and (resume_path is None or run_dir_of(resume_path) is None)
     if run_dir is not None:
         rd = RunDir(run_dir)
-        rd.path.mkdir(parents=True, exist_ok=True)
-    elif resume_path is not None and run_dir_of(resume_path) is not None:
+    elif not fresh:
         rd = RunDir(run_dir_of(resume_path))  # continue the run it came from: one history
     else:
-        rd = RunDir.create(preset.name)
-    rd.write_config(preset)
-    recorder = Recorder(rd)
-    all_sinks: list[Callable[[Event], None]] = [recorder, *(sinks or [])]
-    closers = [recorder.close]
-    if tensorboard is not None:
-        tb = TensorBoardSink(tensorboard(log_dir=str(rd.path / "tensorboard")))
-        all_sinks.append(tb)
-        closers.append(tb.close)
+        rd = RunDir.unused(preset.name)
+
+    all_sinks: list[Callable[[Event], None]] = []
 
     def sink(event: Event) -> None:
         for s in all_sinks:
@@ -85,7 +79,22 @@ def prepare(
     trainer = Trainer(parts, sink, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
                       should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None)
     if state is not None:
+        # Before anything is written: a checkpoint that does not fit this preset is bad input, and
+        # the run it came from keeps its config.toml.
         trainer.load_state_dict(state, source=str(resume_path))
+
+    try:
+        rd.path.mkdir(parents=True, exist_ok=not fresh)
+    except FileExistsError:
+        raise UserError(f"another run just made {rd.path}; start again, or give --run-dir") from None
+    rd.write_config(preset)
+    recorder = Recorder(rd)
+    all_sinks += [recorder, *(sinks or [])]
+    closers = [recorder.close]
+    if tensorboard is not None:
+        tb = TensorBoardSink(tensorboard(log_dir=str(rd.path / "tensorboard")))
+        all_sinks.append(tb)
+        closers.append(tb.close)
     return Session(preset, rd, trainer, control, closers)
 
 
