@@ -159,3 +159,19 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing(tiny_preset, tmp_path):
     with pytest.raises(UserError):
         run(preset, "model.kwargs.width=8", resume=str(last), run_dir=tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_per_step_schedule_resumes_exactly(tiny_preset, tmp_path):
+    """OneCycleLR stepped every batch (its own step counter) with AdamW (its own step counts)."""
+    preset = tiny_preset("""
+        [scheduler]
+        name = "OneCycleLR"
+        interval = "step"
+    """)
+    preset.write_text(preset.read_text().replace('name = "SGD"\nlr = 0.05\nmomentum = 0.9',
+                                                 'name = "AdamW"\nlr = 0.01'))
+    reference = run(preset, *OVERRIDES, run_dir=tmp_path / "straight")
+    run(preset, *OVERRIDES, callbacks=[At({10: Stop()})], run_dir=tmp_path / "a")
+    second = run(preset, *OVERRIDES, resume=str(tmp_path / "a/checkpoints/last.pt"))
+    assert second.of(RunStarted)[0].start_step == 10
+    assert_same_state(second, reference)
