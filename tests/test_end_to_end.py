@@ -11,20 +11,18 @@ import re
 import pytest
 import torch
 
-from tests.conftest import ONE_THREAD_ENV, run_cli
+from tests.conftest import ONE_THREAD_ENV, run_cli, tiny_preset_text
 from tests.engine_helpers import At, edit, run
 from tui_trainer import config
 from tui_trainer.engine.commands import SaveCheckpoint, ScaleLr, SetTrainable
 from tui_trainer.engine.events import EVENT_TYPES, EpochEnd, Failed, RunStarted, StepReport, from_json
 from tui_trainer.run.rundir import METRIC_FIELDS
 
-EPOCHS, STEPS_PER_EPOCH, LOG_EVERY = 3, 7, 2
+EPOCHS, STEPS_PER_EPOCH = 3, 7
 
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    from tests.conftest import tiny_preset_text
-
     cwd = tmp_path_factory.mktemp("e2e")
     preset = cwd / "tiny.toml"
     preset.write_text(tiny_preset_text(), encoding="utf-8")
