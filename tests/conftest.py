@@ -75,7 +75,24 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
-    """The real CLI, as a user runs it (no TTY)."""
-    return subprocess.run([sys.executable, "-m", "tui_trainer", *args], cwd=cwd, env=cli_env(),
+def run_cli(*args: str, cwd: Path, timeout: float = 240, env_extra: dict[str, str] | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """The real CLI, as a user runs it (no TTY). `env_extra`: variables to add or override."""
+    env = {**cli_env(), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "tui_trainer", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}  # for run_cli(env_extra=...): see one_torch_thread
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one thread for this test. The tiny models train ~5x faster so: with two
+    threads on a shared 2-core machine the time goes to spin-waiting, not arithmetic."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args and args[0] == "preview":
             opts = _preview_parser().parse_args(args[1:])
+            _check_preset(opts.preset, opts.overrides)
             from tui_trainer.run.preview import preview
 
             return preview(opts.preset, opts.overrides)
@@ -68,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _check_preset(path: str, overrides: list[str]) -> None:
+    """Validate the preset before torch is imported: a typo costs milliseconds, not seconds."""
+    from tui_trainer import config
+
+    config.load(path, overrides)
+
+
 def _train(opts: argparse.Namespace) -> int:
+    _check_preset(opts.preset, opts.overrides)
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if not opts.no_ui and not interactive:
         print("tui-trainer: no terminal on stdin/stderr; running headless (--no-ui)", file=sys.stderr)

@@ -165,10 +165,7 @@ class Preset(_Strict):
 
     def key_source(self, key: str) -> str:
         """Where a key's value came from: the file, or the `--set` that overrode it."""
-        for over in self._overridden:
-            if key == over or key.startswith(over + ".") or over.startswith(key + "."):
-                return f"--set {over}"
-        return self._source
+        return _origin(key, self._overridden, self._source)
 
     def error(self, key: str, message: str) -> UserError:
         return UserError(message, key=key, source=self.key_source(key))
@@ -202,21 +199,25 @@ def from_dict(raw: dict[str, Any], *, source: str = "<preset>", overrides=()) ->
     keys = []
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(raw, key, value, source=f"--set {item}")
+        _set_path(raw, key, value, source=f"--set {key}")
         keys.append(key)
     try:
         preset = Preset.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         key, message = _explain(err)
-        origin = source
-        for over in keys:
-            if key == over or key.startswith(over + "."):
-                origin = f"--set {over}"
-        raise UserError(message, key=key or None, source=origin) from None
+        raise UserError(message, key=key or None, source=_origin(key, keys, source)) from None
     preset._source = source
     preset._overridden = tuple(keys)
     return preset
+
+
+def _origin(key: str, overridden, source: str) -> str:
+    """The `--set` that supplied `key` (or a table above or below it), else the file."""
+    for over in reversed(list(overridden)):  # the last --set of a key wins, so it is the one to name
+        if key == over or key.startswith(over + ".") or over.startswith(key + "."):
+            return f"--set {over}"
+    return source
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -224,10 +225,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key):
-        raise UserError(
-            f'bad --set "{item}": expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=0.05',
-            source="--set",
-        )
+        raise UserError("expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=0.05",
+                        source=f"--set {item}")
     text = text.strip()
     try:
         return key, tomllib.loads(f"v = {text}")["v"]
@@ -242,7 +241,11 @@ def _set_path(raw: dict[str, Any], key: str, value: Any, *, source: str) -> None
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"{'.'.join(parts[:i])} has {len(node)} entries; no index {part}", source=source)
+                where = ".".join(parts[:i])
+                if not node:
+                    raise UserError(_no_entries(where), source=source)
+                raise UserError(f"{where} has entries 0 to {len(node) - 1}; there is no entry {part}",
+                                source=source)
             if last:
                 node[int(part)] = value
             else:
@@ -254,6 +257,9 @@ def _set_path(raw: dict[str, Any], key: str, value: Any, *, source: str) -> None
             node[part] = value
         else:
             child = node.get(part)
+            if child is None and parts[i + 1].isdigit():
+                where = ".".join(parts[: i + 1])
+                raise UserError(_no_entries(where), source=source)
             if child is None:
                 child = node[part] = {}
             elif isinstance(child, dict):
@@ -261,6 +267,10 @@ def _set_path(raw: dict[str, Any], key: str, value: Any, *, source: str) -> None
             elif isinstance(child, list):
                 child = node[part] = [dict(c) if isinstance(c, dict) else c for c in child]
             node = child
+
+
+def _no_entries(where: str) -> str:
+    return f"{where} has no entries; add them to the preset, or set the whole list: --set '{where}=[...]'"
 
 
 _TYPE_WORDS = {

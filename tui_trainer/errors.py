@@ -23,6 +23,8 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         parts = [p for p in (self.source, self.key) if p]
+        if self.key and self.source == f"--set {self.key}":
+            parts = [self.source]  # "--set train.epoch: train.epoch: ..." says the key twice
         return ": ".join([*parts, self.message])
 
 
@@ -31,11 +33,11 @@ class PresetError(UserError):
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """`; did you mean "x"?` or an empty string."""
+    """`; did you mean "x"?` or an empty string. A difference in case only wins ("Adamw" ->
+    "AdamW", not "Adam"), then the closest spelling, ignoring case."""
     choices = list(choices)
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        if word.lower() in lowered:
-            close = [lowered[word.lower()]]
-    return f'; did you mean "{close[0]}"?' if close else ""
+    lowered = {c.lower(): c for c in choices}
+    if word.lower() in lowered:
+        return f'; did you mean "{lowered[word.lower()]}"?'
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f'; did you mean "{lowered[close[0]]}"?' if close else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tui_trainer.build.optim import (
     plan_lr,
 )
 from tui_trainer.config import Preset
-from tui_trainer.errors import PresetError
+from tui_trainer.errors import PresetError, UserError
 
 
 @dataclass
@@ -55,6 +56,11 @@ class Parts:
 
 def check(preset: Preset) -> None:
     """Fail fast on names and kwargs before anything heavy (data, weights) is touched."""
+    with _named_source(preset):
+        _check(preset)
+
+
+def _check(preset: Preset) -> None:
     check_arch(preset.model)
     check_optimizer(preset.optimizer)
     check_scheduler(preset.scheduler)
@@ -111,17 +117,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build(preset: Preset) -> Parts:
+@contextlib.contextmanager
+def _named_source(preset: Preset):
+    """Builders name only the key; the error learns here whether the file or a --set gave it."""
     try:
-        return _build(preset)
-    except PresetError as err:
+        yield
+    except UserError as err:
         if err.key and not err.source:
             err.source = preset.key_source(err.key)
         raise
 
 
+def build(preset: Preset) -> Parts:
+    with _named_source(preset):
+        return _build(preset)
+
+
 def _build(preset: Preset) -> Parts:
-    check(preset)
+    _check(preset)
     device = resolve_device(preset.train.device)
     seed_everything(preset.seed, preset.train.deterministic)
     warnings: list[str] = []

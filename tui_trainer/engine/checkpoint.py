@@ -24,13 +24,14 @@ _TMP = re.compile(r"^\..+\.tmp$")
 
 class CheckpointDir:
     def __init__(self, root: str | Path, keep_last: int):
-        self.root = Path(root)
+        self.root = Path(root)  # made by the first write: a run that never starts leaves nothing
         self.keep_last = keep_last
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def clean_stray(self) -> list[Path]:
         """Remove temp files a killed process left behind."""
         removed = []
+        if not self.root.is_dir():
+            return removed
         for path in self.root.iterdir():
             if _TMP.match(path.name):
                 path.unlink(missing_ok=True)
@@ -38,6 +39,7 @@ class CheckpointDir:
         return removed
 
     def write(self, name: str, payload: dict[str, Any]) -> tuple[Path, int]:
+        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
         atomic_save(payload, path)
         return path, path.stat().st_size
@@ -112,11 +114,18 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        # Every weights_only failure mentions weights_only; only "Unsupported global" means the file
+        # holds Python objects. Anything else (bad opcode, torn zip) is a damaged file.
+        if "Unsupported global" in text:
             why = "it holds Python objects that could run code when loaded; refusing (weights_only=True)"
         else:
-            why = f"it is damaged or not a checkpoint ({type(exc).__name__}: {first[:120]})"
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            detail = lines[0] if lines else type(exc).__name__
+            for i, line in enumerate(lines[:-1]):
+                if line.endswith("WeightsUnpickler error:"):  # the cause is on the next line
+                    detail = lines[i + 1]
+            why = f"it is damaged or not a checkpoint ({type(exc).__name__}: {detail[:120]})"
         raise UserError(f"cannot load {path}: {why}", source="--resume") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source="--resume")

@@ -155,6 +155,10 @@ class Trainer:
                     break
             if status := self._between_steps():
                 return status
+            if self.batch_in_epoch < self.parts.steps_per_epoch:
+                # train.max_steps ended the run mid-epoch: the epoch is not over (no validation,
+                # no epoch scheduler step), so a resume continues with its next batch.
+                return "completed"
             if self._end_epoch():
                 return "early_stopped"
             if self._stop is not None:
@@ -279,6 +283,11 @@ class Trainer:
             param.requires_grad_(value)
             if not value:
                 param.grad = None  # no stale gradient may reach the optimizer
+        if self.needs_closure:
+            # LBFGS moves every parameter along a direction built from its history of all of them,
+            # gradient or not, so a frozen one would still move. From a fresh history the direction
+            # is exactly zero where the gradient is: frozen stays bit-identical.
+            self.optimizer.state.clear()
         if self.model.training:
             self._train_mode()
         self._emit(self._trainable_event(prefixes, trainable, source))

@@ -47,8 +47,8 @@ def lrs_text(lrs) -> str:
 def event_line(event, started=None) -> tuple[str, str] | None:
     """A log line for a rare event, and its level (info, good, warn, error), or None.
 
-    Shared by the headless reporter and the app's log pane so both say the same thing. Paths
-    inside the run directory are shown relative to it (the run directory is printed at start).
+    Shared by the headless reporter and the app's log pane so both say the same thing. Checkpoint
+    lines show paths relative to the run directory (printed at start); the final line the full path.
     """
     import os
 
@@ -72,6 +72,7 @@ def event_line(event, started=None) -> tuple[str, str] | None:
             parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
         if event.patience:
             parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
+        parts.append(f"| {event.seconds:.1f}s val")
         return " ".join(parts), "good" if event.improved else "info"
     if isinstance(event, ev.CheckpointSaved):
         return (f"checkpoint {short(event.path)} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
@@ -91,11 +92,11 @@ def event_line(event, started=None) -> tuple[str, str] | None:
     if isinstance(event, ev.StateChanged) and event.state in ("paused", "stopping"):
         return f"{event.state} at step {event.step}", "info"
     if isinstance(event, ev.Finished):
-        best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {short(event.best_path)}"
+        best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {event.best_path}"
                 if event.best is not None and event.best_path else "")
         return (f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}",
                 "good" if event.exit_code == 0 else "error")
     if isinstance(event, ev.Failed):
-        saved = f"; emergency checkpoint {short(event.emergency_path)}" if event.emergency_path else ""
+        saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
         return f"FAILED at step {event.step}: {event.error}{saved}", "error"
     return None

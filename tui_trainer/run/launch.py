@@ -15,6 +15,7 @@ from tui_trainer.engine.commands import Control
 from tui_trainer.engine.events import Event
 from tui_trainer.engine.trainer import Trainer
 from tui_trainer.errors import UserError
+from tui_trainer.run.server import ControlServer, live_socket
 from tui_trainer.run.rundir import Recorder, RunDir, find_latest, run_dir_of
 
 
@@ -40,7 +41,9 @@ def prepare(
     sinks: list[Callable[[Event], None]] | None = None,
     should_stop: Callable[[], bool] | None = None,
     layer_stats: bool = False,
+    serve: bool = False,
 ) -> Session:
+    """`serve`: open the run's control socket (run/server.py) so `tui-trainer attach` can steer it."""
     from tui_trainer import build
     from tui_trainer.engine import checkpoint
 
@@ -54,28 +57,22 @@ def prepare(
     if resume:
         resume_path = find_latest(preset.name) if resume == "auto" else Path(resume)
         if resume_path is None:
-            raise UserError(f"--resume auto: no runs/{preset.name}-*/checkpoints/last.pt here; start without --resume",
-                            source="--resume")
+            raise UserError(f"no runs/{preset.name}-*/checkpoints/last.pt in this directory; start without"
+                            " --resume, or give the checkpoint's path", source="--resume auto")
         state = checkpoint.load(resume_path)
     tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
 
     parts = build.build(preset)
 
+    fresh = run_dir is None and (resume_path is None or run_dir_of(resume_path) is None)
     if run_dir is not None:
         rd = RunDir(run_dir)
-        rd.path.mkdir(parents=True, exist_ok=True)
-    elif resume_path is not None and run_dir_of(resume_path) is not None:
+    elif not fresh:
         rd = RunDir(run_dir_of(resume_path))  # continue the run it came from: one history
     else:
-        rd = RunDir.create(preset.name)
-    rd.write_config(preset)
-    recorder = Recorder(rd)
-    all_sinks: list[Callable[[Event], None]] = [recorder, *(sinks or [])]
-    closers = [recorder.close]
-    if tensorboard is not None:
-        tb = TensorBoardSink(tensorboard(log_dir=str(rd.path / "tensorboard")))
-        all_sinks.append(tb)
-        closers.append(tb.close)
+        rd = RunDir.unused(preset.name)
+
+    all_sinks: list[Callable[[Event], None]] = []
 
     def sink(event: Event) -> None:
         for s in all_sinks:
@@ -85,7 +82,30 @@ def prepare(
     trainer = Trainer(parts, sink, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
                       should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None)
     if state is not None:
+        # Before anything is written: a checkpoint that does not fit this preset is bad input, and
+        # the run it came from keeps its config.toml.
         trainer.load_state_dict(state, source=str(resume_path))
+
+    if serve and not fresh and live_socket(rd.path) is not None:
+        raise UserError(f"{rd.path} is in use by a running tui-trainer; `tui-trainer attach {rd.path}` steers it",
+                        source="--run-dir" if run_dir is not None else "--resume")
+    try:
+        rd.path.mkdir(parents=True, exist_ok=not fresh)
+    except FileExistsError:
+        raise UserError(f"another run just made {rd.path}; start again, or give --run-dir") from None
+    rd.write_config(preset)
+    recorder = Recorder(rd)
+    all_sinks += [recorder, *(sinks or [])]
+    closers = [recorder.close]
+    if tensorboard is not None:
+        tb = TensorBoardSink(tensorboard(log_dir=str(rd.path / "tensorboard")))
+        all_sinks.append(tb)
+        closers.append(tb.close)
+    if serve:
+        server = ControlServer(rd.path, control)
+        server.start()
+        all_sinks.append(server)
+        closers.insert(0, server.close)  # viewers get the final events before the socket goes
     return Session(preset, rd, trainer, control, closers)
 
 

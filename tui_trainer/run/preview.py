@@ -37,7 +37,7 @@ def preview(path: str, overrides: list[str]) -> int:
     for warning in parts.warnings:
         console.print(f"WARNING {warning}", style="yellow", markup=False)
     console.rule(f"planned LR: {parts.total_steps} steps ({preset.train.epochs} epochs x {parts.steps_per_epoch})")
-    console.print(plot_plan(parts.plan, width=min(console.width, 100)), markup=False)
+    console.print(plot_plan(parts.plan, width=min(console.width, 100)), markup=False, soft_wrap=True)
     return 0
 
 
@@ -53,6 +53,8 @@ def plot_plan(plan: LrPlan, width: int = 80, height: int = 12) -> str:
     plt.xlabel("step")
     if plan.adaptive:
         plt.title("ReduceLROnPlateau: lowered on plateaus; no future is planned")
-    text = plt.build()
+    # plotext ends every line with a colour reset even in the "clear" theme: in a log file that is
+    # noise, and rich counts the escape codes as width and wraps the plot into garbage.
+    text = plt.uncolorize(plt.build())
     plt.clear_figure()
     return text

@@ -19,13 +19,19 @@ class RunDir:
 
     @classmethod
     def create(cls, name: str, base: str | Path = "runs") -> RunDir:
+        rd = cls.unused(name, base)
+        rd.path.mkdir(parents=True)
+        return rd
+
+    @classmethod
+    def unused(cls, name: str, base: str | Path = "runs") -> RunDir:
+        """A free runs/<name>-<YYYYmmdd-HHMMSS>/ path, not made yet."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(base) / f"{name}-{stamp}"
         n = 2
         while path.exists():
             path = Path(base) / f"{name}-{stamp}-{n}"
             n += 1
-        path.mkdir(parents=True)
         return cls(path)
 
     @property

@@ -1,0 +1,35 @@
+"""How a run ends: completed, early-stopped, stopped by a command, train.max_steps mid-epoch."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine_helpers import At, run
+from tui_trainer.engine.commands import Stop
+from tui_trainer.engine.events import EpochEnd, StepReport
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_early_stopping_ends_the_run_cleanly(tiny_preset):
+    # min_delta 100: only the first epoch counts as an improvement; patience 1 stops after the second.
+    out = run(tiny_preset(), "train.epochs=5", "early_stopping.enabled=true", "early_stopping.patience=1",
+              "early_stopping.min_delta=100.0")
+    assert (out.final.status, out.final.exit_code, out.final.step) == ("early_stopped", 0, 14)
+    assert [(e.epoch, e.bad_epochs, e.patience) for e in out.of(EpochEnd)] == [(1, 0, 1), (2, 1, 1)]
+    assert out.final.message == "early stop: no val_loss improvement for 1 epochs"
+
+
+def test_stop_command_saves_and_exits_0(tiny_preset, tmp_path):
+    out = run(tiny_preset(), "train.log_every=1", callbacks=[At({4: Stop()})], run_dir=tmp_path / "r")
+    assert (out.final.status, out.final.exit_code, out.final.step) == ("stopped", 0, 4)
+    assert out.final.last_path == str(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert max(e.step for e in out.of(StepReport)) == 4
+
+
+def test_max_steps_mid_epoch_leaves_the_epoch_open(tiny_preset, tmp_path):
+    out = run(tiny_preset(), "train.max_steps=5", run_dir=tmp_path / "r")
+    assert (out.final.status, out.final.step, out.final.epoch) == ("completed", 5, 0)
+    assert not out.of(EpochEnd), "a partial epoch is neither validated nor counted"
+    state = out.session.trainer.state_dict()
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 0, 5)
