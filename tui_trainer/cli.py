@@ -26,7 +26,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="tui-trainer",
         description="Train a PyTorch model from a TOML preset and steer it live from the terminal.",
-        epilog="other commands:\n  tui-trainer preview PRESET.toml   resolved config, layers, planned LR; no training\n\n"
+        epilog="other commands:\n"
+        "  tui-trainer preview PRESET.toml   resolved config, layers, planned LR; no training\n"
+        "  tui-trainer attach [RUN_DIR]      open the monitor on a running (or finished) run\n"
+        "  tui-trainer ls [RUNS_DIR]         list runs: state, epoch, best, attachable\n\n"
         + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,7 +40,28 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = newest last.pt of this preset")
     p.add_argument("--run-dir", metavar="DIR", help="write the run here instead of runs/<name>-<time>/")
     p.add_argument("--paused", action="store_true", help="open the app paused (freeze layers before the first step)")
+    p.add_argument("--detach", action="store_true",
+                   help="train in the background (headless, logs in the run dir); attach with `tui-trainer attach`")
+    p.add_argument("--on-hangup", choices=("stop", "detach"), default="stop",
+                   help="when the terminal goes away (SSH drop): stop after a save (default), or keep training"
+                        " headless with the control socket open for `tui-trainer attach`")
     p.add_argument("--version", action="version", version=f"tui-trainer {__version__}")
+    return p
+
+
+def _attach_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tui-trainer attach",
+                description="Open the monitor on a run started with --no-ui/--detach (or a TUI run): every pane and"
+                            " key works; d or ctrl+c leaves the viewer and the run goes on. A finished run opens"
+                            " read-only.")
+    p.add_argument("run_dir", nargs="?", help="run directory (default: the newest running run under runs/)")
+    return p
+
+
+def _ls_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tui-trainer ls", description="List runs with their state, epoch, best metric and whether a"
+                                                    " viewer can attach.")
+    p.add_argument("runs", nargs="?", default="runs", help="folder of runs (default: runs)")
     return p
 
 
@@ -60,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             from tui_trainer.run.preview import preview
 
             return preview(opts.preset, opts.overrides)
+        if args and args[0] == "attach":
+            opts = _attach_parser().parse_args(args[1:])
+            from tui_trainer.ui.app import run_attach
+
+            return run_attach(opts.run_dir)
+        if args and args[0] == "ls":
+            opts = _ls_parser().parse_args(args[1:])
+            from tui_trainer.run.catalog import format_runs, list_runs
+
+            print(format_runs(list_runs(opts.runs)))
+            return 0
         return _train(_run_parser().parse_args(args))
     except UserError as err:
         print(f"tui-trainer: error: {err}", file=sys.stderr)
@@ -78,13 +113,18 @@ def _check_preset(path: str, overrides: list[str]) -> None:
 
 def _train(opts: argparse.Namespace) -> int:
     _check_preset(opts.preset, opts.overrides)
+    if opts.detach:
+        from tui_trainer.run.detach import detach
+
+        return detach(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if not opts.no_ui and not interactive:
         print("tui-trainer: no terminal on stdin/stderr; running headless (--no-ui)", file=sys.stderr)
     if opts.no_ui or not interactive:
         from tui_trainer.run.headless import run_headless
 
-        return run_headless(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
+        return run_headless(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir, serve=True)
     from tui_trainer.ui.app import run_app
 
-    return run_app(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir, paused=opts.paused)
+    return run_app(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir, paused=opts.paused,
+                   on_hangup=opts.on_hangup)

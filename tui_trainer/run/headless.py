@@ -127,10 +127,12 @@ class SignalHandlers:
         self.control.send(SaveCheckpoint(tag="manual"))
 
 
-def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream=None) -> int:
+def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream=None, serve=False) -> int:
+    """`serve`: open the control socket so `tui-trainer attach` can steer this run."""
     from tui_trainer.run.launch import prepare
 
-    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[LineReporter(stream)])
+    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[LineReporter(stream)],
+                      serve=serve)
     handlers = SignalHandlers(session.control)
     handlers.install()
     try:
