@@ -79,3 +79,13 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240, **kwargs) -> subprocess
     """The real CLI, as a user runs it (no TTY)."""
     return subprocess.run([sys.executable, "-m", "tui_trainer", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def fork_server():
+    """Start CLI runs in well under a second (see tests/helpers/forkserver.py)."""
+    from tests.helpers.proc import ForkServer
+
+    server = ForkServer()
+    yield server
+    server.close()

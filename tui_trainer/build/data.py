@@ -285,6 +285,7 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
         generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG untouched
+        worker_init_fn=_worker_ignores_stop_signals if cfg.num_workers > 0 else None,
     )
     train = DataLoader(Keyed(train_ds, seed, cfg.augment), batch_sampler=batches, **common)
     val = None
@@ -296,6 +297,18 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts
     name = cfg.dataset if cfg.dataset != "imagefolder" else f"imagefolder {cfg.root}"
     note = f"{name}: {len(train_ds)} train / {n_val} val, {len(classes) or '?'} classes"
     return DataParts(train, val, batches, len(classes) or None, classes, sample, note)
+
+
+def _worker_ignores_stop_signals(_worker_id: int) -> None:
+    """The main process owns stopping. Workers share its process group, so Ctrl+C, a terminal
+    hang-up passed on by the shell, or SLURM's / systemd's SIGTERM to the whole job reach them too:
+    by default (torch's handler for SIGTERM, or the main process's handlers inherited over fork)
+    they would die or act, and the graceful stop would end as "DataLoader worker killed". They
+    still exit when the main process shuts them down, and on their own if it dies."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _first_input(ds) -> torch.Tensor:
