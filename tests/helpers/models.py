@@ -2,7 +2,7 @@
 
 `misbehaving_cnn(plan={"5": "raise"})` wraps the real `examples.models.small_cnn` and misbehaves on
 the k-th training forward pass (1-based, counted per process, so a resumed run counts from its own
-first step). Actions: raise, oom, nan, inf, or a signal name (SIGTERM...) sent to its own process.
+first step). Actions: raise, oom, nan, inf, nangrad, or a signal name (SIGTERM...) sent to its own process.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class Misbehaving(nn.Module):
             return out * float("nan")
         if action == "inf":
             return out * float("inf")
+        if action == "nangrad":  # the loss stays finite, the gradient of the first weight is NaN
+            weight = next(self.inner.parameters())
+            return out + 0.0 * torch.sqrt(0.0 * weight).sum()
         return out
 
 

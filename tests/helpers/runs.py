@@ -32,9 +32,11 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def write_preset(path: Path, **sections: Any) -> Path:
-    """BASE with `sections` merged in (model={"arch": ...}, train={"epochs": 3}, callbacks=[...])."""
-    path.write_text(tomli_w.dumps(merge(BASE, sections)), encoding="utf-8")
+def write_preset(path: Path, replace: tuple[str, ...] = (), **sections: Any) -> Path:
+    """BASE with `sections` merged in (model={"arch": ...}, train={"epochs": 3}, callbacks=[...]);
+    sections named in `replace` replace BASE's instead."""
+    base = {k: v for k, v in BASE.items() if k not in replace}
+    path.write_text(tomli_w.dumps(merge(base, sections)), encoding="utf-8")
     return path
 
 
