@@ -37,6 +37,18 @@ class DataParts:
     sample: torch.Tensor  # one input, batch of 1, for the dry forward pass
     note: str  # "digits: 1437 train / 360 val, 10 classes"
 
+    def close(self) -> None:
+        """End the persistent worker processes now. Left to garbage collection, an iterator caught
+        in an exception's reference cycle outlives the run, and at exit multiprocessing would
+        join workers that (see _worker_ignores_stop_signals) ignore its SIGTERM: a hang. torch has
+        no public call for this; `_iterator` is the persistent-workers iterator it reuses."""
+        for loader in (self.train, self.val):
+            it = getattr(loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            if loader is not None and hasattr(loader, "_iterator"):
+                loader._iterator = None
+
 
 # --------------------------------------------------------------------------- datasets
 

@@ -142,6 +142,8 @@ class Trainer:
             return self._end_nonfinite(exc, t0)
         except Exception as exc:  # noqa: BLE001 - any failure ends as a Failed event, never a dead thread
             return self._fail(exc)
+        finally:
+            self.parts.data.close()  # worker processes end with the run (a failure must not leave them)
 
     def _train(self) -> str:
         data = self.parts.data
@@ -584,7 +586,8 @@ class Trainer:
         tb = traceback.format_exc()
         emergency = None
         if not self._in_update:  # the weights are as the last completed step left them
-            self._pending.clear()
+            # _save reports the pending losses first (completed steps: keep them); a non-finite
+            # one among them makes it raise, and then no emergency checkpoint is written
             try:
                 emergency = self._save(("emergency", "last"))
             except Exception:  # noqa: BLE001 - the original failure is what matters
@@ -637,6 +640,9 @@ def describe_failure(exc: BaseException, batch_size: int) -> str:
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
         return (f"out of memory at batch_size {batch_size}: try a smaller data.batch_size, train.amp = \"bf16\","
                 " a smaller data.image_size, or freezing more layers")
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        return (f"{type(exc).__name__}: {text[:200]}: a data loading process died (killed, or out of host"
+                " memory?); try a smaller data.num_workers or data.batch_size")
     return f"{type(exc).__name__}: {text[:300]}"
 
 

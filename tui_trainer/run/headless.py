@@ -140,15 +140,36 @@ class LineReporter:
             style = "bold green" if event.exit_code == 0 else "bold red"
             self.line(f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}", style)
         elif isinstance(event, Failed):
+            # One line: what failed and where; the full traceback is in events.jsonl (Failed).
             self._stop_progress()
-            self._write(lambda: self._plain(event.traceback))
+            where = innermost_frame(event.traceback)
             saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
-            self.line(f"FAILED at step {event.step}: {event.error}{saved}", "red")
+            record = f"; traceback in {self.started.run_dir}/events.jsonl" if self.started and event.traceback else ""
+            self.line(f"FAILED at step {event.step}: {event.error}{f' ({where})' if where else ''}{saved}{record}",
+                      "red")
 
     def _stop_progress(self) -> None:
         if self._progress is not None:
             self._write(self._progress.stop)
             self._progress = None
+
+
+def innermost_frame(traceback_text: str) -> str:
+    """'path/to/file.py:12 in forward' of the last frame of a formatted traceback, or ''."""
+    import re
+
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback_text or "")
+    if not frames:
+        return ""
+    path, line, func = frames[-1]
+    try:
+        import os
+
+        rel = os.path.relpath(path)
+        path = rel if not rel.startswith("..") else path
+    except ValueError:
+        pass
+    return f"{path}:{line} in {func}"
 
 
 def detach_from_terminal() -> None:
