@@ -39,3 +39,17 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         if word.lower() in lowered:
             close = [lowered[word.lower()]]
     return f'; did you mean "{close[0]}"?' if close else ""
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """Why `torch.load(..., weights_only=True)` refused a file, in a few words."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    refused = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
+    if refused:
+        return f"it names Python code that would run when loaded ({refused[:120]}); refusing (weights_only=True)"
+    detail = next((ln for ln in lines if ln.startswith(("Unsupported operand", "Unpickling error", "invalid load"))),
+                  lines[0] if lines else "")
+    if detail.startswith("Weights only load failed"):
+        detail = lines[-1] if lines else detail
+    return f"it is damaged or not a checkpoint ({type(exc).__name__}: {detail[:120]})"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tui_trainer.errors import UserError
+from tui_trainer.errors import UserError, describe_load_error
 
 FORMAT = "tui-trainer/1"
 _TMP = re.compile(r"^\..+\.tmp$")
@@ -25,12 +26,13 @@ _TMP = re.compile(r"^\..+\.tmp$")
 class CheckpointDir:
     def __init__(self, root: str | Path, keep_last: int):
         self.root = Path(root)
-        self.keep_last = keep_last
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep_last = keep_last  # the directory is made by the first write: no side effect before
 
     def clean_stray(self) -> list[Path]:
         """Remove temp files a killed process left behind."""
         removed = []
+        if not self.root.is_dir():
+            return removed
         for path in self.root.iterdir():
             if _TMP.match(path.name):
                 path.unlink(missing_ok=True)
@@ -38,6 +40,7 @@ class CheckpointDir:
         return removed
 
     def write(self, name: str, payload: dict[str, Any]) -> tuple[Path, int]:
+        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
         atomic_save(payload, path)
         return path, path.stat().st_size
@@ -110,13 +113,11 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
         raise UserError(f"no checkpoint at {path}; give a .pt file from runs/*/checkpoints/ or --resume auto",
                         source="--resume")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            why = "it holds Python objects that could run code when loaded; refusing (weights_only=True)"
-        else:
-            why = f"it is damaged or not a checkpoint ({type(exc).__name__}: {first[:120]})"
+        why = describe_load_error(exc)
         raise UserError(f"cannot load {path}: {why}", source="--resume") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source="--resume")
