@@ -51,6 +51,8 @@ def _child(req: dict) -> None:
             out = os.open(os.path.join(req["cwd"], req.get("log", "output.txt")),
                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(out, 1)
+            if req.get("err_log"):  # stderr to a file of its own
+                out = os.open(os.path.join(req["cwd"], req["err_log"]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(out, 2)
         os.chdir(req["cwd"])
         os.environ.update(req.get("env") or {})

@@ -161,16 +161,16 @@ class ForkServer:
                 child._set_pid(msg["pid"])
 
     def start(self, args: list[str], cwd: Path, *, tty: bool = False, ignore_sighup: bool = False,
-              env: dict | None = None) -> Forked:
+              env: dict | None = None, log: str = "output.txt", err_log: str | None = None) -> Forked:
         import json
 
         with self._lock:
             self._n += 1
             ident = str(self._n)
-            child = Forked(cwd, tty)
+            child = Forked(cwd, tty, log)
             self._children[ident] = child
         req = {"id": ident, "args": [str(a) for a in args], "cwd": str(cwd), "tty": child.tty_name,
-               "ignore_sighup": ignore_sighup, "env": env or {}}
+               "ignore_sighup": ignore_sighup, "env": env or {}, "log": log, "err_log": err_log}
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         child._await_pid()
         return child
@@ -190,8 +190,8 @@ class Forked:
     type = Cli.type
     hangup = Cli.hangup
 
-    def __init__(self, cwd: Path, tty: bool):
-        self.cwd, self.tty = cwd, tty
+    def __init__(self, cwd: Path, tty: bool, log: str = "output.txt"):
+        self.cwd, self.tty, self.log = cwd, tty, log
         self.output = bytearray()
         self._master = None
         self._stop_reading = threading.Event()
@@ -227,7 +227,7 @@ class Forked:
     @property
     def text(self) -> str:
         if not self.tty:
-            log = self.cwd / "output.txt"
+            log = self.cwd / self.log
             return log.read_text(errors="replace") if log.exists() else ""
         return self.output.decode("utf-8", "replace")
 
