@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -23,7 +24,13 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         parts = [p for p in (self.source, self.key) if p]
-        return ": ".join([*parts, self.message])
+        return _printable(": ".join([*parts, self.message]))
+
+
+def _printable(text: str) -> str:
+    """One line whatever a key or value held: control characters are shown escaped (a TOML key
+    may be "\\n")."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
 
 
 class PresetError(UserError):
