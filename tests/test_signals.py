@@ -83,6 +83,8 @@ def test_signal_ends_as_documented(fork_server, tmp_path, how, tty, workers, cod
     finally:
         run.close()
     _check_ending(tmp_path / "run", ending, run.text)
+    if tty and how != "hangup":  # after a hang-up there is no terminal left to restore
+        assert _cursor_restored(run.text), "the terminal is left with a hidden cursor"
 
 
 def _check_ending(run_dir, ending: str, output: str) -> None:

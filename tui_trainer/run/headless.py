@@ -148,6 +148,9 @@ class LineReporter:
             self.line(f"FAILED at step {event.step}: {event.error}{f' ({where})' if where else ''}{saved}{record}",
                       "red")
 
+    def close(self) -> None:
+        self._stop_progress()
+
     def _stop_progress(self) -> None:
         if self._progress is not None:
             self._write(self._progress.stop)
@@ -232,12 +235,14 @@ class SignalHandlers:
 def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream=None) -> int:
     from tui_trainer.run.launch import prepare
 
-    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[LineReporter(stream)])
+    reporter = LineReporter(stream)
+    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[reporter])
     handlers = SignalHandlers(session.control)
     handlers.install()
     try:
         final = session.trainer.run()
     finally:
         handlers.restore()
+        reporter.close()  # also on the abort path (second Ctrl+C): give the terminal its cursor back
         session.close()
     return final.exit_code
