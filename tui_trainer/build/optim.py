@@ -173,7 +173,7 @@ def _construct(cls, kwargs: dict, optimizer, section: str, run_length: int):
             if cls.__name__ == "ChainedScheduler":
                 return cls(kwargs.pop("schedulers"), optimizer=optimizer, **kwargs)
             return cls(optimizer, **kwargs)
-    except (ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. ZeroDivisionError for OneCycleLR div_factor = 0
         raise PresetError(f"{cls.__name__} rejected the settings: {exc}", key=section) from None
 
 
