@@ -321,7 +321,8 @@ def _worker_ignores_stop_signals(_worker_id: int) -> None:
     import signal
 
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+        if hasattr(signal, name):  # no SIGHUP/SIGUSR1 on Windows
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _first_sample(ds) -> tuple[torch.Tensor, torch.Tensor | None]:
