@@ -7,6 +7,8 @@ on. Under nohup SIGHUP is already ignored when we start, and we leave it ignored
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sys
 import time
@@ -159,15 +161,11 @@ class LineReporter:
 
 def innermost_frame(traceback_text: str) -> str:
     """'path/to/file.py:12 in forward' of the last frame of a formatted traceback, or ''."""
-    import re
-
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback_text or "")
     if not frames:
         return ""
     path, line, func = frames[-1]
     try:
-        import os
-
         rel = os.path.relpath(path)
         path = rel if not rel.startswith("..") else path
     except ValueError:
@@ -177,8 +175,6 @@ def innermost_frame(traceback_text: str) -> str:
 
 def detach_from_terminal() -> None:
     """Point fds 1 and 2 at /dev/null (the terminal is gone, or the log cannot be written)."""
-    import os
-
     try:
         null = os.open(os.devnull, os.O_WRONLY)
     except OSError:
