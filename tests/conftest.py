@@ -96,3 +96,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fork_server():
+    """Start CLI runs in well under a second (see tests/helpers/forkserver.py)."""
+    from tests.helpers.proc import ForkServer
+
+    server = ForkServer()
+    yield server
+    server.close()

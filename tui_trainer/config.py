@@ -22,13 +22,14 @@ Mode = Literal["auto", "min", "max"]
 
 class _Strict(BaseModel):
     # strict: "64" is not an int; ints are still accepted where floats are expected.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # allow_inf_nan=False: TOML has inf and nan; no setting here means either (lr = inf trained NaN)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _WithKwargs(BaseModel):
     """A section whose unknown keys are kwargs of a torch class (checked against its signature)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -276,6 +277,7 @@ def _no_entries(where: str) -> str:
 _TYPE_WORDS = {
     "int_type": "a whole number",
     "float_type": "a number",
+    "finite_number": "a finite number",
     "string_type": "a string (in quotes)",
     "bool_type": "true or false",
     "list_type": "a list, e.g. [\"a\", \"b\"]",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -25,7 +26,13 @@ class UserError(Exception):
         parts = [p for p in (self.source, self.key) if p]
         if self.key and self.source == f"--set {self.key}":
             parts = [self.source]  # "--set train.epoch: train.epoch: ..." says the key twice
-        return ": ".join([*parts, self.message])
+        return _printable(": ".join([*parts, self.message]))
+
+
+def _printable(text: str) -> str:
+    """One line whatever a key or value held: control characters are shown escaped (a TOML key
+    may be "\\n")."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
 
 
 class PresetError(UserError):
@@ -41,3 +48,17 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         return f'; did you mean "{lowered[word.lower()]}"?'
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f'; did you mean "{lowered[close[0]]}"?' if close else ""
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """Why `torch.load(..., weights_only=True)` refused a file, in a few words."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    refused = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
+    if refused:
+        return f"it names Python code that would run when loaded ({refused[:120]}); refusing (weights_only=True)"
+    detail = next((ln for ln in lines if ln.startswith(("Unsupported operand", "Unpickling error", "invalid load"))),
+                  lines[0] if lines else "")
+    if detail.startswith("Weights only load failed"):
+        detail = lines[-1] if lines else detail
+    return f"it is damaged or not a checkpoint ({type(exc).__name__}: {detail[:120]})"

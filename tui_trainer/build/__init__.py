@@ -12,7 +12,7 @@ from torch import nn
 
 from tui_trainer.build import target
 from tui_trainer.build.data import DataParts, make_loaders
-from tui_trainer.build.layers import LayerInfo, layer_rows
+from tui_trainer.build.layers import LayerInfo, first_tensor, layer_rows
 from tui_trainer.build.loss import build_loss, check_loss
 from tui_trainer.build.model import build_model, check_arch
 from tui_trainer.build.optim import (
@@ -101,6 +101,24 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _try_loss(preset: Preset, model: nn.Module, loss_fn, data: DataParts, device: torch.device) -> None:
+    """The loss on one sample (eval mode, no grad): a bad loss setting (label_smoothing = "x") or
+    outputs that do not fit the targets fail here as a preset error, not at step 1 as a crash."""
+    if data.sample_target is None:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            loss_fn(first_tensor(model(data.sample.to(device))), data.sample_target.to(device))
+    except Exception as exc:  # noqa: BLE001
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise PresetError(f"{preset.loss.name} failed on the model's output for one sample: {type(exc).__name__}:"
+                          f" {text}; check [loss] and that the model's outputs fit the data", key="loss") from None
+    finally:
+        model.train(was_training)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -162,8 +180,15 @@ def _build(preset: Preset) -> Parts:
     scheduler = build_scheduler(sched_cfg, optimizer, max(1, run_length))
     schedule = LrSchedule(optimizer, scheduler, sched_cfg.interval, sched_cfg.warmup_steps)
     group_names = [g["name"] for g in optimizer.param_groups]
-    plan = plan_lr(preset.optimizer, sched_cfg, group_names, steps_per_epoch, total_steps)
+    try:  # simulating the real scheduler over the run is where a bad kwarg type shows (step_size = "2")
+        plan = plan_lr(preset.optimizer, sched_cfg, group_names, steps_per_epoch, total_steps)
+    except PresetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure here is the schedule's settings
+        raise PresetError(f"{sched_cfg.name} failed while planning the LR: {type(exc).__name__}: {exc}",
+                          key="scheduler") from None
     loss_fn = build_loss(preset.loss)
+    _try_loss(preset, model, loss_fn, data, device)
     amp_dtype = resolve_amp(preset.train.amp, device)
     if amp_dtype is torch.float16 and isinstance(optimizer, torch.optim.LBFGS):
         raise PresetError("fp16 needs a GradScaler, which LBFGS cannot use; set amp = \"bf16\" or \"off\"",

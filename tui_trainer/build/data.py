@@ -36,6 +36,19 @@ class DataParts:
     classes: list[str]
     sample: torch.Tensor  # one input, batch of 1, for the dry forward pass
     note: str  # "digits: 1437 train / 360 val, 10 classes"
+    sample_target: torch.Tensor | None = None  # the sample's target, batch of 1 (for the loss check)
+
+    def close(self) -> None:
+        """End the persistent worker processes now. Left to garbage collection, an iterator caught
+        in an exception's reference cycle outlives the run, and at exit multiprocessing would
+        join workers that (see _worker_ignores_stop_signals) ignore its SIGTERM: a hang. torch has
+        no public call for this; `_iterator` is the persistent-workers iterator it reuses."""
+        for loader in (self.train, self.val):
+            it = getattr(loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            if loader is not None and hasattr(loader, "_iterator"):
+                loader._iterator = None
 
 
 # --------------------------------------------------------------------------- datasets
@@ -285,24 +298,44 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
         generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG untouched
+        worker_init_fn=_worker_ignores_stop_signals if cfg.num_workers > 0 else None,
     )
     train = DataLoader(Keyed(train_ds, seed, cfg.augment), batch_sampler=batches, **common)
     val = None
     if val_ds is not None and len(val_ds) > 0:
         val_batches = EpochBatches(len(val_ds), cfg.val_batch_size or cfg.batch_size, seed, False, False)
         val = DataLoader(Keyed(val_ds, seed, False), batch_sampler=val_batches, **common)
-    sample = _first_input(val_ds if val is not None else train_ds)
+    sample, sample_target = _first_sample(val_ds if val is not None else train_ds)
     n_val = len(val_ds) if val is not None else 0
     name = cfg.dataset if cfg.dataset != "imagefolder" else f"imagefolder {cfg.root}"
     note = f"{name}: {len(train_ds)} train / {n_val} val, {len(classes) or '?'} classes"
-    return DataParts(train, val, batches, len(classes) or None, classes, sample, note)
+    return DataParts(train, val, batches, len(classes) or None, classes, sample, note, sample_target)
 
 
-def _first_input(ds) -> torch.Tensor:
+def _worker_ignores_stop_signals(_worker_id: int) -> None:
+    """The main process owns stopping. Workers share its process group, so Ctrl+C, a terminal
+    hang-up passed on by the shell, or SLURM's / systemd's SIGTERM to the whole job reach them too:
+    by default (torch's handler for SIGTERM, or the main process's handlers inherited over fork)
+    they would die or act, and the graceful stop would end as "DataLoader worker killed". They
+    still exit when the main process shuts them down, and on their own if it dies."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
+        if hasattr(signal, name):  # no SIGHUP/SIGUSR1 on Windows
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def _first_sample(ds) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first (input, target) as a batch of one: for the dry forward pass and loss check."""
     try:
-        x = ds[0][0]
+        first = ds[0]
     except DataError as exc:
         raise UserError(str(exc), key="data") from None
+    x = first[0]
     if not isinstance(x, torch.Tensor):
         raise UserError(f"samples must be tensors, got {type(x).__name__}", key="data")
-    return x.unsqueeze(0)
+    try:
+        y = torch.as_tensor(first[1]).unsqueeze(0)
+    except (IndexError, TypeError, ValueError, RuntimeError):
+        y = None  # an unusual target: the loss is then first tried at step 1
+    return x.unsqueeze(0), y

@@ -13,7 +13,7 @@ from torch import nn
 from tui_trainer.build import target
 from tui_trainer.build.layers import matches, module_names
 from tui_trainer.config import ModelSection
-from tui_trainer.errors import PresetError, did_you_mean
+from tui_trainer.errors import PresetError, describe_load_error, did_you_mean
 
 
 @dataclass
@@ -149,7 +149,7 @@ def _load_file_weights(model: nn.Module, path_text: str) -> str:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PresetError(f"cannot read {path} as a state_dict: {type(exc).__name__}: {exc}",
+        raise PresetError(f"cannot read {path} as a state_dict: {describe_load_error(exc)}",
                           key="model.weights") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # one of our own checkpoints

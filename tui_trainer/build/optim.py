@@ -85,7 +85,7 @@ def build_optimizer(cfg: OptimizerSection, model: nn.Module) -> torch.optim.Opti
     groups = group_params(cfg, model)
     try:
         return cls(groups, lr=cfg.lr, **cfg.kwargs)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. IndexError for betas = [0.9]: a setting, not a bug
         raise PresetError(f"torch.optim.{cls.__name__} rejected the settings: {exc}", key="optimizer") from None
 
 
@@ -173,7 +173,7 @@ def _construct(cls, kwargs: dict, optimizer, section: str, run_length: int):
             if cls.__name__ == "ChainedScheduler":
                 return cls(kwargs.pop("schedulers"), optimizer=optimizer, **kwargs)
             return cls(optimizer, **kwargs)
-    except (ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. ZeroDivisionError for OneCycleLR div_factor = 0
         raise PresetError(f"{cls.__name__} rejected the settings: {exc}", key=section) from None
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tui_trainer.errors import UserError
+from tui_trainer.errors import UserError, describe_load_error
 
 FORMAT = "tui-trainer/1"
 _TMP = re.compile(r"^\..+\.tmp$")
@@ -112,20 +113,11 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
         raise UserError(f"no checkpoint at {path}; give a .pt file from runs/*/checkpoints/ or --resume auto",
                         source="--resume")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        text = str(exc)
-        # Every weights_only failure mentions weights_only; only "Unsupported global" means the file
-        # holds Python objects. Anything else (bad opcode, torn zip) is a damaged file.
-        if "Unsupported global" in text:
-            why = "it holds Python objects that could run code when loaded; refusing (weights_only=True)"
-        else:
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-            detail = lines[0] if lines else type(exc).__name__
-            for i, line in enumerate(lines[:-1]):
-                if line.endswith("WeightsUnpickler error:"):  # the cause is on the next line
-                    detail = lines[i + 1]
-            why = f"it is damaged or not a checkpoint ({type(exc).__name__}: {detail[:120]})"
+        why = describe_load_error(exc)
         raise UserError(f"cannot load {path}: {why}", source="--resume") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source="--resume")

@@ -85,6 +85,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
         self.needs_closure = isinstance(self.optimizer, torch.optim.LBFGS)
         self.clip = train.grad_clip_norm
+        # LBFGS updates inside optimizer.step (nothing to skip) and fp16's GradScaler skips by itself
+        self.skip_nonfinite = train.nonfinite == "skip" and not self.needs_closure and self.scaler is None
+        self._skipped: list[int] = []  # steps whose update skip mode dropped, not yet reported
         self.bn_modules = [(n, m) for n, m in self.model.named_modules()
                            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
@@ -105,6 +108,7 @@ class Trainer:
         self._paused = False
         self._stop: Stop | None = None
         self._saved_step = -1
+        self._save_error = ""
         self._in_update = False
         self._last_path: Path | None = None
         self._best_path: Path | None = None
@@ -128,14 +132,20 @@ class Trainer:
         self._emit(self._run_started())
         for message in self.parts.warnings:
             self._emit(RunWarning(self.step, message))
+        if self.preset.train.nonfinite == "skip" and self.needs_closure:
+            self._emit(RunWarning(self.step, 'train.nonfinite = "skip": LBFGS updates inside its step, so nothing'
+                                  " can be skipped; a non-finite loss stops the run"))
         self._set_state("running")
         try:
             status = self._train()
+            # inside the try: the last report or the final save can still find a non-finite loss
+            return self._finish(status, t0)
         except NonFinite as exc:
             return self._end_nonfinite(exc, t0)
         except Exception as exc:  # noqa: BLE001 - any failure ends as a Failed event, never a dead thread
             return self._fail(exc)
-        return self._finish(status, t0)
+        finally:
+            self.parts.data.close()  # worker processes end with the run (a failure must not leave them)
 
     def _train(self) -> str:
         data = self.parts.data
@@ -180,24 +190,28 @@ class Trainer:
             else:
                 loss.backward()
             stats = self._stats_due
-            if self.scaler is not None and (self.clip or stats):
-                self.scaler.unscale_(self.optimizer)
-            if self.clip:
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
-            if stats:
-                t_stats = time.perf_counter()
-                self._stats.before_step()
-                self._stats_cost = time.perf_counter() - t_stats
-            self._in_update = True
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+            if self.skip_nonfinite and not self._update_is_finite(loss):
+                self.optimizer.zero_grad(set_to_none=True)  # no update from this batch
+                self._skipped.append(self.step + 1)
             else:
-                self.optimizer.step()
-            self._in_update = False
-            self.optimizer.zero_grad(set_to_none=True)
-            if stats:
-                self._layer_stats()
+                if self.scaler is not None and (self.clip or stats):
+                    self.scaler.unscale_(self.optimizer)
+                if self.clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+                if stats:
+                    t_stats = time.perf_counter()
+                    self._stats.before_step()
+                    self._stats_cost = time.perf_counter() - t_stats
+                self._in_update = True
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self._in_update = False
+                self.optimizer.zero_grad(set_to_none=True)
+                if stats:
+                    self._layer_stats()
         self.step += 1
         self.batch_in_epoch += 1
         if not self._pending:
@@ -205,6 +219,17 @@ class Trainer:
         self._pending.append(loss.detach())
         if self.schedule.needs_per_step:
             self.schedule.after_step(self.step)
+
+    def _update_is_finite(self, loss: torch.Tensor) -> bool:
+        """train.nonfinite = "skip": are the loss and every gradient finite? This costs one host
+        sync per step, paid in skip mode only ("stop" checks at report and save time and adds no
+        per-step sync). Skipping on the device instead would mean a copy of every parameter and
+        optimizer state per step; fp16 needs none of this, as its GradScaler already skips steps
+        with non-finite gradients (and lowers the scale), so skip mode leaves that path alone."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        flags = torch.stack([loss.detach().float().reshape(()), *[n.float() for n in norms]])
+        return bool(torch.isfinite(flags).all())
 
     def _closure(self, x, y):
         self.optimizer.zero_grad(set_to_none=True)
@@ -309,11 +334,17 @@ class Trainer:
         values = torch.stack(self._pending).float().tolist()  # the one host sync per report
         first = self._pending_first
         self._pending.clear()
-        for i, v in enumerate(values):
-            if not math.isfinite(v):
-                if self.preset.train.nonfinite == "stop":
-                    raise NonFinite(first + i, f"non-finite loss ({v})")
-                self._emit(RunWarning(first + i, f"non-finite loss ({v}) at step {first + i}"))
+        stop_at = None
+        if self.preset.train.nonfinite == "stop" or self.needs_closure:
+            stop_at = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+            if stop_at is not None:
+                values = values[: stop_at + 1]  # report up to the bad step, then stop (below)
+        else:
+            skipped, self._skipped = set(self._skipped), []
+            for i, v in enumerate(values):
+                if not math.isfinite(v) or first + i in skipped:
+                    what = f"non-finite loss ({v})" if not math.isfinite(v) else "non-finite gradients"
+                    self._emit(RunWarning(first + i, f"{what} at step {first + i}: update skipped"))
         finite = [v for v in values if math.isfinite(v)]
         self.epoch_loss[0] += sum(finite)
         self.epoch_loss[1] += len(finite)
@@ -329,8 +360,10 @@ class Trainer:
         if now - self._mem_at >= 0.5:
             self._mem_at = now
             memory = self._memory.read()
-        self._emit(StepReport(self.step, self.epoch + 1, first, tuple(values), tuple(self.schedule.current()),
-                              len(values) * self.batch_size / dt, eta, memory))
+        self._emit(StepReport(first + len(values) - 1, self.epoch + 1, first, tuple(values),
+                              tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory))
+        if stop_at is not None:
+            raise NonFinite(first + stop_at, f"non-finite loss ({values[stop_at]})")
         if self._stats is not None and now - self._stats_at >= self._stats_every:
             self._stats_due = True
 
@@ -451,6 +484,10 @@ class Trainer:
             if "epoch" in tags:
                 self.checkpoints.rotate()
         except OSError as exc:
+            # A periodic save that fails (full disk, directory gone) warns and training goes on: the
+            # previous checkpoint is intact and space may come back. The final save may not fail
+            # quietly: `_finish` turns it into exit 1.
+            self._save_error = f"{name}: {exc.strerror or exc}"
             self._emit(RunWarning(self.step, f"checkpoint NOT saved ({name}): {exc.strerror or exc}; the previous"
                                   " checkpoint is intact; training goes on"))
             return None
@@ -523,10 +560,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ endings
 
-    def _finish(self, status: str, t0: float) -> Finished:
+    def _finish(self, status: str, t0: float) -> Finished | Failed:
         self._report()
-        if self.step != self._saved_step:
-            self._save(("final", "last"))
+        if self.step != self._saved_step and self._save(("final", "last")) is None:
+            return self._final_save_failed()
         messages = {
             "completed": f"finished {self.step} steps",
             "early_stopped": f"early stop: no {self.preset.early_stopping.monitor} improvement for"
@@ -538,6 +575,17 @@ class Trainer:
         self._set_state("finished")
         event = Finished(status, self.step, self.epoch, time.monotonic() - t0, code, messages[status],
                          self.best.value, self.best.epoch, _str(self._best_path), _str(self._last_path))
+        self._emit(event)
+        return event
+
+    def _final_save_failed(self) -> Failed:
+        """The run ended but its state could not be written: exit 1, never a quiet 0 or 128+N."""
+        last = self.checkpoints.root / "last.pt"
+        have = f"; the newest checkpoint on disk is {last}" if last.exists() else "; no checkpoint was written"
+        self._set_state("failed")
+        event = Failed(self.step, self.epoch + 1 if self.batch_in_epoch else self.epoch,
+                       f"final checkpoint NOT saved at step {self.step} ({self._save_error}){have};"
+                       " free space (or fix the directory) and resume from it", "", None)
         self._emit(event)
         return event
 
@@ -557,7 +605,8 @@ class Trainer:
         tb = traceback.format_exc()
         emergency = None
         if not self._in_update:  # the weights are as the last completed step left them
-            self._pending.clear()
+            # _save reports the pending losses first (completed steps: keep them); a non-finite
+            # one among them makes it raise, and then no emergency checkpoint is written
             try:
                 emergency = self._save(("emergency", "last"))
             except Exception:  # noqa: BLE001 - the original failure is what matters
@@ -610,6 +659,9 @@ def describe_failure(exc: BaseException, batch_size: int) -> str:
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
         return (f"out of memory at batch_size {batch_size}: try a smaller data.batch_size, train.amp = \"bf16\","
                 " a smaller data.image_size, or freezing more layers")
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        return (f"{type(exc).__name__}: {text[:200]}: a data loading process died (killed, or out of host"
+                " memory?); try a smaller data.num_workers or data.batch_size")
     return f"{type(exc).__name__}: {text[:300]}"
 
 

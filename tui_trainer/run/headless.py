@@ -7,6 +7,8 @@ on. Under nohup SIGHUP is already ignored when we start, and we leave it ignored
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sys
 import time
@@ -26,6 +28,7 @@ class LineReporter:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
         self.started: RunStarted | None = None
+        self.dead = False  # output failed once: the terminal is gone
         self._progress = None
         self._task = None
         if self.tty:
@@ -39,13 +42,37 @@ class LineReporter:
 
     def line(self, text: str, style: str = "") -> None:
         stamp = time.strftime("%H:%M:%S")
-        if self._progress is not None:
-            self._console.print(f"{stamp} {text}", style=style or None, markup=False)
-        else:
-            self.stream.write(f"{stamp} {text}\n")
-            self.stream.flush()
+        self._write(lambda: self._console.print(f"{stamp} {text}", style=style or None, markup=False)
+                    if self._progress is not None else self._plain(f"{stamp} {text}\n"))
+
+    def _plain(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _write(self, write) -> None:
+        """Output is best effort: a dropped SSH session (EIO), a closed pipe or a full log disk must
+        not end the training, least of all while it saves after SIGHUP. On the first failure we
+        stop printing and point the process's stdout/stderr at /dev/null, so later writes (and the
+        interpreter's flush at exit) cannot fail either; events.jsonl keeps the full record."""
+        if self.dead:
+            return
+        try:
+            write()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.dead = True
+            self._progress = None
+            try:
+                ours = self.stream.fileno() in (1, 2)
+            except (OSError, ValueError, AttributeError):
+                ours = False
+            if ours:
+                detach_from_terminal()
 
     def __call__(self, event: Event) -> None:
+        if not self.dead:
+            self._event(event)
+
+    def _event(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.started = event
             frozen = event.params_total - event.params_trainable
@@ -57,7 +84,8 @@ class LineReporter:
             if event.resumed_from:
                 self.line(f"resumed from {event.resumed_from} at step {event.start_step} (epoch {event.start_epoch})")
             if self._progress is not None:
-                self._progress.start()
+                self._write(self._progress.start)
+            if self._progress is not None:
                 self._task = self._progress.add_task(event.run_name, total=event.total_steps,
                                                      completed=event.start_step, status="")
         elif isinstance(event, StepReport):
@@ -67,14 +95,22 @@ class LineReporter:
             text = (f"epoch {event.epoch}/{epochs} step {event.step}/{total} loss {event.loss:.4f}"
                     f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{eta}")
             if self._progress is not None:
-                self._progress.update(self._task, completed=event.step, status=f"loss {event.loss:.4f}")
+                self._write(lambda: self._progress.update(self._task, completed=event.step,
+                                                          status=f"loss {event.loss:.4f}"))
             else:
                 self.line(text)
         elif isinstance(event, (Finished, Failed)):
             self._stop_progress()
             if isinstance(event, Failed):
-                self.stream.write(event.traceback)
-            self._say(event)
+                # One line: what failed and where; the full traceback is in events.jsonl (Failed).
+                where = innermost_frame(event.traceback)
+                saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
+                record = (f"; traceback in {self.started.run_dir}/events.jsonl"
+                          if self.started and event.traceback else "")
+                self.line(f"FAILED at step {event.step}: {event.error}{f' ({where})' if where else ''}{saved}"
+                          f"{record}", "red")
+            else:
+                self._say(event)
         else:
             self._say(event)
 
@@ -84,10 +120,41 @@ class LineReporter:
             text, level = said
             self.line(text, _STYLES[level])
 
+    def close(self) -> None:
+        self._stop_progress()
+
     def _stop_progress(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._write(self._progress.stop)
             self._progress = None
+
+
+def innermost_frame(traceback_text: str) -> str:
+    """'path/to/file.py:12 in forward' of the last frame of a formatted traceback, or ''."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback_text or "")
+    if not frames:
+        return ""
+    path, line, func = frames[-1]
+    try:
+        rel = os.path.relpath(path)
+        path = rel if not rel.startswith("..") else path
+    except ValueError:
+        pass
+    return f"{path}:{line} in {func}"
+
+
+def detach_from_terminal() -> None:
+    """Point fds 1 and 2 at /dev/null (the terminal is gone, or the log cannot be written)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    for fd in (1, 2):
+        try:
+            os.dup2(null, fd)
+        except OSError:
+            pass
+    os.close(null)
 
 
 class SignalHandlers:
@@ -117,8 +184,12 @@ class SignalHandlers:
         self.interrupts += 1
         if self.interrupts > 1:
             raise KeyboardInterrupt  # second Ctrl+C: abort now
-        sys.stderr.write("\nstopping after this step (Ctrl+C again aborts without saving)\n")
         self.control.send(Stop(reason="user"))
+        try:  # a signal handler must not raise into the training step (EIO: terminal gone)
+            sys.stderr.write("\nstopping after this step (Ctrl+C again aborts without saving)\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
     def _on_term(self, signum, frame) -> None:
         self.control.send(Stop(reason="signal", signum=signum))
@@ -131,13 +202,14 @@ def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream
     """`serve`: open the control socket so `tui-trainer attach` can steer this run."""
     from tui_trainer.run.launch import prepare
 
-    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[LineReporter(stream)],
-                      serve=serve)
+    reporter = LineReporter(stream)
+    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[reporter], serve=serve)
     handlers = SignalHandlers(session.control)
     handlers.install()
     try:
         final = session.trainer.run()
     finally:
         handlers.restore()
+        reporter.close()  # also on the abort path (second Ctrl+C): give the terminal its cursor back
         session.close()
     return final.exit_code

@@ -71,30 +71,31 @@ def prepare(
         rd = RunDir(run_dir_of(resume_path))  # continue the run it came from: one history
     else:
         rd = RunDir.unused(preset.name)
-
     all_sinks: list[Callable[[Event], None]] = []
-
-    def sink(event: Event) -> None:
-        for s in all_sinks:
-            s(event)
-
     control = Control()
-    trainer = Trainer(parts, sink, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
+    trainer = Trainer(parts, _fan_out(all_sinks), checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
                       should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None)
-    if state is not None:
-        # Before anything is written: a checkpoint that does not fit this preset is bad input, and
-        # the run it came from keeps its config.toml.
-        trainer.load_state_dict(state, source=str(resume_path))
-
+    if state is not None:  # a checkpoint that does not fit fails here, before anything is written
+        try:
+            trainer.load_state_dict(state, source=str(resume_path))
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint is bad input
+            raise UserError(f"{resume_path} cannot be resumed with this preset ({type(exc).__name__}:"
+                            f" {str(exc)[:160]})", source="--resume") from None
     if serve and not fresh and live_socket(rd.path) is not None:
         raise UserError(f"{rd.path} is in use by a running tui-trainer; `tui-trainer attach {rd.path}` steers it",
                         source="--run-dir" if run_dir is not None else "--resume")
+
     try:
         rd.path.mkdir(parents=True, exist_ok=not fresh)
+        rd.write_config(preset)
+        recorder = Recorder(rd)
     except FileExistsError:
         raise UserError(f"another run just made {rd.path}; start again, or give --run-dir") from None
-    rd.write_config(preset)
-    recorder = Recorder(rd)
+    except OSError as exc:
+        raise UserError(f"cannot write the run directory {rd.path}: {exc.strerror or exc}; choose another"
+                        " --run-dir or free some space", source="--run-dir") from None
     all_sinks += [recorder, *(sinks or [])]
     closers = [recorder.close]
     if tensorboard is not None:
@@ -107,6 +108,28 @@ def prepare(
         all_sinks.append(server)
         closers.insert(0, server.close)  # viewers get the final events before the socket goes
     return Session(preset, rd, trainer, control, closers)
+
+
+def _fan_out(sinks: list[Callable[[Event], None]]) -> Callable[[Event], None]:
+    """One sink for the engine. A sink that raises is dropped (and the others are told), so a
+    broken reporter can never end a training run or skip its checkpoint."""
+    from tui_trainer.engine.events import RunWarning
+
+    def sink(event: Event) -> None:
+        for s in list(sinks):
+            try:
+                s(event)
+            except Exception as exc:  # noqa: BLE001
+                sinks.remove(s)
+                note = RunWarning(getattr(event, "step", 0) or 0, f"output {type(s).__name__} failed and is off"
+                                  f" for the rest of the run: {type(exc).__name__}: {exc}")
+                for other in list(sinks):
+                    try:
+                        other(note)
+                    except Exception:  # noqa: BLE001
+                        sinks.remove(other)
+
+    return sink
 
 
 def _tensorboard_writer_class(preset: config.Preset):

@@ -5,7 +5,9 @@ its history."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -64,34 +66,95 @@ METRIC_FIELDS = ["time", "phase", "epoch", "step", "loss", "val_loss", "val_acc"
 
 
 class Recorder:
-    """A sink: every event to events.jsonl; reports and epochs to metrics.csv."""
+    """A sink: every event to events.jsonl; reports and epochs to metrics.csv.
+
+    Never raises into the engine: on a full disk an event that cannot be written is dropped (a
+    checkpoint matters more than its log line) and the next one that can starts on a new line.
+    A line torn by a killed process is closed the same way when a resumed run appends."""
 
     def __init__(self, run_dir: RunDir):
-        self.events = open(run_dir.events_path, "a", encoding="utf-8")
+        self.events = _Appender(run_dir.events_path)
         metrics_path = run_dir.path / "metrics.csv"
         new = not metrics_path.exists() or metrics_path.stat().st_size == 0
-        self._metrics_file = open(metrics_path, "a", encoding="utf-8", newline="")
-        self.metrics = csv.DictWriter(self._metrics_file, METRIC_FIELDS)
+        self.metrics = _Appender(metrics_path)
         if new:
-            self.metrics.writeheader()
+            self.metrics.write(_csv_row(None))
+        self.dropped = 0
 
     def __call__(self, event: Event) -> None:
-        self.events.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
-        self.events.flush()
+        ok = self.events.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
         if isinstance(event, StepReport):
-            self.metrics.writerow({"time": f"{event.time:.3f}", "phase": "train", "epoch": event.epoch,
-                                   "step": event.step, "loss": f"{event.loss:.6g}", "lr": f"{event.lrs[0]:.6g}",
-                                   "samples_per_s": f"{event.samples_per_s:.1f}"})
-            self._metrics_file.flush()
+            ok &= self.metrics.write(_csv_row({
+                "time": f"{event.time:.3f}", "phase": "train", "epoch": event.epoch, "step": event.step,
+                "loss": f"{event.loss:.6g}", "lr": f"{event.lrs[0]:.6g}", "samples_per_s": f"{event.samples_per_s:.1f}"}))
         elif isinstance(event, EpochEnd):
-            self.metrics.writerow({"time": f"{event.time:.3f}", "phase": "epoch", "epoch": event.epoch,
-                                   "step": event.step, "loss": _g(event.train_loss), "val_loss": _g(event.val_loss),
-                                   "val_acc": _g(event.val_acc)})
-            self._metrics_file.flush()
+            ok &= self.metrics.write(_csv_row({
+                "time": f"{event.time:.3f}", "phase": "epoch", "epoch": event.epoch, "step": event.step,
+                "loss": _g(event.train_loss), "val_loss": _g(event.val_loss), "val_acc": _g(event.val_acc)}))
+        if not ok:
+            self.dropped += 1
 
     def close(self) -> None:
         self.events.close()
-        self._metrics_file.close()
+        self.metrics.close()
+
+
+class _Appender:
+    """Whole lines appended with unbuffered writes; failures are reported, not raised."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "ab", buffering=0)
+        self.torn = self.file.tell() > 0 and _last_byte(path) != b"\n"  # a killed writer's half line
+        self.warned = False
+
+    def write(self, text: str) -> bool:
+        data = (b"\n" if self.torn else b"") + text.encode("utf-8")
+        fd = self.file.fileno()
+        try:
+            start = os.fstat(fd).st_size
+            view = memoryview(data)
+            while view:
+                view = view[self.file.write(view):]
+        except OSError as exc:
+            try:  # a full disk may take half a line: cut it off again, so lines are whole or absent
+                os.ftruncate(fd, start)
+            except (OSError, UnboundLocalError):
+                self.torn = True  # could not: the next line starts on a new one
+            if not self.warned:
+                self.warned = True
+                _warn(f"tui-trainer: cannot write {self.path} ({exc.strerror or exc}); dropping lines until it can")
+            return False
+        self.torn = False
+        return True
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1)
+
+
+def _warn(text: str) -> None:
+    import sys
+
+    try:
+        print(text, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
+def _csv_row(row: dict | None) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, METRIC_FIELDS)
+    if row is None:
+        writer.writeheader()
+    else:
+        writer.writerow(row)
+    return out.getvalue()
 
 
 def _g(value: float | None) -> str:
