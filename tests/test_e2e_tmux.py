@@ -97,3 +97,65 @@ def test_narrow_terminal_is_usable(tiny_preset, tmp_path):
         tty.wait_for("EXIT=0")
     finally:
         tty.close()
+
+
+def _held(tmp_path, wait_at: int = 2, epochs: int = 3):
+    from tests.helpers.runs import write_preset
+
+    return write_preset(tmp_path / "held.toml", train={"epochs": epochs, "log_every": 1},
+                        callbacks=[{"target": "tests.helpers.callbacks:Script", "wait_at": wait_at}])
+
+
+def _wait_file(path, limit_s: float = 180):
+    deadline = time.monotonic() + limit_s  # a hang guard
+    while time.monotonic() < deadline and not path.exists():
+        time.sleep(0.1)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_detach_then_attach_in_tmux(tmp_path):
+    from tui_trainer.run.catalog import list_runs
+
+    preset = _held(tmp_path)
+    run = tmp_path / "run"
+    py = f"{sys.executable} -m tui_trainer"
+    cmd = f"{py} {preset} --detach --run-dir {run} && {py} attach {run}"
+    tty = Tmux("tui-trainer-e2e-detach", cmd, cwd=tmp_path)
+    try:
+        screen = tty.wait_for("step 2/")  # the background run, held at step 2, seen through the socket
+        assert "tiny" in screen and "Layers" in screen
+        tty.keys("l")
+        (tmp_path / "go").write_text("")  # release it: the LR change is applied at the next step
+        tty.wait_for("LR ×0.5 by hand")
+        tty.keys("d")  # leave the viewer
+        tty.wait_for("EXIT=0")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and [r.state for r in list_runs(tmp_path)] != ["completed"]:
+            time.sleep(0.2)
+        assert [r.state for r in list_runs(tmp_path)] == ["completed"]  # it went on without a viewer
+    finally:
+        tty.close()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["schedule"]["manual_factor"] == 0.5
+
+
+def test_on_hangup_detach_keeps_training_for_attach(tmp_path):
+    from tui_trainer.run.catalog import list_runs
+    from tui_trainer.run.server import live_socket
+
+    preset = _held(tmp_path)
+    run = tmp_path / "run"
+    cmd = f"{sys.executable} -m tui_trainer {preset} --run-dir {run} --on-hangup detach"
+    tty = Tmux("tui-trainer-e2e-hangup", cmd, cwd=tmp_path)
+    tty.wait_for("step 2/")
+    tty.close()  # the terminal goes away: SIGHUP
+    time.sleep(1.0)
+    assert live_socket(run) is not None  # still training, still attachable
+    [summary] = list_runs(tmp_path)
+    assert summary.attachable and summary.state == "running"
+    (tmp_path / "go").write_text("")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and [r.state for r in list_runs(tmp_path)] != ["completed"]:
+        time.sleep(0.2)
+    assert [r.state for r in list_runs(tmp_path)] == ["completed"]
+    assert "completed" in (run / "output.log").read_text()

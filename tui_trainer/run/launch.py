@@ -26,6 +26,7 @@ class Session:
     trainer: Trainer
     control: Control
     closers: list[Callable[[], None]] = field(default_factory=list)
+    sinks: list[Callable[[Event], None]] = field(default_factory=list)  # live: add or remove while it runs
 
     def close(self) -> None:
         for close in self.closers:
@@ -107,7 +108,7 @@ def prepare(
         server.start()
         all_sinks.append(server)
         closers.insert(0, server.close)  # viewers get the final events before the socket goes
-    return Session(preset, rd, trainer, control, closers)
+    return Session(preset, rd, trainer, control, closers, all_sinks)
 
 
 def _fan_out(sinks: list[Callable[[Event], None]]) -> Callable[[Event], None]:

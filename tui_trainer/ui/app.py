@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Static
 
 from tui_trainer.engine.commands import Command, Pause, Resume, SaveCheckpoint, ScaleLr, Stop
-from tui_trainer.engine.events import Failed, Finished
+from tui_trainer.engine.events import Failed, Finished, StateChanged
 from tui_trainer.run.format import duration
 from tui_trainer.ui.link import EngineLink, LocalLink
 from tui_trainer.ui.messages import SendCommand
@@ -344,26 +344,45 @@ def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=Fals
         if app.aborted:
             os._exit(130)  # the terminal is restored; skip the engine's save on purpose
         if app.hangup_detached:
-            _go_headless(app.link.session.run_dir.path)
+            _go_headless(app.link, app.view.started)
         else:
             app.link.close()  # however the app ended, the engine stops after its step and saves
         app.link.wait()
     return app.exit_code
 
 
-def _go_headless(run_dir) -> None:
-    """The terminal is gone (--on-hangup detach): from now on write to the run's output.log, ignore
-    further hangups, and let the engine and its control socket go on for `tui-trainer attach`."""
+def _go_headless(link: LocalLink, started=None) -> None:
+    """The terminal is gone (--on-hangup detach): ignore further hangups, log lines to the run's
+    output.log as --no-ui would, stop feeding the app's queue (nobody drains it now), and let the
+    engine and its control socket go on for `tui-trainer attach`."""
+    from tui_trainer.run.headless import LineReporter
+
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    log = os.open(os.path.join(run_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    session = link.session
+    log = os.open(os.path.join(session.run_dir.path, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    reporter = LineReporter(os.fdopen(os.dup(log), "w", buffering=1), tty=False)
+    reporter.started = started  # for "epoch 3/10 step 120/400" in the lines that follow
+    reporter.line("the terminal went away (SIGHUP): training goes on headless; `tui-trainer attach` to watch")
+    session.sinks.append(reporter)
+    if link.sink in session.sinks:
+        session.sinks.remove(link.sink)
 
 
 def run_attach(run_dir=None, base="runs") -> int:
     """`tui-trainer attach`: the same app on a run in another process (or, finished, read-only)."""
+    app = make_attach_app(run_dir, base)
+    try:
+        app.run(mouse=False)
+    finally:
+        app.link.close()  # a viewer leaving never stops the run
+    return app.exit_code
+
+
+def make_attach_app(run_dir=None, base="runs", *, handle_signals: bool = True) -> TrainerApp:
     from pathlib import Path
 
     from tui_trainer import config
@@ -388,11 +407,15 @@ def run_attach(run_dir=None, base="runs") -> int:
     except UserError:
         ui = config.UiSection()
     sock = live_socket(run_dir)
-    link = SocketLink(sock) if sock is not None else ReplayLink(read_events(run_dir / "events.jsonl"))
-    app = TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor, handle_signals=True)
+    if sock is not None:
+        link = SocketLink(sock)
+    else:  # finished, or killed: show what it recorded, read-only
+        events = read_events(run_dir / "events.jsonl")
+        if not any(isinstance(e, (Finished, Failed)) for e in events):
+            last = max((getattr(e, "step", 0) or 0 for e in events), default=0)
+            events.append(StateChanged("dead", last))  # no final event and nobody serving it: killed
+        link = ReplayLink(events)
+    app = TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor,
+                     handle_signals=handle_signals)
     app.remote = True
-    try:
-        app.run(mouse=False)
-    finally:
-        link.close()
-    return app.exit_code
+    return app

@@ -17,6 +17,7 @@ STATE_STYLE = {
     "finished": "bold black on dodger_blue1",
     "failed": "bold white on red3",
     "disconnected": "bold white on grey35",
+    "dead": "bold white on grey35",
 }
 
 
