@@ -159,3 +159,118 @@ def test_on_hangup_detach_keeps_training_for_attach(tmp_path):
         time.sleep(0.2)
     assert [r.state for r in list_runs(tmp_path)] == ["completed"]
     assert "completed" in (run / "output.log").read_text()
+
+
+def _tui(tmp_path, name: str, *extra: str) -> tuple[Tmux, object]:
+    preset = _held(tmp_path, wait_at=0, epochs=5000)  # long enough never to end by itself
+    run = tmp_path / "run"
+    cmd = f"{sys.executable} -m tui_trainer {preset} --run-dir {run} {' '.join(extra)}"
+    return Tmux(name, cmd, cwd=tmp_path), run
+
+
+def _tui_pid(run) -> int:
+    import json
+
+    return json.loads((run / "control.json").read_text())["pid"]
+
+
+def _final(run) -> dict:
+    import json
+
+    return json.loads((run / "events.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 0)])
+def test_tui_signal_saves_and_restores_the_terminal(tmp_path, sig, code):
+    import signal as signals
+
+    tty, run = _tui(tmp_path, f"tui-trainer-sig-{sig}")
+    try:
+        tty.wait_for("RUNNING")
+        tty.wait_for("step 3")
+        os_kill(_tui_pid(run), getattr(signals, sig))
+        screen = tty.wait_for(f"EXIT={code}") if sig == "SIGTERM" else tty.wait_for("q or Enter to leave")
+        if sig == "SIGINT":  # like ctrl+c: a user stop with its summary; Enter leaves
+            tty.keys("Enter")
+            screen = tty.wait_for("EXIT=0")
+        assert "Layers" not in screen  # the alternate screen is gone: the terminal is the shell's again
+    finally:
+        tty.close()
+    final = _final(run)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert final["kind"] == "Finished" and state["step"] == final["step"]
+    assert final["exit_code"] == code
+
+
+def test_tui_hangup_saves_and_exits_129(tmp_path):
+    tty, run = _tui(tmp_path, "tui-trainer-sig-hup")
+    tty.wait_for("step 3")
+    pid = _tui_pid(run)
+    tty.close()  # SSH drop: the pty hangs up
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid)
+    final = _final(run)
+    assert final["status"] == "signal" and final["exit_code"] == 129
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == final["step"]
+
+
+def test_tui_ctrl_c_twice_aborts_without_saving(tmp_path):
+    """The engine is stuck inside step 3 (a callback that never returns here), so the first Ctrl+C's
+    stop cannot complete; the second must leave at once anyway, without a save."""
+    preset = _held(tmp_path, wait_at=3, epochs=5000)
+    run = tmp_path / "run"
+    cmd = f"{sys.executable} -m tui_trainer {preset} --run-dir {run} --set checkpoint.every_epochs=0"
+    tty = Tmux("tui-trainer-ctrlc2", cmd, cwd=tmp_path)
+    try:
+        _wait_file(tmp_path / "ready")
+        tty.wait_for("step 3")
+        tty.keys("C-c")
+        tty.wait_for("ctrl+c again aborts")
+        tty.keys("C-c")
+        screen = tty.wait_for("EXIT=130")
+        assert "Layers" not in screen
+    finally:
+        tty.close()
+    assert not (run / "checkpoints" / "last.pt").exists()  # abort means: no save
+    assert _final(run)["kind"] != "Finished"
+
+
+def test_tui_sigusr1_saves_and_goes_on(tmp_path):
+    import signal as signals
+
+    tty, run = _tui(tmp_path, "tui-trainer-usr1")
+    try:
+        tty.wait_for("step 3")
+        os_kill(_tui_pid(run), signals.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list((run / "checkpoints").glob("manual-step-*.pt")):
+            time.sleep(0.1)
+        assert list((run / "checkpoints").glob("manual-step-*.pt"))
+        tty.wait_for("RUNNING")
+        tty.keys("q")
+        tty.wait_for("q or Enter to leave")
+        tty.keys("q")
+        tty.wait_for("EXIT=0")
+    finally:
+        tty.close()
+
+
+def os_kill(pid: int, sig) -> None:
+    import os
+
+    os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return "zombie" not in open(f"/proc/{pid}/status").read().lower()
+    except OSError:
+        return False
