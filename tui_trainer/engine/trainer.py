@@ -258,13 +258,7 @@ class Trainer:
         if self.commands.empty() and not self.should_stop() and not self._paused:
             return None  # the fast path of every step
         while True:
-            try:
-                while True:
-                    self._apply(self.commands.get_nowait())
-            except queue.Empty:
-                pass
-            if self.should_stop() and self._stop is None:
-                self._stop = Stop(reason="cancelled")
+            self._drain_commands()
             if self._stop is not None:
                 return self._stop_status()
             if not self._paused:
@@ -433,7 +427,7 @@ class Trainer:
         n, classify = 0, True
         with torch.no_grad(), self._autocast():
             for x, y in loader:
-                self._poll_during_validation()
+                self._drain_commands()
                 if self._stop is not None:
                     break
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -450,7 +444,8 @@ class Trainer:
         loss_sum, right = torch.stack([total, correct]).tolist()  # one host sync per validation
         return loss_sum / n, (right / n if classify else None)
 
-    def _poll_during_validation(self) -> None:
+    def _drain_commands(self) -> None:
+        """Apply every queued command now; a cancelled worker counts as a stop."""
         try:
             while True:
                 self._apply(self.commands.get_nowait())
