@@ -34,7 +34,10 @@ from tui_trainer.ui.widgets.lr_preview import LrPane
 from tui_trainer.ui.widgets.memory import MemoryPane
 
 PANES = ("layers", "lr", "loss", "memory", "log")
-PLOT_PERIOD_S = 0.25  # plots redraw at most 4 Hz
+# How often a pane may redraw at most (s). Every millisecond the UI thread holds the GIL can stall
+# a small model's training step, so slow-changing panes redraw slowly: layer statistics (a full
+# DataTable re-render) and the LR plot once a second; the loss sparklines are the lively part.
+REDRAW_PERIOD_S = {"loss": 0.25, "memory": 0.5, "lr": 1.0, "layer_stats": 1.0}
 
 
 class TrainerApp(App[int]):
@@ -72,7 +75,7 @@ class TrainerApp(App[int]):
         self._exit_on_final = False
         self._layers_for = None
         self._plots_dirty: set[str] = set()
-        self._plots_at = 0.0
+        self._plots_at: dict[str, float] = {}
         self._signals: list[int] = []
 
     # ------------------------------------------------------------------ layout
@@ -149,18 +152,18 @@ class TrainerApp(App[int]):
             structure = self._layers_for is not view.started
             self._layers_for = view.started
             self.query_one(LayersPane).update_from(view, structure)
-        if "layer_stats" in dirty:
-            self.query_one(LayersPane).update_stats(view)
         if "log" in dirty:
             self.query_one(EventLog).update_from(view)
-        self._plots_dirty |= dirty & {"lr", "loss", "memory"}
+        self._plots_dirty |= dirty & set(REDRAW_PERIOD_S)
         now = time.monotonic()
-        if self._plots_dirty and now - self._plots_at >= PLOT_PERIOD_S:
-            self._plots_at = now
-            for name in self._plots_dirty:
-                if self.query_one(f"#{name}").display:
-                    self.query_one(f"#{name}").update_from(view)
-            self._plots_dirty.clear()
+        for name in list(self._plots_dirty):
+            if now - self._plots_at.get(name, 0.0) < REDRAW_PERIOD_S[name]:
+                continue
+            pane = self.query_one("#layers" if name == "layer_stats" else f"#{name}")
+            if pane.display:
+                pane.update_stats(view) if name == "layer_stats" else pane.update_from(view)
+                self._plots_at[name] = now
+                self._plots_dirty.discard(name)
         if "final" in dirty:
             self._on_final()
 

@@ -63,7 +63,7 @@ class RunView:
         self.smoothed: deque[float] = deque(maxlen=self.RECENT)
         self._ema: float | None = None
         self.lr_history: list[Series] = []
-        self.epochs: deque[ev.EpochEnd] = deque(maxlen=10_000)
+        self.epochs: deque[ev.EpochEnd] = deque(maxlen=1000)  # the pane shows the last few
         self.trainable: tuple[bool | None, ...] = ()
         self.params_trainable = 0
         self.params_total = 0

@@ -50,4 +50,4 @@ class RunHeader(Static):
             line.append(f" ⚠ {badge} ", style="bold black on yellow")
         joined = Text("\n").join([top, line])
         joined.no_wrap, joined.overflow = True, "ellipsis"  # crop at draw time, whatever the width
-        self.update(joined)
+        self.update(joined, layout=False)  # fixed size: no layout pass for a new number

@@ -10,7 +10,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import Static
 
 from tui_trainer.build.layers import LayerInfo, matches
 from tui_trainer.engine.commands import SetTrainable
@@ -19,7 +22,7 @@ from tui_trainer.ui.messages import SendCommand
 from tui_trainer.ui.view import RunView
 
 COLUMNS = (("layer", "name"), ("type", "type"), ("output", "shape"), ("params", "params"), ("train", "train"),
-           ("‖grad‖", "grad"), ("Δw/w", "upd"))
+           ("‖grad‖", "grad"), ("Δw/w", "upd"))  # (label, key)
 
 MARKS = {True: Text("● on", style="green3"), False: Text("○ off", style="red3"), None: Text("◐ mix", style="yellow")}
 
@@ -35,7 +38,11 @@ def parent_of(rows: tuple[LayerInfo, ...]) -> dict[str, str | None]:
     return out
 
 
-class LayerTable(DataTable):
+class LayerTable(ScrollView, can_focus=True):
+    """A tree table on Textual's line API: one cached strip per row, and only rows whose cells
+    changed are drawn again. (A DataTable re-renders every row for any cell update, which at a
+    statistics refresh cost ~50 ms of the GIL the training thread needs.)"""
+
     BINDINGS = [
         Binding("space", "toggle", "Freeze/unfreeze"),
         Binding("enter", "toggle", "Freeze/unfreeze", show=False),
@@ -43,10 +50,16 @@ class LayerTable(DataTable):
         Binding("u", "unfreeze_all", "Unfreeze all"),
         Binding("right", "expand", "Expand", show=False),
         Binding("left", "collapse", "Collapse", show=False),
+        Binding("up", "cursor(-1)", show=False),
+        Binding("down", "cursor(1)", show=False),
+        Binding("pageup", "page(-1)", show=False),
+        Binding("pagedown", "page(1)", show=False),
+        Binding("home", "cursor(-1000000)", show=False),
+        Binding("end", "cursor(1000000)", show=False),
     ]
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", **kwargs)
+        super().__init__(**kwargs)
         self.rows_info: tuple[LayerInfo, ...] = ()
         self.position: dict[str, int] = {}
         self.parent_row: dict[str, str | None] = {}
@@ -55,11 +68,10 @@ class LayerTable(DataTable):
         self.trainable: tuple[bool | None, ...] = ()
         self.stats: tuple[tuple[float | None, ...], tuple[float | None, ...]] = ((), ())
         self.shown: list[str] = []
-        self.read_only = False
-
-    def on_mount(self) -> None:
-        for label, key in COLUMNS:
-            self.add_column(label, key=key, width=8 if key in ("grad", "upd") else None)
+        self.cursor_row = 0
+        self._widths: tuple[int, ...] = ()
+        self._cells: dict[str, tuple] = {}  # name -> the cells last drawn
+        self._strips: dict[tuple, Strip] = {}
 
     # ------------------------------------------------------------------ data in
 
@@ -71,30 +83,32 @@ class LayerTable(DataTable):
         self.trainable = trainable
         # Small models open fully; big ones show their top-level blocks.
         self.expanded = set(self.has_children) if len(layers) <= 24 else set()
+        self._widths = self._measure()
         self.rebuild()
 
     def set_trainable(self, trainable: tuple[bool | None, ...]) -> None:
         self.trainable = trainable
-        for name in self.shown:
-            self.update_cell(name, "train", self._mark(name))
+        self._redraw_changed()
 
     def set_stats(self, grad: tuple[float | None, ...], ratio: tuple[float | None, ...]) -> None:
         self.stats = (grad, ratio)
-        for name in self.shown:
-            g, u = self._stat_cells(name)
-            self.update_cell(name, "grad", g)
-            self.update_cell(name, "upd", u)
+        self._redraw_changed()
 
     def rebuild(self) -> None:
         keep = self.current_name()
-        self.clear()
-        self.shown = [r.name for r in self.rows_info if self._shown(r.name)]
-        for name in self.shown:
-            self.add_row(*self._cells(name), key=name)
-        if keep in self.shown:
-            self.move_cursor(row=self.shown.index(keep))
+        self.shown = [r.name for r in self.rows_info if self._is_shown(r.name)]
+        self._cells.clear()
+        self._strips.clear()
+        self.virtual_size = Size(sum(self._widths) + 2 * (len(self._widths) - 1) + 2, len(self.shown) + 1)
+        self.move_cursor(row=self.shown.index(keep) if keep in self.shown else min(self.cursor_row, len(self.shown) - 1))
+        self.refresh()
 
-    def _shown(self, name: str) -> bool:
+    def _redraw_changed(self) -> None:
+        for i, name in enumerate(self.shown):
+            if self._cells.get(name) != self._row_cells(name):
+                self.refresh_line(i + 1)
+
+    def _is_shown(self, name: str) -> bool:
         parent = self.parent_row.get(name)
         while parent is not None:
             if parent not in self.expanded:
@@ -102,36 +116,111 @@ class LayerTable(DataTable):
             parent = self.parent_row.get(parent)
         return True
 
-    def _cells(self, name: str) -> list:
+    # ------------------------------------------------------------------ drawing
+
+    def _label(self, name: str) -> str:
         row = self.rows_info[self.position[name]]
         glyph = ("▾ " if name in self.expanded else "▸ ") if name in self.has_children else "  "
-        label = "  " * row.depth + glyph + name.split(".")[-1]
-        shape = "×".join(map(str, row.out_shape[1:])) if row.out_shape else "-"
-        return [label, row.type, shape, human_count(row.params), self._mark(name), *self._stat_cells(name)]
+        return "  " * row.depth + glyph + name.split(".")[-1]
 
-    def _mark(self, name: str) -> Text:
-        i = self.position[name]
-        return MARKS[self.trainable[i] if i < len(self.trainable) else True]
+    def _measure(self) -> tuple[int, ...]:
+        rows = self.rows_info
+        label = max([len("  " * r.depth + "▸ " + r.name.split(".")[-1]) for r in rows] + [5])
+        kind = max([len(r.type) for r in rows] + [4])
+        shape = max([len(_shape(r)) for r in rows] + [6])
+        params = max([len(human_count(r.params)) for r in rows] + [6])
+        return (label, kind, shape, params, 5, 8, 8)
 
-    def _stat_cells(self, name: str) -> tuple[Text, Text]:
+    def _row_cells(self, name: str) -> tuple:
         i = self.position[name]
+        row = self.rows_info[i]
+        on = self.trainable[i] if i < len(self.trainable) else True
         grad, ratio = self.stats
         g = grad[i] if i < len(grad) else None
         u = ratio[i] if i < len(ratio) else None
-        g_text = Text("-", style="grey50") if g is None else Text(f"{g:.1e}")
-        if u is None:
-            u_text = Text("-", style="grey50")
-        else:  # ~1e-3 per step is the classic healthy range
-            style = "yellow" if u > 1e-2 else ("grey50" if u < 1e-5 else "")
-            u_text = Text(f"{u:.1e}", style=style)
-        return g_text, u_text
+        return (self._label(name), row.type, _shape(row), human_count(row.params), on,
+                "-" if g is None else f"{g:.1e}", "-" if u is None else f"{u:.1e}", u)
 
-    # ------------------------------------------------------------------ keys
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        scroll_x, scroll_y = self.scroll_offset
+        if y == 0:
+            key: tuple = ("header", self._widths)
+            text = None
+        else:
+            index = scroll_y + y - 1
+            if index >= len(self.shown):
+                return Strip.blank(width, self.rich_style)
+            name = self.shown[index]
+            cells = self._row_cells(name)
+            self._cells[name] = cells
+            key = (name, cells, index == self.cursor_row, self.has_focus, self._widths)
+            text = cells
+        strip = self._strips.get(key)
+        if strip is None:
+            line = self._header_text() if text is None else self._row_text(*key[:4])
+            strip = Strip(list(line.render(self.app.console)), line.cell_len)
+            if len(self._strips) > 4096:
+                self._strips.clear()
+            self._strips[key] = strip
+        return strip.crop(scroll_x, scroll_x + width).adjust_cell_length(width, self.rich_style)
+
+    def _header_text(self) -> Text:
+        text = Text(style="bold")
+        for (label, _), w in zip(COLUMNS, self._widths):
+            text.append(label.ljust(w) + "  ")
+        return text
+
+    def _row_text(self, name: str, cells: tuple, selected: bool, focused: bool) -> Text:
+        label, kind, shape, params, on, grad, ratio, u = cells
+        w = self._widths
+        text = Text()
+        text.append(label.ljust(w[0]) + "  ")
+        text.append(kind.ljust(w[1]) + "  ")
+        text.append(shape.ljust(w[2]) + "  ")
+        text.append(params.rjust(w[3]) + "  ")
+        text.append_text(MARKS[on])
+        text.append(" " * (w[4] - MARKS[on].cell_len) + "  ")
+        text.append(grad.ljust(w[5]) + "  ", style="grey50" if grad == "-" else "")
+        # ~1e-3 per step is the classic healthy range
+        style = "grey50" if u is None or u < 1e-5 else ("yellow" if u > 1e-2 else "")
+        text.append(ratio.ljust(w[6]), style=style)
+        if selected:
+            text.stylize("reverse" if focused else "on grey27")
+        return text
+
+    # ------------------------------------------------------------------ cursor
 
     def current_name(self) -> str | None:
-        if not self.shown or self.cursor_row is None or self.cursor_row >= len(self.shown):
+        if not self.shown or not 0 <= self.cursor_row < len(self.shown):
             return None
         return self.shown[self.cursor_row]
+
+    def move_cursor(self, row: int) -> None:
+        old = self.cursor_row
+        self.cursor_row = max(0, min(row, len(self.shown) - 1))
+        self.refresh_line(old + 1)
+        self.refresh_line(self.cursor_row + 1)
+        visible = max(1, self.size.height - 1)
+        top = int(self.scroll_offset.y)
+        if self.cursor_row < top:
+            self.scroll_to(y=self.cursor_row, animate=False)
+        elif self.cursor_row >= top + visible:
+            self.scroll_to(y=self.cursor_row - visible + 1, animate=False)
+
+    def action_cursor(self, delta: int) -> None:
+        self.move_cursor(self.cursor_row + delta)
+
+    def action_page(self, direction: int) -> None:
+        self.move_cursor(self.cursor_row + direction * max(1, self.size.height - 2))
+
+    def on_focus(self) -> None:
+        self.refresh_line(self.cursor_row + 1)
+
+    def on_blur(self) -> None:
+        self.refresh_line(self.cursor_row + 1)
+
+    # ------------------------------------------------------------------ keys
 
     def _send(self, command: SetTrainable, note: str) -> None:
         self.app.post_message(SendCommand(command, note))
@@ -177,6 +266,10 @@ class LayerTable(DataTable):
             self.rebuild()
             if name in self.shown:
                 self.move_cursor(row=self.shown.index(name))
+
+
+def _shape(row: LayerInfo) -> str:
+    return "×".join(map(str, row.out_shape[1:])) if row.out_shape else "-"
 
 
 class LayersPane(Vertical):

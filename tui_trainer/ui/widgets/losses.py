@@ -29,11 +29,14 @@ class LossPane(Vertical):
         self.query_one("#loss-smooth", Sparkline).data = smooth
         last = f"{raw[-1]:.4f}" if raw else "-"
         self.query_one("#loss-raw-label", Static).update(
-            Text.assemble(("train loss ", "bold"), f"{last}", (f"  (last {len(raw)} steps)", "grey50")))
+            Text.assemble(("train loss ", "bold"), f"{last}", (f"  (last {len(raw)} steps)", "grey50")), layout=False)
         ema = f"{smooth[-1]:.4f}" if smooth else "-"
         self.query_one("#loss-smooth-label", Static).update(
-            Text.assemble(("smoothed ", "bold"), ema, ("  (EMA 0.9)", "grey50")))
-        self.query_one("#loss-epochs", Static).update(self._epochs(view))
+            Text.assemble(("smoothed ", "bold"), ema, ("  (EMA 0.9)", "grey50")), layout=False)
+        shown = (len(view.epochs), view.epochs[-1].epoch if view.epochs else 0, self.size)
+        if shown != getattr(self, "_epochs_shown", None):  # the table changes once an epoch
+            self._epochs_shown = shown
+            self.query_one("#loss-epochs", Static).update(self._epochs(view))
 
     def _epochs(self, view: RunView):
         table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")

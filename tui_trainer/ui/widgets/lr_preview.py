@@ -7,17 +7,27 @@ from __future__ import annotations
 from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
-from textual_plotext import PlotextPlot
-
 from tui_trainer.run.format import lr_text
 from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.draw import braille_plot
 
-PLAN_COLORS = ("blue", "cyan", "magenta", "white")
+PLAN_COLORS = ("dodger_blue1", "cyan", "magenta", "white")
+
+
+def thin(xs: list, ys: list, points: int) -> tuple[list, list]:
+    """At most about `points` points, the last one kept (where the marker is)."""
+    stride = max(1, len(xs) // max(1, points))
+    if stride == 1:
+        return list(xs), list(ys)
+    keep = list(range(0, len(xs), stride))
+    if keep[-1] != len(xs) - 1:
+        keep.append(len(xs) - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
 class LrPane(Vertical):
     def compose(self):
-        yield PlotextPlot(id="lr-plot")
+        yield Static(id="lr-plot")
         yield Static(id="lr-numbers")
 
     def on_mount(self) -> None:
@@ -28,39 +38,52 @@ class LrPane(Vertical):
         s = view.started
         if s is None:
             return
-        self.query_one("#lr-numbers", Static).update(self._numbers(view))
-        # Redraw the plot only when something visible moved: the marker's column, the history's
-        # length bucket, a manual change, the size. plotext is the costliest thing we draw.
-        width = max(1, self.size.width)
-        signature = (s, view.manual_factor, width, self.size.height,
-                     int(view.step * width / max(1, s.plan.total_steps)), len(view.lr_history[0]) // 8
-                     if view.lr_history else 0, view.lr_history[0].stride if view.lr_history else 0)
+        numbers = self._numbers(view)
+        lines = numbers.plain.count("\n")
+        self.query_one("#lr-numbers", Static).update(numbers, layout=lines != getattr(self, "_lines", None))
+        self._lines = lines
+        plot = self.query_one("#lr-plot", Static)
+        width, height = plot.size.width, plot.size.height
+        if width < 8 or height < 3:
+            return
+        # Redraw only when something visible moved: the marker's column, the history, a manual
+        # change, the size.
+        history = view.lr_history[0] if view.lr_history else None
+        signature = (s, view.manual_factor, width, height, int(view.step * width / max(1, s.plan.total_steps)),
+                     (len(history) // 8, history.stride) if history else None)
         if signature == getattr(self, "_drawn", None):
             return
         self._drawn = signature
-        plt = self.query_one(PlotextPlot).plt
-        plt.clear_data()
-        plt.clear_figure()
-        plan = s.plan
+        plot.update(self._plot(view, width, height), layout=False)
+
+    def _plot(self, view: RunView, width: int, height: int) -> Text:
+        plan = view.started.plan
+        points = 2 * width  # a braille cell is 2 dots wide: more points only cost time
+        series, legend = [], []
         if not plan.adaptive:
             for g, (name, lrs) in enumerate(list(zip(plan.groups, plan.lrs))[:len(PLAN_COLORS)]):
-                plt.plot(list(plan.steps), list(lrs), color=PLAN_COLORS[g], marker="braille",
-                         label=f"plan {name}" if len(plan.groups) > 1 else "plan")
+                series.append((*thin(list(plan.steps), list(lrs), points), PLAN_COLORS[g]))
+                legend.append((f"plan {name}" if len(plan.groups) > 1 else "plan", PLAN_COLORS[g]))
             if view.manual_factor != 1.0:
                 xs, ys = view.replanned(0)
                 if xs:
-                    plt.plot(xs, ys, color="orange", marker="braille", label="re-planned")
-        for g, series in enumerate(view.lr_history[:1]):
-            if len(series):
-                plt.plot(series.xs, series.ys, color="green", marker="braille", label="actual")
-        if view.step:
-            plt.vline(view.step, color="red")
-        plt.xlim(0, max(plan.total_steps, 1))
-        plt.ylim(0, None)
-        plt.xfrequency(3)
-        plt.yfrequency(3)
-        plt.title("ReduceLROnPlateau: history only (no planned future)" if plan.adaptive else "")
-        self.query_one(PlotextPlot).refresh()
+                    series.append((*thin(xs, ys, points), "orange1"))
+                    legend.append(("re-planned", "orange1"))
+        history = view.lr_history[0] if view.lr_history else None
+        if history is not None and len(history):
+            series.append((*thin(history.xs, history.ys, points), "green3"))
+            legend.append(("actual", "green3"))
+        top = max((max(ys) for _, ys, _ in series if ys), default=0.0) or 1.0
+        text = Text()
+        for label, style in legend:
+            text.append("━ ", style=style)
+            text.append(f"{label}  ")
+        text.append("│ ", style="red")
+        text.append("now" if not plan.adaptive else "now (ReduceLROnPlateau: history only, no planned future)")
+        text.append("\n")
+        text.append_text(braille_plot(series, width, height - 1, (0, max(plan.total_steps, 1)), (0.0, top * 1.05),
+                                      marker=(view.step, "red")))
+        return text
 
     def _numbers(self, view: RunView) -> Text:
         s = view.started

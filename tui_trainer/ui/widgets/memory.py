@@ -19,6 +19,7 @@ class MemoryPane(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "Memory"
+        self._shape = None
 
     def update_from(self, view: RunView) -> None:
         m = view.memory
@@ -38,9 +39,10 @@ class MemoryPane(Vertical):
         else:
             text.append("CPU: process resident memory (RSS)\n", style="bold")
             text.append(human_bytes(m.rss))
-        self.query_one("#memory-text", Static).update(text)
+        self.query_one("#memory-text", Static).update(text, layout=m is None or self._shape != (m.allocated is None))
+        self._shape = m.allocated is None if m is not None else None
         top = m.total if m is not None and m.total else None
         label = "allocated" if m is not None and m.allocated is not None else "RSS"
         line = Text(spark(list(view.memory_history), max(8, self.size.width - 4), top), style="cyan")
         line.append(f"\n{label} history, 0 to {'total' if top else 'max'}", style="grey50")
-        self.query_one("#memory-spark", Static).update(line)
+        self.query_one("#memory-spark", Static).update(line, layout=False)
