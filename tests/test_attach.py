@@ -24,7 +24,7 @@ import torch
 from tests.conftest import cli_env
 from tests.helpers.runs import write_preset
 from tui_trainer.engine.commands import ScaleLr
-from tui_trainer.engine.events import EpochEnd, Finished, LrChanged, RunWarning, StepReport
+from tui_trainer.engine.events import EpochEnd, Finished, LrChanged, RunStarted, RunWarning, StepReport
 from tui_trainer.run.catalog import list_runs
 from tui_trainer.run.server import MAX_OLD_REPORTS, RECENT_REPORTS, Replay, live_socket
 from tui_trainer.ui.app import make_attach_app
@@ -211,20 +211,32 @@ def test_attach_to_a_finished_run_shows_its_final_state(tmp_path):
 
 
 def test_replay_is_bounded_and_ordered():
+    """A million-step run with an epoch every 5 steps: what a new viewer gets stays small."""
+    from tui_trainer.engine.events import StateChanged
+    from tui_trainer.run.server import MAX_OLD_EPOCHS, MAX_OTHER, RECENT_EPOCHS
+
     replay = Replay()
-    for step in range(1, 20_001):
-        event = StepReport(step, 1, step, (1.0,), (0.1,), 100.0, None)
-        replay.add(event, f"r{step}\n".encode())
-        if step % 1000 == 0:
+    replay.add(StateChanged("starting", 0), b"s0\n")
+    replay.add(RunStartedStub(), b"h0\n")
+    for step in range(1, 1_000_001):
+        if step % 10 == 0:
+            replay.add(StepReport(step, 1, step, (1.0,), (0.1,), 100.0, None), f"r{step}\n".encode())
+        if step % 5 == 0:
+            replay.add(EpochEnd(step // 5, step, 1.0, 1.0, 0.5, 0.1, "val_loss", 1.0, 1.0, 1, True, 0, None),
+                       f"e{step}\n".encode())
             replay.add(RunWarning(step, "w"), f"w{step}\n".encode())
     lines = replay.lines().decode().split()
     reports = [int(x[1:]) for x in lines if x.startswith("r")]
-    warnings = [int(x[1:]) for x in lines if x.startswith("w")]
+    epochs = [int(x[1:]) for x in lines if x.startswith("e")]
+    others = [int(x[1:]) for x in lines if x.startswith("w")]
+    assert lines[:2] == ["s0", "h0"]  # the run's start is always there
     assert len(reports) <= RECENT_REPORTS + MAX_OLD_REPORTS
-    assert reports == sorted(reports) and reports[-RECENT_REPORTS:] == list(range(20_001 - RECENT_REPORTS, 20_001))
-    assert warnings == list(range(1000, 20_001, 1000))  # every rare event is kept
-    order = [int(x[1:]) for x in lines]
+    assert reports[-RECENT_REPORTS:] == list(range(1_000_000 - 10 * (RECENT_REPORTS - 1), 1_000_001, 10))
+    assert len(epochs) <= RECENT_EPOCHS + MAX_OLD_EPOCHS and epochs[-1] == 1_000_000
+    assert len(others) == MAX_OTHER and others[-1] == 1_000_000
+    order = [int(x[1:]) for x in lines[2:]]
     assert order == sorted(order)
+    assert len(replay.lines()) < 100_000
 
 
 def test_a_stranger_cannot_use_a_live_socket_path_as_a_new_run(tmp_path):
@@ -264,3 +276,10 @@ def test_the_socket_speaks_json_lines(tmp_path):
     finally:
         proc.kill()
     assert list((run / "checkpoints").glob("manual-step-*.pt"))
+
+
+class RunStartedStub(RunStarted):
+    """Only its type matters to the replay."""
+
+    def __init__(self):  # noqa: D107 - a stand-in, not a real event
+        pass

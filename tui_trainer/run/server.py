@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tui_trainer.engine.commands import Control
 from tui_trainer.engine.commands import from_json as command_from_json
-from tui_trainer.engine.events import Event, LayerStats, StepReport
+from tui_trainer.engine.events import EpochEnd, Event, LayerStats, RunStarted, StepReport
 from tui_trainer.errors import UserError
 
 INFO = "control.json"
@@ -33,6 +33,9 @@ SOCKET = "control.sock"
 MAX_BACKLOG = 16 * 2**20  # bytes a viewer may fall behind before it is dropped
 RECENT_REPORTS = 600  # reports replayed at full resolution; older ones are thinned
 MAX_OLD_REPORTS = 2048
+RECENT_EPOCHS = 500
+MAX_OLD_EPOCHS = 500
+MAX_OTHER = 1000
 
 
 def socket_path(run_dir: Path) -> Path:
@@ -77,31 +80,47 @@ def _connectable(path: Path) -> bool:
 
 
 class Replay:
-    """What a viewer gets on connect: every rare event, the latest layer stats, and the reports:
-    the last RECENT_REPORTS in full, older ones thinned to at most MAX_OLD_REPORTS. Bounded, and
-    in the original order."""
+    """What a viewer gets on connect, bounded whatever the run's length, in the original order:
+    everything up to RunStarted; the latest layer stats; reports (the last RECENT_REPORTS in full,
+    older ones thinned to MAX_OLD_REPORTS); epoch ends likewise (RECENT_EPOCHS / MAX_OLD_EPOCHS);
+    and the last MAX_OTHER of every other event (checkpoints, LR and freeze changes, warnings,
+    states). A change of trainable state carries the whole map, so the latest one is enough."""
 
     def __init__(self) -> None:
-        self.rare: list[tuple[int, bytes]] = []
+        self.head: list[tuple[int, bytes]] = []
         self.reports: list[tuple[int, bytes]] = []
+        self.epochs: list[tuple[int, bytes]] = []
+        self.other: deque[tuple[int, bytes]] = deque(maxlen=MAX_OTHER)
         self.stats: tuple[int, bytes] | None = None
+        self._started = False
         self._seq = 0
 
     def add(self, event: Event, line: bytes) -> None:
         self._seq += 1
-        if isinstance(event, StepReport):
-            self.reports.append((self._seq, line))
-            if len(self.reports) > RECENT_REPORTS + MAX_OLD_REPORTS:
-                old = self.reports[:-RECENT_REPORTS]
-                self.reports = old[1::2] + self.reports[-RECENT_REPORTS:]
+        item = (self._seq, line)
+        if not self._started:
+            self.head.append(item)
+            self._started = isinstance(event, RunStarted)
+        elif isinstance(event, StepReport):
+            self.reports = _thinned(self.reports, item, RECENT_REPORTS, MAX_OLD_REPORTS)
+        elif isinstance(event, EpochEnd):
+            self.epochs = _thinned(self.epochs, item, RECENT_EPOCHS, MAX_OLD_EPOCHS)
         elif isinstance(event, LayerStats):
-            self.stats = (self._seq, line)
+            self.stats = item
         else:
-            self.rare.append((self._seq, line))
+            self.other.append(item)
 
     def lines(self) -> bytes:
-        merged = sorted(self.rare + self.reports + ([self.stats] if self.stats else []))
+        merged = sorted(self.head + self.reports + self.epochs + list(self.other) + ([self.stats] if self.stats else []))
         return b"".join(line for _, line in merged)
+
+
+def _thinned(items: list, item, recent: int, old_max: int) -> list:
+    items.append(item)
+    if len(items) > recent + old_max:
+        old = items[:-recent]
+        items = old[1::2] + items[-recent:]
+    return items
 
 
 class _Viewer:
