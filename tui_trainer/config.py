@@ -56,6 +56,14 @@ class DataSection(_Strict):
     num_workers: int = Field(default=0, ge=0)
     limit: int = Field(default=0, ge=0)
     augment: bool = False
+    preload: bool = False  # transform every sample once, keep the set as tensors on the device
+
+    @model_validator(mode="after")
+    def _preload_is_static(self) -> DataSection:
+        if self.preload and self.augment:
+            raise ValueError("data.preload: a preloaded sample is transformed once, so random augmentation"
+                             " would be frozen; set augment = false or preload = false")
+        return self
 
 
 class ParamGroup(_WithKwargs):

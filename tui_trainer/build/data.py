@@ -286,6 +286,36 @@ class Keyed(Dataset):
             return self.dataset[index]
 
 
+class PreloadedBatches:
+    """`data.preload`: every sample transformed once and kept as two tensors on the training
+    device; a batch is one index into them. Batches come in the order of `batches` (the same
+    EpochBatches a DataLoader would use), so seeding and mid-epoch resume are unchanged."""
+
+    def __init__(self, dataset, batches: EpochBatches, device: torch.device, num_workers: int = 0):
+        xs, ys = [], []
+        for x, y in DataLoader(dataset, batch_size=256, num_workers=num_workers):  # index order, once
+            xs.append(x)
+            ys.append(torch.as_tensor(y))
+        self.x = torch.cat(xs).to(device)
+        self.y = torch.cat(ys).to(device)
+        self.batch_sampler = batches
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        keys = list(self.batch_sampler)
+        if not keys:
+            return
+        # one index tensor per epoch, copied to the device once; a batch is a slice of it
+        order = torch.tensor([i for batch in keys for _, i in batch]).to(self.x.device)
+        start = 0
+        for batch in keys:
+            idx = order[start : start + len(batch)]
+            start += len(batch)
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+
 def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts:
     train_ds, val_ds, classes = load_datasets(cfg, seed)
     if len(train_ds) == 0:
@@ -300,15 +330,21 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts
         generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG untouched
         worker_init_fn=_worker_ignores_stop_signals if cfg.num_workers > 0 else None,
     )
-    train = DataLoader(Keyed(train_ds, seed, cfg.augment), batch_sampler=batches, **common)
-    val = None
+    val_batches = None
     if val_ds is not None and len(val_ds) > 0:
         val_batches = EpochBatches(len(val_ds), cfg.val_batch_size or cfg.batch_size, seed, False, False)
-        val = DataLoader(Keyed(val_ds, seed, False), batch_sampler=val_batches, **common)
+    if cfg.preload:
+        train = PreloadedBatches(train_ds, batches, device, cfg.num_workers)
+        val = PreloadedBatches(val_ds, val_batches, device, cfg.num_workers) if val_batches else None
+    else:
+        train = DataLoader(Keyed(train_ds, seed, cfg.augment), batch_sampler=batches, **common)
+        val = DataLoader(Keyed(val_ds, seed, False), batch_sampler=val_batches, **common) if val_batches else None
     sample, sample_target = _first_sample(val_ds if val is not None else train_ds)
     n_val = len(val_ds) if val is not None else 0
     name = cfg.dataset if cfg.dataset != "imagefolder" else f"imagefolder {cfg.root}"
     note = f"{name}: {len(train_ds)} train / {n_val} val, {len(classes) or '?'} classes"
+    if cfg.preload:
+        note += f", preloaded to {device.type}"
     return DataParts(train, val, batches, len(classes) or None, classes, sample, note, sample_target)
 
 
