@@ -1,0 +1,95 @@
+"""Shared by the benchmark scripts: arguments, the app factory (when it exists), timing windows."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a smoke run: a few steps, seconds not minutes")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: 1 on CPU, for stable numbers; 0 = torch's default)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    return p
+
+
+def set_threads(args) -> int:
+    import torch
+
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def app_factory():
+    """`tui_trainer.ui.app.make_app`, or None while the app is not written yet."""
+    try:
+        found = importlib.util.find_spec("tui_trainer.ui.app")
+    except ModuleNotFoundError:
+        found = None
+    if found is None:
+        return None
+    import tui_trainer
+
+    here = Path(tui_trainer.__path__[0]).resolve()
+    if here not in Path(found.origin or "").resolve().parents:
+        return None  # a shared editable install can map tui_trainer.ui to another checkout: not ours
+    from tui_trainer.ui.app import make_app  # a broken app module fails loudly, not as "not available"
+
+    return make_app
+
+
+APP_MISSING = "app: not available yet (tui_trainer.ui.app.make_app does not exist)"
+
+
+def step_reports(run_dir: Path):
+    from tui_trainer.engine.events import StepReport
+    from tui_trainer.run.rundir import read_events
+
+    return [e for e in read_events(Path(run_dir) / "events.jsonl") if isinstance(e, StepReport)]
+
+
+def window_rate(run_dir: Path, first: int, last: int) -> float:
+    """Steps/s between the StepReport at step `first` and the one at step `last` (both stamped by the
+    engine right after the step's losses reached the host)."""
+    at = {r.step: r.time for r in step_reports(run_dir)}
+    if first not in at or last not in at:
+        raise RuntimeError(f"{run_dir}: no StepReport at step {first} and {last} (have {sorted(at)[:3]}..)")
+    return (last - first) / (at[last] - at[first])
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def versions() -> dict:
+    import textual
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "textual": textual.__version__,
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpus": _cpu_count(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def write_json(path: str | None, data: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
