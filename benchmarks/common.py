@@ -55,6 +55,54 @@ def app_factory():
 APP_MISSING = "app: not available yet (tui_trainer.ui.app.make_app does not exist)"
 
 
+class EventTail:
+    """Follow a growing events.jsonl without re-reading it: the latest step, the (step, time) of every
+    StepReport, the time of the first event of each kind and of every manual LR change."""
+
+    def __init__(self, path: Path):
+        self.path, self._f, self._rest = Path(path), None, ""
+        self.step = 0
+        self.reports: list[tuple[int, float]] = []
+        self.first: dict[str, float] = {}
+        self.manual_lr: list[float] = []
+        self.weights: str | None = None
+
+    def poll(self) -> EventTail:
+        if self._f is None:
+            if not self.path.exists():
+                return self
+            self._f = open(self.path, encoding="utf-8")
+        chunk = self._f.read()
+        if chunk:
+            lines = (self._rest + chunk).split("\n")
+            self._rest = lines.pop()  # a line still being written
+            for line in lines:
+                self._take(json.loads(line))
+        return self
+
+    def _take(self, event: dict) -> None:
+        kind = event["kind"]
+        self.first.setdefault(kind, event["time"])
+        if kind == "StepReport":
+            self.step = event["step"]
+            self.reports.append((event["step"], event["time"]))
+        elif kind == "RunStarted":
+            self.weights = event.get("weights")
+        elif kind == "LrChanged" and event.get("reason") == "manual":
+            self.manual_lr.append(event["time"])
+
+    def rate_between(self, t0: float, t1: float) -> float | None:
+        """Steps/s from the StepReports stamped inside [t0, t1]."""
+        inside = [(s, t) for s, t in self.reports if t0 <= t <= t1]
+        if len(inside) < 2:
+            return None
+        return (inside[-1][0] - inside[0][0]) / (inside[-1][1] - inside[0][1])
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
 def step_reports(run_dir: Path):
     from tui_trainer.engine.events import StepReport
     from tui_trainer.run.rundir import read_events

@@ -93,6 +93,11 @@ RESNET18 = Workload("resnet18", 'arch = "resnet18"\nweights = "none"\nnum_classe
                     batch_size=32, log_every=5, warmup=10, steps=60)
 WORKLOADS = {w.name: w for w in (TINY, RESNET18)}
 
+# For the footprint runs (a million steps): the smallest step that still trains, so the run is
+# minutes; memory growth is a matter of steps and reports, not of model size.
+MICRO = Workload("micro", 'arch = "benchmarks.workloads:tiny_mlp"\nkwargs = { hidden = 32 }', image_size=8,
+                 batch_size=8, log_every=10, warmup=0, steps=1_000_000)
+
 
 def quick(w: Workload) -> Workload:
     """A smoke version: seconds, not minutes."""
