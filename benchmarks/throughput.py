@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reps", type=int, default=None, help="alternating repetitions (default 5; 2 with --quick)")
     p.add_argument("--variants", default="abc", help="which of a, b, c to run (default abc)")
     p.add_argument("--amp", default="off", help='preset train.amp for every variant (default "off")')
+    p.add_argument("--log-every", type=int, default=None,
+                   help="override the workloads' train.log_every (tiny 10, resnet18 5); a multiple of it is measured")
     args = p.parse_args(argv)
     threads = common.set_threads(args)
     reps = args.reps or (2 if args.quick else 5)
@@ -169,7 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
                "reps": reps, "quick": args.quick, "workloads": []}
     with tempfile.TemporaryDirectory(prefix="tui-bench-") as tmp:
         for name in names:
-            w = quick(WORKLOADS[name]) if args.quick else WORKLOADS[name]
+            w = WORKLOADS[name]
+            if args.log_every:
+                w = replace(w, log_every=args.log_every, warmup=_round_up(w.warmup, args.log_every),
+                            steps=_round_up(w.steps, args.log_every))
+            w = quick(w) if args.quick else w
             print(f"{name}: batch {w.batch_size}, steps {w.warmup}..{w.steps} measured, log_every {w.log_every},"
                   f" {args.device}, amp {args.amp}, {threads} thread(s), {reps} reps", flush=True)
             result = measure(w, reps, args.variants, args.device, args.amp, Path(tmp))
@@ -177,6 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
             results["workloads"].append(result)
     common.write_json(args.json, results)
     return results
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from benchmarks import footprint, run_all, sync_check, throughput, ui_latency
+from benchmarks import footprint, run_all, step_costs, sync_check, throughput, ui_latency
 from tests.conftest import tiny_preset_text
 
 
@@ -22,6 +22,12 @@ def test_throughput_reports_steps_per_s_and_ratios(tmp_path):
     else:
         assert tiny["ratio"]["c"] > 0
     assert json.loads(out.read_text())["workloads"][0]["workload"] == "tiny"
+
+
+def test_step_costs_reports_each_part():
+    result = step_costs.main(["--quick", "--steps", "60"])
+    assert result["steps"] == 60
+    assert {"_step", "_report", "_between_steps", "sink: Recorder", "sink: LineReporter"} <= set(result["parts"])
 
 
 def test_sync_check_plumbing(tmp_path, capsys):
