@@ -128,8 +128,18 @@ def versions() -> dict:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "textual": textual.__version__,
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "machine": f"{platform.machine()} {_cpu_model()}".strip(),
             "cpus": _cpu_count(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
 
 
 def _cpu_count() -> int:

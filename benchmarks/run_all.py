@@ -40,11 +40,11 @@ class Tee(io.TextIOBase):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=None, help="folder for the JSON and text output (default benchmarks/results)")
+    p.add_argument("--out", default=None, help="folder for the JSON and text output (default benchmarks/results, or results/quick)")
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
     p.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="the file whose generated block is rewritten")
     args, rest = p.parse_known_args(argv)
-    out = Path(args.out or HERE / "results")
+    out = Path(args.out or (HERE / "results" / "quick" if args.quick else HERE / "results"))
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/run_all.py " + " ".join((argv if argv is not None else sys.argv[1:]))
     sections, failed = [], []

@@ -133,7 +133,7 @@ def measure(w: Workload, reps: int, variants: str, device: str, amp: str, scratc
         for v in ratios:
             if v in this and "a" in this:
                 ratios[v].append(this[v] / this["a"])
-        print(f"  rep {rep + 1}/{reps}: " + "  ".join(f"{v} {this[v]:,.1f}" for v in variants if v in this),
+        print(f"  rep {rep + 1}/{reps}: " + "  ".join(f"{v} {_num(this[v])}" for v in variants if v in this),
               flush=True)
     return {"workload": w.name, "batch_size": w.batch_size, "window": [w.warmup, w.steps], "log_every": w.log_every,
             "steps_per_s": {v: r for v, r in rates.items() if r}, "median": {v: common.median(r) for v, r in rates.items()},
@@ -147,7 +147,7 @@ def report(result: dict) -> None:
             print(f"  {NAMES[v]:<22} {common.APP_MISSING if v == 'c' else 'not available'}")
             continue
         runs = result["steps_per_s"][v]
-        line = f"  {NAMES[v]:<22} {med:>10,.1f} steps/s  (min {min(runs):,.1f}, max {max(runs):,.1f})"
+        line = f"  {NAMES[v]:<22} {_num(med):>10} steps/s  (min {_num(min(runs))}, max {_num(max(runs))})"
         if v != "a" and result["ratio"].get(v) is not None:
             ratio, goal = result["ratio"][v], goals.get(v)
             line += f"  {v}/a = {ratio:.3f}"
@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
             results["workloads"].append(result)
     common.write_json(args.json, results)
     return results
+
+
+def _num(x: float) -> str:
+    return f"{x:,.1f}" if x >= 100 else f"{x:.3g}"
 
 
 def _round_up(n: int, k: int) -> int:
