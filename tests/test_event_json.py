@@ -20,3 +20,4 @@ def test_to_json_matches_asdict_and_round_trips(tiny_preset, tmp_path):
         fast = json.dumps(event.to_json())
         assert fast == json.dumps({"kind": event.kind, **dataclasses.asdict(event)})
         assert from_json(json.loads(fast)) == event
+        assert event.json_line == json.dumps(event.to_json(), separators=(",", ":"))  # made once, shared

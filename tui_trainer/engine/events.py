@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,12 @@ class Event:
         for name in _field_names(type(self)):
             out[name] = _plain(getattr(self, name))
         return out
+
+    @functools.cached_property
+    def json_line(self) -> str:
+        """`to_json()` as one compact JSON line (no newline), made once: the run-dir recorder and the
+        control socket both write it."""
+        return json.dumps(self.to_json(), separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class Recorder:
         self.dropped = 0
 
     def __call__(self, event: Event) -> None:
-        ok = self.events.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+        ok = self.events.write(event.json_line + "\n")
         if isinstance(event, StepReport):
             ok &= self.metrics.write(_csv_row({
                 "time": f"{event.time:.3f}", "phase": "train", "epoch": event.epoch, "step": event.step,

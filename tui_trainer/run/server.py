@@ -5,8 +5,9 @@ in as JSON lines and go into the engine's command queue, so every viewer's comma
 in order, like keys. The socket is mode 0600 and a peer of another uid is refused; nothing
 listens on a network port.
 
-One selector thread serves every viewer. The engine's sink only appends under a lock and pokes a
-socketpair, so the trainer never waits on a viewer; a viewer that falls 16 MiB behind is dropped.
+One selector thread serves every viewer. The engine's sink only appends under a lock and, when a
+viewer is connected, pokes a socketpair, so the trainer never waits on a viewer; a viewer that
+falls 16 MiB behind is dropped.
 """
 
 from __future__ import annotations
@@ -201,12 +202,14 @@ class ControlServer:
     # ------------------------------------------------------------------ the sink
 
     def __call__(self, event: Event) -> None:
-        line = (json.dumps(event.to_json(), separators=(",", ":")) + "\n").encode()
+        line = (event.json_line + "\n").encode()
         with self._lock:
             self._replay.add(event, line)
-            if self._viewers:
+            viewers = bool(self._viewers)
+            if viewers:
                 self._outbox.append(line)
-        self._poke()
+        if viewers:  # nobody to send to: no syscall, no thread woken on the training thread's time
+            self._poke()
 
     def _poke(self) -> None:
         try:
