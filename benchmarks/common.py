@@ -52,6 +52,14 @@ def app_factory():
     return make_app
 
 
+def serving(func) -> dict:
+    """`serve=True` where `func` takes it: the CLI opens the run's control socket (tui-trainer attach)
+    for every run, headless or app, so the benchmarks measure that too."""
+    import inspect
+
+    return {"serve": True} if "serve" in inspect.signature(func).parameters else {}
+
+
 APP_MISSING = "app: not available yet (tui_trainer.ui.app.make_app does not exist)"
 
 

@@ -1,6 +1,6 @@
 """Where the engine's overhead goes, measured in place: CPU time of each part of the loop around the
-textbook step, per call and per step, while the real engine (as `--no-ui` runs it) trains the tiny
-workload.
+textbook step, per call and per step, while the real engine (as `--no-ui` runs it: recorder, log
+line, control socket) trains the tiny workload.
 
     python benchmarks/step_costs.py                  # the table
     python benchmarks/step_costs.py --pyinstrument   # the same run under pyinstrument (pip install -e .[bench])
@@ -52,10 +52,19 @@ def measure(steps: int, log_every: int | None, device: str, scratch: Path, pyins
     preset = w.write(scratch, device=device)
     with open(scratch / "log.txt", "w", encoding="utf-8") as log:
         reporter = LineReporter(log)
-        recorder_call = rundir.Recorder.__call__
-        rundir.Recorder.__call__ = timed("sink: Recorder", recorder_call)  # patched for this run only
+        patched = [(rundir.Recorder, "__call__", "sink: Recorder")]
         try:
-            session = prepare(str(preset), [], run_dir=scratch / "run", sinks=[timed("sink: LineReporter", reporter)])
+            from tui_trainer.run import server
+
+            patched.append((server.ControlServer, "__call__", "sink: ControlServer"))
+        except ImportError:  # no control socket in this version
+            pass
+        originals = [(cls, attr, getattr(cls, attr)) for cls, attr, _ in patched]
+        for cls, attr, name in patched:  # patched for this run only
+            setattr(cls, attr, timed(name, getattr(cls, attr)))
+        try:
+            session = prepare(str(preset), [], run_dir=scratch / "run", sinks=[timed("sink: LineReporter", reporter)],
+                              **common.serving(prepare))
             trainer = session.trainer
             for name in METHODS:
                 setattr(trainer, name, timed(name, getattr(trainer, name)))
@@ -72,7 +81,8 @@ def measure(steps: int, log_every: int | None, device: str, scratch: Path, pyins
                 profiler.stop()
             session.close()
         finally:
-            rundir.Recorder.__call__ = recorder_call
+            for cls, attr, original in originals:
+                setattr(cls, attr, original)
     done = trainer.step
     rows = {name: {"calls": n, "us_per_call": ns / n / 1e3, "us_per_step": ns / done / 1e3}
             for name, (ns, n) in spent.items()}

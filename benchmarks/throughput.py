@@ -72,18 +72,20 @@ def bare_loop(preset_path: Path, w: Workload, run_dir: Path) -> float:
 
 def engine_headless(preset_path: Path, w: Workload, run_dir: Path) -> float:
     """(b) What `tui-trainer PRESET --no-ui --run-dir DIR > log` runs: the real Trainer with the run-dir
-    recorder (events.jsonl, metrics.csv) and the LineReporter writing its lines to a file."""
+    recorder (events.jsonl, metrics.csv), the LineReporter writing its lines to a file, and the
+    control socket that `tui-trainer attach` connects to."""
     from tui_trainer.run.headless import run_headless
 
     with open(run_dir.parent / f"{run_dir.name}.log", "w", encoding="utf-8") as log:
-        code = run_headless(str(preset_path), [], run_dir=str(run_dir), stream=log)
+        code = run_headless(str(preset_path), [], run_dir=str(run_dir), stream=log, **common.serving(run_headless))
     if code != 0:
         raise RuntimeError(f"engine run failed (exit {code}); see {run_dir}/events.jsonl")
     return common.window_rate(run_dir, w.warmup, w.steps)
 
 
 def textual_app(preset_path: Path, w: Workload, run_dir: Path, timeout: float = 1800) -> float | None:
-    """(c) The full app, headless under `App.run_test(size=(120, 40))`, until the run finishes."""
+    """(c) The full app, headless under `App.run_test(size=(120, 40))`, until the run finishes; with the
+    control socket, as `tui-trainer PRESET` runs it."""
     make_app = common.app_factory()
     if make_app is None:
         return None
@@ -96,7 +98,7 @@ def textual_app(preset_path: Path, w: Workload, run_dir: Path, timeout: float = 
 async def drive_app(make_app, preset_path: Path, run_dir: Path, timeout: float, on_running=None):
     """Run the app until the engine's final event; `on_running(app, pilot)` (optional) runs once
     while it trains. Returns the app."""
-    app = make_app(str(preset_path), [], run_dir=str(run_dir), paused=False)
+    app = make_app(str(preset_path), [], run_dir=str(run_dir), paused=False, **common.serving(make_app))
     async with app.run_test(size=(120, 40)) as pilot:
         deadline = time.monotonic() + timeout
         if on_running is not None:

@@ -40,11 +40,13 @@ def test_sync_check_plumbing(tmp_path, capsys):
 
 
 def test_ui_latency_reports_or_says_pending(tmp_path):
-    result = ui_latency.main(["--quick", "--json", str(tmp_path / "u.json")])
+    result = ui_latency.main(["--quick", "--presses", "2", "--json", str(tmp_path / "u.json")])
     if ui_latency.common.app_factory() is None:
         assert "pending" in result
     else:
-        assert result["blocked"]["ratio"] is not None and result["key_latency_s"]["n"] > 0
+        # a 0.5 s window may hold too few reports for a ratio on a loaded machine: it must report, not be fast
+        assert {"before", "blocked", "after", "ratio"} <= set(result["blocked"]), result
+        assert result["key_latency_s"]["n"] == 2 and result["key_latency_s"]["max"] > 0, result
 
 
 def test_footprint_memory_help_and_first_step(tmp_path):
@@ -59,8 +61,8 @@ def test_footprint_memory_help_and_first_step(tmp_path):
 
 
 def test_run_all_writes_the_summary(tmp_path):
-    code = run_all.main(["--quick", "--only", "sync_check,ui_latency", "--out", str(tmp_path)])
+    code = run_all.main(["--quick", "--only", "sync_check,step_costs", "--out", str(tmp_path)])
     assert code == 0
     summary = (tmp_path / "summary.md").read_text()
-    assert "### sync_check" in summary and "### ui_latency" in summary
-    assert (tmp_path / "sync_check.json").is_file()
+    assert "### sync_check" in summary and "### step_costs" in summary
+    assert (tmp_path / "step_costs.json").is_file()
