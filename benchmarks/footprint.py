@@ -102,14 +102,16 @@ def app_child(preset: str, run_dir: str) -> int:
     return app.exit_code
 
 
-def memory(milestones: list[int], scratch: Path, with_app: bool, timeout: float, device: str = "cpu") -> dict:
+def memory(milestones: list[int], scratch: Path, with_app: bool, timeout: float, device: str = "cpu",
+           with_engine: bool = True) -> dict:
     steps = milestones[-1]
     # the run goes on past the last milestone (it is stopped there), so no milestone races its exit
     preset = MICRO.write(scratch, steps=steps + steps // 10 + 1000, device=device)
     out = {"workload": "micro", "steps": steps, "log_every": MICRO.log_every, "batch_size": MICRO.batch_size}
-    run_dir = scratch / "mem-engine"
-    out["engine"] = memory_run([sys.executable, "-m", "tui_trainer", str(preset), "--no-ui", "--run-dir", str(run_dir)],
-                               run_dir, milestones, timeout)
+    if with_engine:
+        run_dir = scratch / "mem-engine"
+        out["engine"] = memory_run([sys.executable, "-m", "tui_trainer", str(preset), "--no-ui", "--run-dir",
+                                    str(run_dir)], run_dir, milestones, timeout)
     if with_app:
         if common.app_factory() is None:
             out["app"] = None
@@ -188,8 +190,11 @@ def report(result: dict) -> None:
                   f"  {row['seconds']:6.0f} s")
         if len(run["rows"]) >= 2:
             growth = (run["rows"][-1]["rss"] - base) / MIB
-            print(f"  {who:<6} growth first->last milestone: {growth:+.1f} MiB; peak {run['peak_rss'] / MIB:.1f} MiB ->"
-                  f" {'bounded' if growth < 32 else 'GROWING'}")
+            prev, last = run["rows"][-2], run["rows"][-1]
+            rate = (last["rss"] - prev["rss"]) / MIB / max(1, last["step"] - prev["step"]) * 100_000
+            print(f"  {who:<6} growth first->last milestone: {growth:+.1f} MiB; over the last interval"
+                  f" {rate:+.2f} MiB per 100k steps; peak {run['peak_rss'] / MIB:.1f} MiB ->"
+                  f" {'flat' if rate < 1.0 else 'STILL GROWING (run longer, or look)'}")
         if run["missing"]:
             print(f"  {who:<6} ended (exit {run['exit_code']}) before steps {run['missing']}")
     h = result["help"]
@@ -207,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", default=None, help="memory milestones, comma-separated (default 10000,100000,1000000)")
     p.add_argument("--preset", default=str(ROOT / "presets" / "resnet18_finetune.toml"),
                    help="preset for the time to first step (default presets/resnet18_finetune.toml)")
+    p.add_argument("--memory-of", default="engine,app", help="whose RSS to follow: engine, app or both (default)")
     p.add_argument("--runs", type=int, default=None, help="repetitions of the timings (default 10 help, 3 first step)")
     p.add_argument("--app-child", nargs=2, metavar=("PRESET", "RUN_DIR"), help=argparse_hidden())
     args = p.parse_args(argv)
@@ -219,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"versions": common.versions(), "quick": args.quick, "threads": THREADS or "torch default"}
     with tempfile.TemporaryDirectory(prefix="tui-footprint-") as tmp:
         scratch = Path(tmp)
-        result["memory"] = memory(milestones, scratch, with_app=True, timeout=6 * 3600, device=args.device)
+        whose = args.memory_of.split(",")
+        result["memory"] = memory(milestones, scratch, with_app="app" in whose, timeout=6 * 3600, device=args.device,
+                                  with_engine="engine" in whose)
         result["help"] = help_time(runs or 10)
         result["first_step"] = first_step(Path(args.preset).resolve(), runs or 3, scratch)
     report(result)
