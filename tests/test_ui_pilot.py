@@ -11,7 +11,7 @@ from tui_trainer.engine import events as ev
 from tui_trainer.ui.app import TrainerApp, make_app
 from tui_trainer.ui.widgets.layers import LayerTable
 
-LONG = ["train.epochs=50", "train.log_every=1"]
+LONG = ["train.epochs=5000", "train.log_every=1"]  # never ends by itself within a test
 
 
 async def until(pilot, condition, what: str, limit: int = 1200):
@@ -195,5 +195,30 @@ def test_engine_failure_shows_in_the_app(tiny_preset, tmp_path):
             await until(pilot, lambda: type(app.screen).__name__ == "SummaryScreen", "summary shown")
             await pilot.press("q")
         assert app.exit_code == 1
+
+    run(scenario())
+
+
+def test_the_panes_keep_updating_behind_help_and_summary_screens(tiny_preset, tmp_path):
+    """The tick keeps drawing the main screen while a modal screen is on top (a query on the
+    active screen used to raise NoMatches and kill the app)."""
+    app = make_app(tiny_preset(), LONG, run_dir=tmp_path / "run")
+
+    async def scenario():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.view.step >= 2, "running")
+            await pilot.press("question_mark")
+            before = app.view.step
+            await until(pilot, lambda: app.view.step >= before + 10, "steps go on behind the help screen")
+            for _ in range(10):  # ticks with help open: header, layers, plots drawn behind it
+                await pilot.pause(0.1)
+            await pilot.press("escape")
+            await pilot.press("q")
+            await until(pilot, lambda: type(app.screen).__name__ == "SummaryScreen", "summary")
+            for _ in range(10):  # and ticks behind the summary
+                await pilot.pause(0.1)
+            assert app.is_running
+            await pilot.press("enter")
+        assert app.return_code == 0
 
     run(scenario())

@@ -27,7 +27,7 @@ from tui_trainer.ui.messages import SendCommand
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.header import RunHeader
 from tui_trainer.ui.widgets.help import HelpScreen, SummaryScreen
-from tui_trainer.ui.widgets.layers import LayersPane, LayerTable
+from tui_trainer.ui.widgets.layers import LayersPane
 from tui_trainer.ui.widgets.log import EventLog
 from tui_trainer.ui.widgets.losses import LossPane
 from tui_trainer.ui.widgets.lr_preview import LrPane
@@ -77,6 +77,7 @@ class TrainerApp(App[int]):
         self._plots_dirty: set[str] = set()
         self._plots_at: dict[str, float] = {}
         self._signals: list[int] = []
+        self._widgets: dict[str, object] = {}
 
     # ------------------------------------------------------------------ layout
 
@@ -98,6 +99,14 @@ class TrainerApp(App[int]):
             return self.remote  # only a viewer can leave a run behind
         return True
 
+    def w(self, selector: str):
+        """A widget of the main screen. (App.query_one searches the active screen, which is the
+        help or summary screen while one is open.)"""
+        widget = self._widgets.get(selector)
+        if widget is None:
+            widget = self._widgets[selector] = self.screen_stack[0].query_one(selector)
+        return widget
+
     def on_mount(self) -> None:
         self.set_interval(1 / self.refresh_hz, self._tick)
         if self.handle_signals:
@@ -105,7 +114,7 @@ class TrainerApp(App[int]):
         if self.start_paused and not self.link.read_only:
             self.link.send(Pause())  # before the first step: freeze layers first
         self.link.start()
-        self.query_one(LayerTable).focus()
+        self.w("#layer-table").focus()
         self._layout()
         self._tick()
 
@@ -116,11 +125,11 @@ class TrainerApp(App[int]):
         """Wide: every pane at once. Narrow (under 100x30): one pane at a time, keys 1-5."""
         narrow = self.size.width < 100 or self.size.height < 30
         for name in PANES:
-            self.query_one(f"#{name}").display = not narrow or name == self.active_pane
-        self.query_one("#right").display = not narrow or self.active_pane in ("lr", "loss")
-        self.query_one("#top").display = not narrow or self.active_pane in ("layers", "lr", "loss")
-        self.query_one("#bottom").display = not narrow or self.active_pane in ("memory", "log")
-        tabs = self.query_one("#tabs", Static)
+            self.w(f"#{name}").display = not narrow or name == self.active_pane
+        self.w("#right").display = not narrow or self.active_pane in ("lr", "loss")
+        self.w("#top").display = not narrow or self.active_pane in ("layers", "lr", "loss")
+        self.w("#bottom").display = not narrow or self.active_pane in ("memory", "log")
+        tabs = self.w("#tabs")
         tabs.display = narrow
         if narrow:
             text = Text()
@@ -135,9 +144,9 @@ class TrainerApp(App[int]):
         self.active_pane = name
         self._layout()
         if name == "layers":
-            self.query_one(LayerTable).focus()
+            self.w("#layer-table").focus()
         elif name == "log":
-            self.query_one(EventLog).focus()
+            self.w("#log").focus()
 
     # ------------------------------------------------------------------ the tick
 
@@ -147,19 +156,19 @@ class TrainerApp(App[int]):
         view = self.view
         dirty = view.take_dirty()
         if "header" in dirty:
-            self.query_one(RunHeader).update_from(view)
+            self.w("#header").update_from(view)
         if "layers" in dirty and view.started is not None:
             structure = self._layers_for is not view.started
             self._layers_for = view.started
-            self.query_one(LayersPane).update_from(view, structure)
+            self.w("#layers").update_from(view, structure)
         if "log" in dirty:
-            self.query_one(EventLog).update_from(view)
+            self.w("#log").update_from(view)
         self._plots_dirty |= dirty & set(REDRAW_PERIOD_S)
         now = time.monotonic()
         for name in list(self._plots_dirty):
             if now - self._plots_at.get(name, 0.0) < REDRAW_PERIOD_S[name]:
                 continue
-            pane = self.query_one("#layers" if name == "layer_stats" else f"#{name}")
+            pane = self.w("#layers" if name == "layer_stats" else f"#{name}")
             if pane.display:
                 pane.update_stats(view) if name == "layer_stats" else pane.update_from(view)
                 self._plots_at[name] = now
