@@ -35,9 +35,11 @@ from tui_trainer.ui.widgets.memory import MemoryPane
 
 PANES = ("layers", "lr", "loss", "memory", "log")
 # How often a pane may redraw at most (s). Every millisecond the UI thread holds the GIL can stall
-# a small model's training step, so slow-changing panes redraw slowly: layer statistics (a full
-# DataTable re-render) and the LR plot once a second; the loss sparklines are the lively part.
-REDRAW_PERIOD_S = {"loss": 0.25, "memory": 0.5, "lr": 1.0, "layer_stats": 1.0}
+# a small model's training step, so panes redraw no more often than a person can read them: log
+# lines arrive in batches twice a second (each keeps its event's time), layer statistics and the
+# LR plot once a second; the header and the loss sparklines are the lively part. (Events are still
+# drained every 1 / refresh_hz, and keys are handled at once: only drawing is paced.)
+REDRAW_PERIOD_S = {"header": 0.25, "loss": 0.25, "memory": 0.5, "log": 0.5, "lr": 1.0, "layer_stats": 1.0}
 
 
 class TrainerApp(App[int]):
@@ -74,8 +76,8 @@ class TrainerApp(App[int]):
         self._interrupts = 0
         self._exit_on_final = False
         self._layers_for = None
-        self._plots_dirty: set[str] = set()
-        self._plots_at: dict[str, float] = {}
+        self._redraw: set[str] = set()
+        self._drawn_at: dict[str, float] = {}
         self._signals: list[int] = []
         self._widgets: dict[str, object] = {}
 
@@ -137,7 +139,7 @@ class TrainerApp(App[int]):
                 style = "bold reverse" if name == self.active_pane else "grey62"
                 text.append(f" {i + 1} {name} ", style=style)
             tabs.update(text)
-        self._plots_dirty |= {"lr", "loss", "memory"}
+        self._redraw |= {"lr", "loss", "memory"}
         self.view.dirty.add("header")
 
     def action_show_pane(self, name: str) -> None:
@@ -155,25 +157,22 @@ class TrainerApp(App[int]):
             self.view.apply(event)
         view = self.view
         dirty = view.take_dirty()
-        if "header" in dirty:
-            self.w("#header").update_from(view)
         if "layers" in dirty and view.started is not None:
             structure = self._layers_for is not view.started
             self._layers_for = view.started
             self.w("#layers").update_from(view, structure)
-        if "log" in dirty:
-            self.w("#log").update_from(view)
-        self._plots_dirty |= dirty & set(REDRAW_PERIOD_S)
+        self._redraw |= dirty & set(REDRAW_PERIOD_S)
         now = time.monotonic()
-        for name in list(self._plots_dirty):
-            if now - self._plots_at.get(name, 0.0) < REDRAW_PERIOD_S[name]:
+        final = "final" in dirty  # the last picture is drawn whole, at once
+        for name in list(self._redraw):
+            if not final and now - self._drawn_at.get(name, 0.0) < REDRAW_PERIOD_S[name]:
                 continue
             pane = self.w("#layers" if name == "layer_stats" else f"#{name}")
-            if pane.display:
+            if pane.display or name == "log":  # the log keeps its lines even while hidden
                 pane.update_stats(view) if name == "layer_stats" else pane.update_from(view)
-                self._plots_at[name] = now
-                self._plots_dirty.discard(name)
-        if "final" in dirty:
+                self._drawn_at[name] = now
+                self._redraw.discard(name)
+        if final:
             self._on_final()
 
     def _on_final(self) -> None:

@@ -44,9 +44,10 @@ class HelpScreen(ModalScreen):
 
 
 class SummaryScreen(ModalScreen[bool]):
-    """Shown when the run ends; q / Enter / Escape leave the app."""
+    """Shown when the run ends; q / Enter leave the app (d too: a viewer pressing `d` just as the
+    run ends still gets out), Escape closes it to look around first."""
 
-    BINDINGS = [Binding("q,enter", "leave", "Leave"), Binding("escape", "look", "Look around")]
+    BINDINGS = [Binding("q,enter,d", "leave", "Leave"), Binding("escape", "look", "Look around")]
 
     def __init__(self, text: Text) -> None:
         super().__init__()

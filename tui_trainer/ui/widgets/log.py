@@ -24,8 +24,10 @@ class EventLog(RichLog):
         new = view.log_count - self._written
         if new <= 0:
             return
+        lines = []
         for when, text, level in list(view.log)[-min(new, len(view.log)):]:
             line = Text(time.strftime("%H:%M:%S ", time.localtime(when)), style="grey50")
             line.append(text, style=LEVEL_STYLE.get(level, ""))
-            self.write(line)
+            lines.append(line)
+        self.write(Text("\n").join(lines))  # one write per batch: one scroll, one repaint
         self._written = view.log_count
