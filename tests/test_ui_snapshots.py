@@ -81,7 +81,12 @@ def fixed_tz(monkeypatch):
 
 
 async def settle(pilot):
-    await pilot.pause(0.6)  # a few ticks: data drained, plots drawn at their final size
+    """Until every pane drew its data at its final size (panes redraw at 1-4 Hz each)."""
+    await pilot.pause(0.3)
+    deadline = time.monotonic() + 30  # a hang guard on a loaded machine, not a timing assertion
+    while pilot.app.redraw_pending and time.monotonic() < deadline:
+        await pilot.pause(0.1)
+    await pilot.pause(0.2)
 
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])

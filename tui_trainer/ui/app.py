@@ -289,6 +289,14 @@ class TrainerApp(App[int]):
                 loop.remove_signal_handler(sig)
 
     @property
+    def redraw_pending(self) -> bool:
+        """Shown panes with new data waiting for their redraw period (tests settle on this)."""
+        if self.view.dirty:
+            return True
+        return any(name == "log" or self.w("#layers" if name == "layer_stats" else f"#{name}").display
+                   for name in self._redraw)
+
+    @property
     def final_event(self) -> Finished | Failed | None:
         return self.link.final
 
