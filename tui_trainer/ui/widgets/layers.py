@@ -83,7 +83,6 @@ class LayerTable(ScrollView, can_focus=True):
         self.trainable = trainable
         # Small models open fully; big ones show their top-level blocks.
         self.expanded = set(self.has_children) if len(layers) <= 24 else set()
-        self._widths = self._measure()
         self.rebuild()
 
     def set_trainable(self, trainable: tuple[bool | None, ...]) -> None:
@@ -97,6 +96,9 @@ class LayerTable(ScrollView, can_focus=True):
     def rebuild(self) -> None:
         keep = self.current_name()
         self.shown = [r.name for r in self.rows_info if self._is_shown(r.name)]
+        # Columns fit the rows shown, so a deep model's collapsed names do not push the statistics
+        # off a 120-column screen; they widen when a block is expanded.
+        self._widths = self._measure([self.rows_info[self.position[n]] for n in self.shown])
         self._cells.clear()
         self._strips.clear()
         self.virtual_size = Size(sum(self._widths) + 2 * (len(self._widths) - 1) + 2, len(self.shown) + 1)
@@ -123,8 +125,7 @@ class LayerTable(ScrollView, can_focus=True):
         glyph = ("▾ " if name in self.expanded else "▸ ") if name in self.has_children else "  "
         return "  " * row.depth + glyph + name.split(".")[-1]
 
-    def _measure(self) -> tuple[int, ...]:
-        rows = self.rows_info
+    def _measure(self, rows) -> tuple[int, ...]:
         label = max([len("  " * r.depth + "▸ " + r.name.split(".")[-1]) for r in rows] + [5])
         kind = max([len(r.type) for r in rows] + [4])
         shape = max([len(_shape(r)) for r in rows] + [6])

@@ -25,6 +25,21 @@ def thin(xs: list, ys: list, points: int) -> tuple[list, list]:
     return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
+def _legend(items: list[tuple[str, str]], now: str, width: int) -> Text:
+    """One line, always: with several groups "plan fc" becomes "fc", then the line is cut."""
+    for short in (False, True):
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for label, style in items:
+            text.append("━ ", style=style)
+            text.append(f"{label.removeprefix('plan ') if short else label}  ")
+        text.append("│ ", style="red")
+        text.append(now)
+        if text.cell_len <= width:
+            break
+    text.truncate(width, overflow="ellipsis")
+    return text
+
+
 class LrPane(Vertical):
     def compose(self):
         yield Static(id="lr-plot")
@@ -74,12 +89,8 @@ class LrPane(Vertical):
             series.append((*thin(history.xs, history.ys, points), "green3"))
             legend.append(("actual", "green3"))
         top = max((max(ys) for _, ys, _ in series if ys), default=0.0) or 1.0
-        text = Text()
-        for label, style in legend:
-            text.append("━ ", style=style)
-            text.append(f"{label}  ")
-        text.append("│ ", style="red")
-        text.append("now" if not plan.adaptive else "now (ReduceLROnPlateau: history only, no planned future)")
+        text = _legend(legend, "now" if not plan.adaptive else "now (ReduceLROnPlateau: history only, no planned future)",
+                       width)
         text.append("\n")
         text.append_text(braille_plot(series, width, height - 1, (0, max(plan.total_steps, 1)), (0.0, top * 1.05),
                                       marker=(view.step, "red")))

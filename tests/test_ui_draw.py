@@ -1,0 +1,48 @@
+"""The app's own small drawings: sizes are exact (a pane never wraps or scrolls) and the LR legend
+stays on one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from tui_trainer.ui.widgets.draw import braille_plot, spark
+from tui_trainer.ui.widgets.lr_preview import _legend, thin
+
+
+@pytest.mark.parametrize("width,height", [(44, 8), (30, 4), (100, 20)])
+def test_braille_plot_fills_exactly_its_box(width, height):
+    xs = list(range(200))
+    plan = [0.1 * min(1, x / 20) for x in xs]
+    actual = plan[:70]
+    text = braille_plot([(xs, plan, "blue"), (xs[:70], actual, "green")], width, height, (0, 199), (0.0, 0.105),
+                        marker=(70, "red"))
+    lines = text.plain.split("\n")
+    assert len(lines) == height
+    assert all(len(line) == width for line in lines), [len(line) for line in lines]
+    plot_rows = lines[:-1]  # the last line is the x axis
+    # the "now" marker is one column, the same on every plot row that the curves do not cover
+    columns = {line.index("│", 12) for line in plot_rows if "│" in line[12:]}
+    assert len(columns) == 1
+    assert any(ch not in " │┤" and not ch.isdigit() for ch in "".join(plot_rows)[12:])  # dots were drawn
+
+
+def test_legend_is_one_line_that_fits():
+    items = [("plan default", "blue"), ("plan fc", "cyan"), ("re-planned", "orange1"), ("actual", "green3")]
+    wide = _legend(items, "now", 120).plain
+    assert "plan default" in wide and "\n" not in wide
+    narrow = _legend(items, "now", 44).plain
+    assert len(narrow) <= 44 and "\n" not in narrow
+    assert "plan " not in narrow and "default" in narrow  # shortened before it is cut
+    tiny = _legend(items, "now", 20).plain
+    assert len(tiny) <= 20 and tiny.endswith("…")
+
+
+def test_thin_keeps_the_last_point():
+    xs, ys = thin(list(range(1000)), list(range(1000)), 50)
+    assert len(xs) <= 52 and xs[-1] == 999 and ys[-1] == 999
+    assert thin([1, 2], [3, 4], 50) == ([1, 2], [3, 4])
+
+
+def test_memory_spark_scales_from_zero():
+    line = spark([50.0, 100.0], 10)
+    assert line == "▄█"  # half of the top is half a block, not the bottom (min-scaled would say ▁)
