@@ -41,7 +41,12 @@ def test_preview(tiny_preset, tmp_path, capsys):
     plot = out.split("planned LR: 14 steps (2 epochs x 7)")[1]
     assert re.search(r"[\u2801-\u28ff]", plot)
     assert "step" in plot
-    ticks = [float(t) for t in re.findall(r"^ *([\d.]+)┤", plot, flags=re.M)]
-    assert 0.045 <= max(ticks) <= 0.05, ticks  # the y axis tops out near max_lr = 0.05
+    ticks = [float(t) for t in re.findall(r"^ *([\d.]+) ┤", plot, flags=re.M)]
+    assert 0.05 <= max(ticks) <= 0.0525, ticks  # the y axis tops out just above max_lr = 0.05
+    # a log file has no colours to tell groups apart: each group's start, peak and end in numbers
+    start, peak, peak_step, end = re.search(r"^default +([\d.e-]+) +([\d.e-]+) \(step (\d+)\) +([\d.e-]+)$", plot,
+                                            flags=re.M).groups()
+    assert float(start) == 0.002 and 0.045 <= float(peak) <= 0.05 and 1 <= int(peak_step) <= 5
+    assert float(end) < 1e-4
     width = max(len(line) for line in plot.splitlines())
     assert width <= 100, "the plot is not wrapped or widened past the console"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tui_trainer.ui.widgets.draw import braille_plot, spark
+from tui_trainer.run.textplot import braille_plot
+from tui_trainer.ui.widgets.draw import spark
 from tui_trainer.ui.widgets.lr_preview import _legend, thin
 
 

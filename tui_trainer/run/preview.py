@@ -42,19 +42,23 @@ def preview(path: str, overrides: list[str]) -> int:
 
 
 def plot_plan(plan: LrPlan, width: int = 80, height: int = 12) -> str:
-    """The planned LR of every group as a text plot."""
-    import plotext as plt
+    """The planned LR of every group as a plain-text braille plot (the app's LR pane draws the same
+    curves in colour) and, since a log file has no colour to tell groups apart, each group's start,
+    peak and end in numbers."""
+    from tui_trainer.run.textplot import braille_plot
 
-    plt.clear_figure()
-    plt.plotsize(width, height)
-    plt.theme("clear")
-    for name, lrs in zip(plan.groups, plan.lrs):
-        plt.plot(list(plan.steps), list(lrs), label=name, marker="braille")
-    plt.xlabel("step")
+    series = [(list(plan.steps), list(lrs), "") for lrs in plan.lrs]
+    top = max((max(lrs) for lrs in plan.lrs if lrs), default=0.0) or 1.0
+    plot = braille_plot(series, width, height, (0, max(plan.total_steps, 1)), (0.0, top * 1.05)).plain
+    lines = [line.rstrip() for line in plot.splitlines()] + ["step".center(width).rstrip()]
     if plan.adaptive:
-        plt.title("ReduceLROnPlateau: lowered on plateaus; no future is planned")
-    # plotext ends every line with a colour reset even in the "clear" theme: in a log file that is
-    # noise, and rich counts the escape codes as width and wraps the plot into garbage.
-    text = plt.uncolorize(plt.build())
-    plt.clear_figure()
-    return text
+        lines.insert(0, "ReduceLROnPlateau: lowered on plateaus; no future is planned")
+    name_w = max(len("group"), *(len(n) for n in plan.groups))
+    lines.append(f"{'group'.ljust(name_w)}  {'start':>9}  {'peak':>18}  {'end':>9}")
+    for name, lrs in zip(plan.groups, plan.lrs):
+        if not lrs:
+            continue
+        peak = max(range(len(lrs)), key=lrs.__getitem__)
+        lines.append(f"{name.ljust(name_w)}  {lrs[0]:>9.4g}  {f'{lrs[peak]:.4g} (step {plan.steps[peak]})':>18}"
+                     f"  {lrs[-1]:>9.4g}")
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 from tui_trainer.run.format import lr_text
 from tui_trainer.ui.view import RunView
-from tui_trainer.ui.widgets.draw import braille_plot
+from tui_trainer.run.textplot import braille_plot
 
 PLAN_COLORS = ("dodger_blue1", "cyan", "magenta", "white")
 
