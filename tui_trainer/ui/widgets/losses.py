@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
@@ -36,29 +35,31 @@ class LossPane(Vertical):
         shown = (len(view.epochs), view.epochs[-1].epoch if view.epochs else 0, self.size)
         if shown != getattr(self, "_epochs_shown", None):  # the table changes once an epoch
             self._epochs_shown = shown
-            self.query_one("#loss-epochs", Static).update(self._epochs(view))
+            text = self._epochs(view)
+            lines = text.plain.count("\n")
+            self.query_one("#loss-epochs", Static).update(text, layout=lines != getattr(self, "_epoch_lines", None))
+            self._epoch_lines = lines
 
-    def _epochs(self, view: RunView):
-        table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
-        for col in ("epoch", "train", "val loss", "val acc", ""):
-            table.add_column(col, justify="right")
-        rows = max(1, min(4, (self.size.height - 6)))
-        for e in list(view.epochs)[-rows:]:
-            table.add_row(str(e.epoch), _f(e.train_loss), _f(e.val_loss),
-                          f"{100 * e.val_acc:.1f}%" if e.val_acc is not None else "-",
-                          Text("★ best", style="green3") if e.improved else "")
-        last = view.last_epoch
-        footer = Text()
-        if last is not None and last.best is not None:
-            footer.append(f"best {last.monitor} {last.best:.4f} @ epoch {last.best_epoch}", style="green3")
-        if last is not None and last.patience:
-            style = "yellow" if last.bad_epochs else ""
-            footer.append(f"\nearly stop: no improvement {last.bad_epochs}/{last.patience}", style=style)
+    def _epochs(self, view: RunView) -> Text:
+        """Fixed-width lines, not a rich Table: with short epochs this redraws several times a
+        second, and a Table in a Static is measured and rendered again by every layout pass."""
         if not view.epochs:
             return Text("validation after the first epoch", style="grey50")
-        from rich.console import Group
-
-        return Group(table, footer)
+        text = Text()
+        text.append(f"{'epoch':>6}  {'train':>7}  {'val loss':>8}  {'val acc':>7}", style="bold")
+        rows = max(1, min(4, (self.size.height - 6)))
+        for e in list(view.epochs)[-rows:]:
+            acc = f"{100 * e.val_acc:.1f}%" if e.val_acc is not None else "-"
+            text.append(f"\n{e.epoch:>6}  {_f(e.train_loss):>7}  {_f(e.val_loss):>8}  {acc:>7}")
+            if e.improved:
+                text.append("  ★ best", style="green3")
+        last = view.last_epoch
+        if last is not None and last.best is not None:
+            text.append(f"\nbest {last.monitor} {last.best:.4f} @ epoch {last.best_epoch}", style="green3")
+        if last is not None and last.patience:
+            style = "yellow" if last.bad_epochs else ""
+            text.append(f"\nearly stop: no improvement {last.bad_epochs}/{last.patience}", style=style)
+        return text
 
 
 def _f(value: float | None) -> str:
