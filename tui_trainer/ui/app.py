@@ -170,7 +170,7 @@ class TrainerApp(App[int]):
         for name in list(self._redraw):
             if not final and now - self._drawn_at.get(name, 0.0) < REDRAW_PERIOD_S[name]:
                 continue
-            pane = self.w("#layers" if name == "layer_stats" else f"#{name}")
+            pane = self._pane(name)
             if pane.display or name == "log":  # the log keeps its lines even while hidden
                 pane.update_stats(view) if name == "layer_stats" else pane.update_from(view)
                 self._drawn_at[name] = now
@@ -296,8 +296,11 @@ class TrainerApp(App[int]):
         """Shown panes with new data waiting for their redraw period (tests settle on this)."""
         if self.view.dirty:
             return True
-        return any(name == "log" or self.w("#layers" if name == "layer_stats" else f"#{name}").display
-                   for name in self._redraw)
+        return any(name == "log" or self._pane(name).display for name in self._redraw)
+
+    def _pane(self, name: str):
+        """The widget that draws REDRAW_PERIOD_S[name] (layer statistics live in the layers pane)."""
+        return self.w("#layers" if name == "layer_stats" else f"#{name}")
 
     @property
     def final_event(self) -> Finished | Failed | None:
