@@ -109,7 +109,7 @@ async def drive_app(make_app, preset_path: Path, run_dir: Path, timeout: float, 
                     raise TimeoutError(f"the app did not finish the run in {timeout:.0f} s")
                 # asyncio.sleep, not pilot.pause: pilot.pause first waits for every widget to
                 # process a posted callback and then forces a screen update, 20 times a second,
-                # which is work the app does not do in a terminal (it cost c/a about 0.1).
+                # which is work the app does not do in a terminal (it cost c/a about 0.06).
                 await asyncio.sleep(0.05)
     except Exception as exc:
         if app.final_event is None:
