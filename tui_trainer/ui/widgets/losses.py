@@ -47,7 +47,7 @@ class LossPane(Vertical):
             return Text("validation after the first epoch", style="grey50")
         text = Text()
         text.append(f"{'epoch':>6}  {'train':>7}  {'val loss':>8}  {'val acc':>7}", style="bold")
-        rows = max(1, min(4, (self.size.height - 6)))
+        rows = max(1, self.size.height - 9)  # what the labels, sparklines, header and footer leave
         for e in list(view.epochs)[-rows:]:
             acc = f"{100 * e.val_acc:.1f}%" if e.val_acc is not None else "-"
             text.append(f"\n{e.epoch:>6}  {_f(e.train_loss):>7}  {_f(e.val_loss):>8}  {acc:>7}")
