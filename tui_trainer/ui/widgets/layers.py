@@ -71,7 +71,7 @@ class LayerTable(ScrollView, can_focus=True):
         self.cursor_row = 0
         self._widths: tuple[int, ...] = ()
         self._cells: dict[str, tuple] = {}  # name -> the cells last drawn
-        self._strips: dict[tuple, Strip] = {}
+        self._strips: dict[str | None, tuple[tuple, Strip]] = {}  # row (None: header) -> (shown, strip)
 
     # ------------------------------------------------------------------ data in
 
@@ -146,7 +146,7 @@ class LayerTable(ScrollView, can_focus=True):
         width = self.size.width
         scroll_x, scroll_y = self.scroll_offset
         if y == 0:
-            key: tuple = ("header", self._widths)
+            key: tuple = (None, self._widths)  # None: no layer can be named so
             text = None
         else:
             index = scroll_y + y - 1
@@ -157,13 +157,15 @@ class LayerTable(ScrollView, can_focus=True):
             self._cells[name] = cells
             key = (name, cells, index == self.cursor_row, self.has_focus, self._widths)
             text = cells
-        strip = self._strips.get(key)
-        if strip is None:
+        # One strip per row, the last one drawn: a row is rebuilt only when what it shows changed,
+        # and the cache cannot grow with the run (keying by content kept every old statistic).
+        cached = self._strips.get(key[0])
+        if cached is not None and cached[0] == key:
+            strip = cached[1]
+        else:
             line = self._header_text() if text is None else self._row_text(*key[:4])
             strip = Strip(list(line.render(self.app.console)), line.cell_len)
-            if len(self._strips) > 4096:
-                self._strips.clear()
-            self._strips[key] = strip
+            self._strips[key[0]] = (key, strip)
         return strip.crop(scroll_x, scroll_x + width).adjust_cell_length(width, self.rich_style)
 
     def _header_text(self) -> Text:
