@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from tests.conftest import cli_env
+from tests.helpers.pilot import until
 from tests.helpers.runs import write_preset
 from tui_trainer.engine.commands import ScaleLr
 from tui_trainer.engine.events import EpochEnd, Finished, LrChanged, RunStarted, RunWarning, StepReport
@@ -53,14 +54,6 @@ def wait_until(condition, what: str, limit_s: float = 120):
 
 def events_of(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
-
-
-async def until(pilot, condition, what: str, limit: int = 1200):
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def test_attach_steer_detach_and_the_run_finishes(tmp_path):

@@ -7,20 +7,12 @@ import asyncio
 
 import torch
 
+from tests.helpers.pilot import until
 from tui_trainer.engine import events as ev
 from tui_trainer.ui.app import TrainerApp, make_app
 from tui_trainer.ui.widgets.layers import LayerTable
 
 LONG = ["train.epochs=5000", "train.log_every=1"]  # never ends by itself within a test
-
-
-async def until(pilot, condition, what: str, limit: int = 1200):
-    """Let the app run until `condition()` holds (a hang guard, not a timing assertion)."""
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def params_of(app: TrainerApp, prefix: str) -> dict[str, torch.Tensor]:
