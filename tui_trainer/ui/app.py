@@ -40,8 +40,8 @@ PANES = ("layers", "lr", "loss", "memory", "log")
 # read them (nvitop and htop refresh every 1.5-2 s): header, loss and log twice a second (log lines
 # keep their event's time), memory, layer statistics and the LR plot once a second. Halving the
 # header and loss rates (from 4 Hz) took the app from about 0.85 to about 0.9 of a bare loop on the
-# tiny benchmark (benchmarks/RESULTS.md). Events are still drained every 1 / refresh_hz and keys are handled at once: only
-# drawing is paced.
+# tiny benchmark (benchmarks/RESULTS.md). Events are still drained every 1 / refresh_hz and keys
+# are handled at once: only drawing is paced.
 REDRAW_PERIOD_S = {"header": 0.5, "loss": 0.5, "memory": 1.0, "log": 0.5, "lr": 1.0, "layer_stats": 1.0}
 
 
