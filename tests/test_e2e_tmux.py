@@ -40,6 +40,13 @@ class Tmux:
             time.sleep(0.2)
         raise AssertionError(f"{text!r} never appeared on screen:\n{self.screen()}")
 
+    def leave(self) -> None:
+        """Stop the run with q, leave its summary with q, and see the shell's exit status 0."""
+        self.keys("q")
+        self.wait_for("q or Enter to leave")
+        self.keys("q")
+        self.wait_for("EXIT=0")
+
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
@@ -91,10 +98,7 @@ def test_narrow_terminal_is_usable(tiny_preset, tmp_path):
         tty.wait_for("LR schedule")
         tty.keys("5")
         tty.wait_for("Log")
-        tty.keys("q")
-        tty.wait_for("q or Enter to leave")
-        tty.keys("q")
-        tty.wait_for("EXIT=0")
+        tty.leave()
     finally:
         tty.close()
 
@@ -251,10 +255,7 @@ def test_tui_sigusr1_saves_and_goes_on(tmp_path):
             time.sleep(0.1)
         assert list((run / "checkpoints").glob("manual-step-*.pt"))
         tty.wait_for("RUNNING")
-        tty.keys("q")
-        tty.wait_for("q or Enter to leave")
-        tty.keys("q")
-        tty.wait_for("EXIT=0")
+        tty.leave()
     finally:
         tty.close()
 

@@ -125,6 +125,9 @@ class Cli:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.kill()
+        self._close_pty()
+
+    def _close_pty(self) -> None:
         if self._master is not None:
             self._stop_reading.set()
             self._reader.join(timeout=10)
@@ -187,6 +190,7 @@ class Forked:
     """A CLI run started by the fork server; the same interface as `Cli`."""
 
     _read_pty = Cli._read_pty
+    _close_pty = Cli._close_pty
     type = Cli.type
     hangup = Cli.hangup
 
@@ -270,8 +274,4 @@ class Forked:
     def close(self) -> None:
         if self.returncode is None and self.pid is not None:
             self.kill()
-        if self._master is not None:
-            self._stop_reading.set()
-            self._reader.join(timeout=10)
-            os.close(self._master)
-            self._master = None
+        self._close_pty()
