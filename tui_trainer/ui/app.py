@@ -49,14 +49,14 @@ class TrainerApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "tui-trainer"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [
+    BINDINGS = [  # the footer shows them in this order, after the focused pane's: what matters first
+        Binding("p", "pause", "Pause"),
+        Binding("q", "stop", "Stop"),
+        Binding("d", "detach", "Detach"),  # shown only when attached (check_action)
         Binding("s", "save", "Save"),
         Binding("l", "lr_down", "LR lower"),
         Binding("L", "lr_up", "LR undo"),
-        Binding("p", "pause", "Pause"),
-        Binding("q", "stop", "Stop"),
         Binding("question_mark", "help", "Help"),
-        Binding("d", "detach", "Detach"),  # shown only when attached (check_action)
         Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
         Binding("ctrl+q", "interrupt", "Stop", show=False, priority=True),
         *[Binding(str(i + 1), f"show_pane('{name}')", show=False) for i, name in enumerate(PANES)],

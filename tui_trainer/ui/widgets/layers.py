@@ -43,11 +43,13 @@ class LayerTable(ScrollView, can_focus=True):
     changed are drawn again. (A DataTable re-renders every row for any cell update, which at a
     statistics refresh cost ~50 ms of the GIL the training thread needs.)"""
 
+    # The footer has room at 80 columns for one of these next to the app's keys: the rest are on
+    # the pane's border (LayersPane) and in the help screen.
     BINDINGS = [
-        Binding("space", "toggle", "Freeze/unfreeze"),
+        Binding("space", "toggle", "Freeze", tooltip="Freeze / unfreeze the selected row's subtree"),
         Binding("enter", "toggle", "Freeze/unfreeze", show=False),
-        Binding("f", "freeze_to", "Freeze to here"),
-        Binding("u", "unfreeze_all", "Unfreeze all"),
+        Binding("f", "freeze_to", "Freeze to here", show=False),
+        Binding("u", "unfreeze_all", "Unfreeze all", show=False),
         Binding("right", "expand", "Expand", show=False),
         Binding("left", "collapse", "Collapse", show=False),
         Binding("up", "cursor(-1)", show=False),
