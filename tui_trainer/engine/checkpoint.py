@@ -4,10 +4,16 @@ A checkpoint file only ever appears under its final name complete: it is written
 temp file in the same directory (".name.pt.<pid>.tmp"), flushed, fsynced, renamed with
 os.replace, and the directory is fsynced. `last.pt` and `best.pt` are extra names (hard links)
 for a file already written, so a save costs one write however many names it gets.
+
+A write that fails is an OSError; `atomic_save` raises it as a CheckpointWriteError that says why
+in one line ("disk full: 3.2 MiB free in runs/x/checkpoints"). torch.save reports a short write as
+a RuntimeError ("[enforce fail at inline_container.cc:672] . unexpected pos ..."), with the
+ENOSPC OSError only in its __context__: `describe_write_error` looks there, and at the free space.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -21,6 +27,25 @@ from tui_trainer.errors import UserError, describe_load_error
 
 FORMAT = "tui-trainer/1"
 _TMP = re.compile(r"^\..+\.tmp$")
+_MiB = 1 << 20
+# torch's zip writer (caffe2::serialize::PyTorchStreamWriter) turns a failed write into these
+_WRITER_FAILURE = ("inline_container", "PytorchStreamWriter")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written. `reason` is one line for a person; `disk_full` when the
+    disk (or the quota) ran out. The temp file is already gone; the original error is __cause__."""
+
+    def __init__(self, reason: str, errno_: int | None = None, disk_full: bool = False):
+        if errno_ is not None:
+            super().__init__(errno_, reason)
+        else:
+            super().__init__(reason)
+        self.reason = reason
+        self.disk_full = disk_full
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class CheckpointDir:
@@ -51,13 +76,17 @@ class CheckpointDir:
         tmp = self.root / f".{name}.{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
         try:
-            os.link(path, tmp)
-        except OSError:
-            import shutil
+            try:
+                os.link(path, tmp)
+            except OSError:
+                import shutil
 
-            shutil.copyfile(path, tmp)
-            _fsync_file(tmp)
-        os.replace(tmp, dest)
+                shutil.copyfile(path, tmp)  # no hard links here: a copy, which a full disk can cut short
+                _fsync_file(tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.root)
         return dest
 
@@ -71,6 +100,9 @@ class CheckpointDir:
 
 
 def atomic_save(payload: dict[str, Any], path: Path) -> None:
+    """Write `payload` to `path` whole or not at all. A failed write (OSError, or torch's
+    RuntimeError for a short write) raises CheckpointWriteError after removing the temp file;
+    anything else (an object that cannot be pickled: a bug) is raised as it is."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -79,10 +111,94 @@ def atomic_save(payload: dict[str, Any], path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # first: the free space measured below is without it
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and _is_write_failure(exc)):
+            reason = describe_write_error(exc, path.parent, _payload_bytes(payload))
+            raise CheckpointWriteError(reason, _errno(exc), reason.startswith(("disk full", "disk quota"))) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def describe_write_error(exc: BaseException, directory: str | Path, need_bytes: int | None = None) -> str:
+    """One line for a failed checkpoint write into `directory`: "disk full: 3.2 MiB free in DIR" when
+    the error (or its __cause__/__context__: torch wraps it in a RuntimeError) is ENOSPC, or when
+    no errno says and the directory has less free space than `need_bytes`; else the real error."""
+    if isinstance(exc, CheckpointWriteError):
+        return exc.reason
+    code = _errno(exc)
+    free = free_bytes(directory)
+    room = f"{_mib(free)} free in {directory}" if free is not None else ""
+    if code == errno.ENOSPC or (code is None and _disk_short(directory, need_bytes)):
+        if not room:
+            return f"disk full in {directory}"
+        return f"disk full: {room}" + (f", the checkpoint needs about {_mib(need_bytes)}" if need_bytes else "")
+    if code == errno.EDQUOT:
+        return f"disk quota exceeded: {room}" if room else f"disk quota exceeded in {directory}"
+    if code == errno.EFBIG:
+        return f"File too large for {directory} (over the process file size limit, ulimit -f, or the file system's)"
+    if isinstance(exc, OSError) and code is not None:
+        return exc.strerror or str(exc)
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}" + (f" ({room})" if room else "")
+
+
+def free_bytes(directory: str | Path) -> int | None:
+    """Bytes an unprivileged writer may still use in `directory` (None when it cannot be measured)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _disk_short(directory: str | Path, need_bytes: int | None) -> bool:
+    free = free_bytes(directory)
+    return need_bytes is not None and free is not None and free < need_bytes
+
+
+def _mib(n: int) -> str:
+    return f"{n / _MiB:.1f} MiB" if n < 10 * _MiB else f"{n / _MiB:.0f} MiB"
+
+
+def _errno(exc: BaseException) -> int | None:
+    """The errno of the first OSError in exc, its __cause__ or __context__ (recursively)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return e.errno
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    """torch.save's RuntimeError is a failed write when an OSError caused it or its zip writer says so."""
+    return _errno(exc) is not None or any(marker in str(exc) for marker in _WRITER_FAILURE)
+
+
+def _payload_bytes(payload: Any) -> int:
+    """About what torch.save writes: the bytes of every tensor storage in `payload`, each counted once."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    todo = [payload]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            key = (str(obj.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(obj, dict):
+            todo += obj.values()
+        elif isinstance(obj, (list, tuple)):
+            todo += obj
+    return total
 
 
 def _fsync_file(path: Path) -> None:

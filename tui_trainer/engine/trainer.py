@@ -478,13 +478,15 @@ class Trainer:
                 self.checkpoints.alias(path, "best.pt")
             if "epoch" in tags:
                 self.checkpoints.rotate()
-        except OSError as exc:
+        except OSError as exc:  # the write's CheckpointWriteError, or mkdir / link / rotate failing
             # A periodic save that fails (full disk, directory gone) warns and training goes on: the
             # previous checkpoint is intact and space may come back. The final save may not fail
             # quietly: `_finish` turns it into exit 1.
-            self._save_error = f"{name}: {exc.strerror or exc}"
-            self._emit(RunWarning(self.step, f"checkpoint NOT saved ({name}): {exc.strerror or exc}; the previous"
-                                  " checkpoint is intact; training goes on"))
+            why = ckpt.describe_write_error(exc, self.checkpoints.root)
+            self._save_error = f"{name}: {why}"
+            if "final" not in tags:  # `_final_save_failed` says that one (and training does not go on)
+                goes_on = "" if "emergency" in tags else "; the previous checkpoint is intact; training goes on"
+                self._emit(RunWarning(self.step, f"checkpoint NOT saved ({name}): {why}{goes_on}"))
             return None
         self._saved_step = self.step
         if "last" in tags or name == "last.pt":
@@ -576,11 +578,11 @@ class Trainer:
     def _final_save_failed(self) -> Failed:
         """The run ended but its state could not be written: exit 1, never a quiet 0 or 128+N."""
         last = self.checkpoints.root / "last.pt"
-        have = f"; the newest checkpoint on disk is {last}" if last.exists() else "; no checkpoint was written"
+        have = (f"; the newest checkpoint on disk is {last}; free space (or fix the directory) and resume from it"
+                if last.exists() else "; no checkpoint was written; free space (or fix the directory) and run again")
         self._set_state("failed")
         event = Failed(self.step, self.epoch + 1 if self.batch_in_epoch else self.epoch,
-                       f"final checkpoint NOT saved at step {self.step} ({self._save_error}){have};"
-                       " free space (or fix the directory) and resume from it", "", None)
+                       f"final checkpoint NOT saved at step {self.step} ({self._save_error}){have}", "", None)
         self._emit(event)
         return event
 
