@@ -61,7 +61,7 @@ def _attach_parser() -> argparse.ArgumentParser:
 def _ls_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tui-trainer ls", description="List runs with their state, epoch, best metric and whether a"
                                                     " viewer can attach.")
-    p.add_argument("runs", nargs="?", default="runs", help="folder of runs (default: runs)")
+    p.add_argument("runs", nargs="?", help="folder of runs (default: runs)")
     return p
 
 
@@ -91,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_attach(opts.run_dir)
         if args and args[0] == "ls":
             opts = _ls_parser().parse_args(args[1:])
-            from tui_trainer.run.catalog import format_runs, list_runs
+            from tui_trainer.run.catalog import check_runs_folder, format_runs, list_runs
 
-            print(format_runs(list_runs(opts.runs)))
+            if opts.runs is not None:  # a folder given must exist; runs/ not made yet is just no runs
+                check_runs_folder(opts.runs)
+            base = "runs" if opts.runs is None else opts.runs
+            print(format_runs(list_runs(base), base))
             return 0
         return _train(_run_parser().parse_args(args))
     except UserError as err:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tui_trainer.errors import UserError
 from tui_trainer.run.server import live_socket
 
 
@@ -93,9 +94,21 @@ def newest_attachable(base: str | Path = "runs") -> Path | None:
     return live[-1].path if live else None
 
 
-def format_runs(runs: list[RunSummary]) -> str:
+def check_runs_folder(base: str | Path) -> None:
+    """`tui-trainer ls FOLDER` on a path that is not a folder is a typo: say so (exit 2) instead of
+    listing nothing."""
+    base = Path(base)
+    if not base.exists():
+        raise UserError(f"{base} does not exist; give a folder of runs (default: runs)", source="ls")
+    if not base.is_dir():
+        raise UserError(f"{base} is not a folder; give a folder of runs (default: runs)", source="ls")
+
+
+def format_runs(runs: list[RunSummary], base: str | Path = "runs") -> str:
     if not runs:
-        return "no runs here (runs/ is empty); start one with: tui-trainer PRESET.toml --detach"
+        base = Path(base)
+        where = f"nothing in {base}/" if base.is_dir() else f"no {base}/ folder here"
+        return f"no runs yet ({where}); start one with: tui-trainer PRESET.toml --detach"
     header = f"{'run':<42} {'state':<13} {'epoch':>9} {'step':>13} {'best':>20}  attach"
     lines = [header]
     for r in runs:

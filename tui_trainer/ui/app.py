@@ -424,6 +424,8 @@ def make_attach_app(run_dir=None, base="runs", *, handle_signals: bool = True) -
             raise UserError(f"no running run under {base}/ to attach to; `tui-trainer ls` lists the runs,"
                             " `tui-trainer attach RUN_DIR` shows a finished one", source="attach")
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir} does not exist; `tui-trainer ls` lists runs", source="attach")
     if not (run_dir / "events.jsonl").is_file():
         raise UserError(f"{run_dir} is not a run directory (no events.jsonl); `tui-trainer ls` lists runs",
                         source="attach")
