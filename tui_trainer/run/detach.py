@@ -1,8 +1,12 @@
 """`--detach`: start the run headless in the background, in its own session, logging to the run
-directory, and print how to attach. Bad input still fails here, in the foreground, with exit 2."""
+directory, and print how to attach. Everything that can fail on bad input fails here, in the
+foreground, with exit 2, before the fork: the preset, the resume checkpoint, a run directory in
+use by a live run, one that cannot be written. A background run that still dies while it starts
+is reported here too, with its own error line and exit code."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,13 +15,14 @@ from pathlib import Path
 
 from tui_trainer import config
 from tui_trainer.errors import UserError
-from tui_trainer.run.rundir import RunDir
-from tui_trainer.run.server import live_socket
+from tui_trainer.run.rundir import RunDir, choose_run_dir, refuse_if_live, resume_checkpoint, writing
+from tui_trainer.run.server import INFO, live_socket
 
 
 def detach(preset_path: str, overrides: list[str], *, resume: str | None, run_dir: str | None,
            wait_s: float = 600.0) -> int:
     from tui_trainer import build
+    from tui_trainer.engine import checkpoint
 
     preset = config.load(preset_path, overrides)
     try:
@@ -25,30 +30,74 @@ def detach(preset_path: str, overrides: list[str], *, resume: str | None, run_di
     except UserError as err:
         err.source = err.source or preset.key_source(err.key or "")
         raise
-    path = Path(run_dir) if run_dir else RunDir.unused(preset.name).path
-    path.mkdir(parents=True, exist_ok=True)
-    log = path / "output.log"
-    cmd = [sys.executable, "-m", "tui_trainer", str(preset_path), "--no-ui", "--run-dir", str(path)]
+    resume_path = resume_checkpoint(preset.name, resume)
+    if resume_path is not None:
+        checkpoint.load(resume_path)  # missing or damaged: exit 2 here, not in the background
+    rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # the same rule as the foreground run
+    if not fresh:  # before output.log is opened: a refused run must not write into a live run's log
+        refuse_if_live(rd, "--run-dir" if run_dir is not None else "--resume")
+    log = rd.path / "output.log"
+    with writing(rd):
+        rd.path.mkdir(parents=True, exist_ok=not fresh)
+        out = open(log, "ab")
+    cmd = [sys.executable, "-m", "tui_trainer", str(preset_path), "--no-ui", "--run-dir", str(rd.path)]
     for item in overrides:
         cmd += ["--set", item]
-    if resume:
-        cmd += ["--resume", resume]
-    with open(log, "ab") as out, open(os.devnull, "rb") as devnull:
+    if resume_path is not None:
+        cmd += ["--resume", str(resume_path)]  # the checkpoint found now, whatever `auto` finds later
+    with out, open(os.devnull, "rb") as devnull:
+        start = out.tell()  # a resumed run appends: its own error is what comes after this
         # A new session: no controlling terminal, so closing this SSH session sends it no SIGHUP.
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + wait_s  # building data and model can take a while; report a bad start
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            print(f"tui-trainer: the background run ended at once (exit {proc.returncode}): {tail[0]}",
-                  file=sys.stderr)
-            return proc.returncode or 1
-        if live_socket(path) is not None:
+            return _ended(proc.returncode, rd, fresh, log, start)
+        if _serving(rd.path, proc.pid):
             break
         time.sleep(0.1)
     print(f"training in the background (pid {proc.pid})\n"
-          f"  run dir: {path}\n"
-          f"  attach:  tui-trainer attach {path}\n"
+          f"  run dir: {rd.path}\n"
+          f"  attach:  tui-trainer attach {rd.path}\n"
           f"  log:     {log}\n"
           f"  list:    tui-trainer ls")
     return 0
+
+
+def _serving(path: Path, pid: int) -> bool:
+    """The control socket in `path` is up and is this child's (not another run's)."""
+    try:
+        info = json.loads((path / INFO).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("pid") == pid and live_socket(path) is not None
+
+
+def _ended(code: int, rd: RunDir, fresh: bool, log: Path, start: int) -> int:
+    """The background run is over before its socket was seen: say so on one line, with its exit code."""
+    exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as the CLI itself exits
+    if code == 0:  # a short run can finish before it is seen serving
+        print(f"the background run already finished (exit 0)\n  run dir: {rd.path}\n  log:     {log}")
+        return 0
+    with open(log, "rb") as f:
+        f.seek(start)
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    last = lines[-1] if lines else "(no output)"
+    if exit_code == UserError.exit_code and last.startswith("tui-trainer: error:"):
+        print(last, file=sys.stderr)  # bad input the foreground could not see: the run's own line
+        _remove_if_empty(rd, fresh, log)
+    else:
+        print(f"tui-trainer: error: the background run ended at once (exit {exit_code}): {last}; see {log}",
+              file=sys.stderr)
+    return exit_code
+
+
+def _remove_if_empty(rd: RunDir, fresh: bool, log: Path) -> None:
+    """A new run directory that holds only the log of a refused start goes, as a refused foreground
+    run leaves none (its error was printed)."""
+    try:
+        if fresh and [p.name for p in rd.path.iterdir()] == [log.name]:
+            log.unlink()
+            rd.path.rmdir()
+    except OSError:
+        pass

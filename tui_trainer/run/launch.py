@@ -15,8 +15,8 @@ from tui_trainer.engine.commands import Control
 from tui_trainer.engine.events import Event
 from tui_trainer.engine.trainer import Trainer
 from tui_trainer.errors import UserError
-from tui_trainer.run.server import ControlServer, live_socket
-from tui_trainer.run.rundir import Recorder, RunDir, find_latest, run_dir_of
+from tui_trainer.run.server import ControlServer
+from tui_trainer.run.rundir import Recorder, RunDir, choose_run_dir, refuse_if_live, resume_checkpoint, writing
 
 
 @dataclass
@@ -54,24 +54,13 @@ def prepare(
     except UserError as err:
         err.source = err.source or preset.key_source(err.key or "")
         raise
-    state, resume_path = None, None
-    if resume:
-        resume_path = find_latest(preset.name) if resume == "auto" else Path(resume)
-        if resume_path is None:
-            raise UserError(f"no runs/{preset.name}-*/checkpoints/last.pt in this directory; start without"
-                            " --resume, or give the checkpoint's path", source="--resume auto")
-        state = checkpoint.load(resume_path)
+    resume_path = resume_checkpoint(preset.name, resume)
+    state = checkpoint.load(resume_path) if resume_path is not None else None
     tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
 
     parts = build.build(preset)
 
-    fresh = run_dir is None and (resume_path is None or run_dir_of(resume_path) is None)
-    if run_dir is not None:
-        rd = RunDir(run_dir)
-    elif not fresh:
-        rd = RunDir(run_dir_of(resume_path))  # continue the run it came from: one history
-    else:
-        rd = RunDir.unused(preset.name)
+    rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
     all_sinks: list[Callable[[Event], None]] = []
     control = Control()
     trainer = Trainer(parts, _fan_out(all_sinks), checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
@@ -84,19 +73,13 @@ def prepare(
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint is bad input
             raise UserError(f"{resume_path} cannot be resumed with this preset ({type(exc).__name__}:"
                             f" {str(exc)[:160]})", source="--resume") from None
-    if serve and not fresh and live_socket(rd.path) is not None:
-        raise UserError(f"{rd.path} is in use by a running tui-trainer; `tui-trainer attach {rd.path}` steers it",
-                        source="--run-dir" if run_dir is not None else "--resume")
+    if serve and not fresh:
+        refuse_if_live(rd, "--run-dir" if run_dir is not None else "--resume")
 
-    try:
+    with writing(rd):
         rd.path.mkdir(parents=True, exist_ok=not fresh)
         rd.write_config(preset)
         recorder = Recorder(rd)
-    except FileExistsError:
-        raise UserError(f"another run just made {rd.path}; start again, or give --run-dir") from None
-    except OSError as exc:
-        raise UserError(f"cannot write the run directory {rd.path}: {exc.strerror or exc}; choose another"
-                        " --run-dir or free some space", source="--run-dir") from None
     all_sinks += [recorder, *(sinks or [])]
     closers = [recorder.close]
     if tensorboard is not None:

@@ -4,15 +4,18 @@ its history."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tui_trainer.config import Preset, dump_toml
 from tui_trainer.engine.events import EpochEnd, Event, StepReport
+from tui_trainer.errors import UserError
 
 
 class RunDir:
@@ -60,6 +63,52 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     if parent.name == "checkpoints" and (parent.parent / "config.toml").is_file():
         return parent.parent
     return None
+
+
+def resume_checkpoint(name: str, resume: str | None, base: str | Path = "runs") -> Path | None:
+    """`--resume PATH|auto` -> the checkpoint to continue from (not loaded yet), or None."""
+    if not resume:
+        return None
+    path = find_latest(name, base) if resume == "auto" else Path(resume)
+    if path is None:
+        raise UserError(f"no {base}/{name}-*/checkpoints/last.pt in this directory; start without --resume,"
+                        " or give the checkpoint's path", source="--resume auto")
+    return path
+
+
+def choose_run_dir(name: str, run_dir: str | Path | None, resume_path: Path | None,
+                   base: str | Path = "runs") -> tuple[RunDir, bool]:
+    """Where a run writes, and whether that is a new directory: --run-dir; else the run the resumed
+    checkpoint came from (one history); else a new runs/<name>-<time>/ (not made yet). The one rule
+    for the foreground run and for `--detach`, which picks the directory before it forks."""
+    if run_dir is not None:
+        return RunDir(run_dir), False
+    origin = run_dir_of(resume_path) if resume_path is not None else None
+    if origin is not None:
+        return RunDir(origin), False
+    return RunDir.unused(name, base), True
+
+
+def refuse_if_live(rd: RunDir, source: str) -> None:
+    """A run directory whose control socket answers belongs to a running tui-trainer."""
+    from tui_trainer.run.server import live_socket
+
+    if live_socket(rd.path) is not None:
+        raise UserError(f"{rd.path} is in use by a running tui-trainer; `tui-trainer attach {rd.path}` steers it",
+                        source=source)
+
+
+@contextlib.contextmanager
+def writing(rd: RunDir) -> Iterator[None]:
+    """Making or writing the run directory: an OSError (read-only, not a directory, full disk) is
+    bad input, one line and exit 2, naming --run-dir."""
+    try:
+        yield
+    except FileExistsError:
+        raise UserError(f"another run just made {rd.path}; start again, or give --run-dir") from None
+    except OSError as exc:
+        raise UserError(f"cannot write the run directory {rd.path}: {exc.strerror or exc}; choose another"
+                        " --run-dir or free some space", source="--run-dir") from None
 
 
 METRIC_FIELDS = ["time", "phase", "epoch", "step", "loss", "val_loss", "val_acc", "lr", "samples_per_s"]
