@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from tui_trainer.config import DataSection
 from tui_trainer.errors import PresetError, UserError, did_you_mean
+from tui_trainer.signals import reset_inherited_signals
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +43,7 @@ class DataParts:
     def close(self) -> None:
         """End the persistent worker processes now. Left to garbage collection, an iterator caught
         in an exception's reference cycle outlives the run, and at exit multiprocessing would
-        join workers that (see _worker_ignores_stop_signals) ignore its SIGTERM: a hang. torch has
+        join workers that (see _worker_signals) ignore its SIGTERM: a hang. torch has
         no public call for this; `_iterator` is the persistent-workers iterator it reuses."""
         for loader in (self.train, self.val):
             it = getattr(loader, "_iterator", None)
@@ -49,6 +51,22 @@ class DataParts:
                 it._shutdown_workers()
             if loader is not None and hasattr(loader, "_iterator"):
                 loader._iterator = None
+
+    def kill_workers(self) -> None:
+        """SIGKILL the worker processes now (an abort: no save, no waiting). Safe from a signal
+        handler. `close()` afterwards finds them dead and returns at once."""
+        import signal
+
+        try:  # torch's SIGCHLD handler would turn the deaths we cause into a RuntimeError
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        except (OSError, ValueError):  # not the main thread
+            pass
+        for loader in (self.train, self.val):
+            for worker in getattr(getattr(loader, "_iterator", None), "_workers", ()):
+                try:
+                    os.kill(worker.pid, signal.SIGKILL)
+                except (OSError, TypeError):  # gone already, or never started
+                    pass
 
 
 # --------------------------------------------------------------------------- datasets
@@ -328,7 +346,7 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
         generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG untouched
-        worker_init_fn=_worker_ignores_stop_signals if cfg.num_workers > 0 else None,
+        worker_init_fn=_worker_signals if cfg.num_workers > 0 else None,
     )
     val_batches = None
     if val_ds is not None and len(val_ds) > 0:
@@ -348,14 +366,19 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts
     return DataParts(train, val, batches, len(classes) or None, classes, sample, note, sample_target)
 
 
-def _worker_ignores_stop_signals(_worker_id: int) -> None:
-    """The main process owns stopping. Workers share its process group, so Ctrl+C, a terminal
-    hang-up passed on by the shell, or SLURM's / systemd's SIGTERM to the whole job reach them too:
-    by default (torch's handler for SIGTERM, or the main process's handlers inherited over fork)
-    they would die or act, and the graceful stop would end as "DataLoader worker killed". They
-    still exit when the main process shuts them down, and on their own if it dies."""
+def _worker_signals(_worker_id: int) -> None:
+    """The main process owns stopping. Workers share its process group and session, so Ctrl+C, a
+    terminal hang-up (SIGHUP with SIGCONT, from the kernel to the whole session), or SLURM's /
+    systemd's SIGTERM to the whole job reach them too: by default (torch's handler for SIGTERM, or
+    the main process's handlers inherited over fork) they would die or act, and the graceful stop
+    would end as "DataLoader worker killed". So the stop signals are ignored, and the terminal
+    signals go back to their defaults (the app's handlers for them, inherited over fork, need its
+    event loop: SIGCONT killed the worker; see tui_trainer/signals.py, which also resets them right
+    at the fork). Workers still exit when the main process shuts them down, and on their own if it
+    dies."""
     import signal
 
+    reset_inherited_signals()
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
         if hasattr(signal, name):  # no SIGHUP/SIGUSR1 on Windows
             signal.signal(getattr(signal, name), signal.SIG_IGN)

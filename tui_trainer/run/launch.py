@@ -17,6 +17,7 @@ from tui_trainer.engine.trainer import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.run.server import ControlServer
 from tui_trainer.run.rundir import Recorder, RunDir, choose_run_dir, refuse_if_live, resume_checkpoint, writing
+from tui_trainer.signals import protect_forked_children
 
 
 @dataclass
@@ -27,10 +28,20 @@ class Session:
     control: Control
     closers: list[Callable[[], None]] = field(default_factory=list)
     sinks: list[Callable[[Event], None]] = field(default_factory=list)  # live: add or remove while it runs
+    server: ControlServer | None = None
 
     def close(self) -> None:
         for close in self.closers:
             close()
+
+    def abort(self) -> None:
+        """Leave now without a save (Ctrl+C twice), but leave nothing behind: the control socket
+        goes (no stale socket for `ls`/`attach`), and the data workers are killed at once (they
+        ignore SIGTERM, so they would linger until they noticed their parent was gone). Safe from a
+        signal handler: no lock is taken, nothing is joined."""
+        if self.server is not None:
+            self.server.remove_files()
+        self.trainer.parts.data.kill_workers()
 
 
 def prepare(
@@ -48,6 +59,7 @@ def prepare(
     from tui_trainer import build
     from tui_trainer.engine import checkpoint
 
+    protect_forked_children()  # DataLoader workers must never run this process's terminal signal handlers
     preset = config.load(preset_path, overrides or [])
     try:
         build.check(preset)
@@ -82,6 +94,7 @@ def prepare(
         recorder = Recorder(rd)
     all_sinks += [recorder, *(sinks or [])]
     closers = [recorder.close]
+    server = None
     if tensorboard is not None:
         tb = TensorBoardSink(tensorboard(log_dir=str(rd.path / "tensorboard")))
         all_sinks.append(tb)
@@ -91,7 +104,7 @@ def prepare(
         server.start()
         all_sinks.append(server)
         closers.insert(0, server.close)  # viewers get the final events before the socket goes
-    return Session(preset, rd, trainer, control, closers, all_sinks)
+    return Session(preset, rd, trainer, control, closers, all_sinks, server)
 
 
 def _fan_out(sinks: list[Callable[[Event], None]]) -> Callable[[Event], None]:

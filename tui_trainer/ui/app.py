@@ -22,6 +22,7 @@ from textual.widgets import Footer, Static
 from tui_trainer.engine.commands import Command, Pause, Resume, SaveCheckpoint, ScaleLr, Stop
 from tui_trainer.engine.events import Failed, Finished, StateChanged
 from tui_trainer.run.format import duration
+from tui_trainer.signals import TERMINAL_SIGNALS, point_at_devnull, terminal_alive
 from tui_trainer.ui.link import EngineLink, LocalLink
 from tui_trainer.ui.messages import SendCommand
 from tui_trainer.ui.view import RunView
@@ -75,6 +76,9 @@ class TrainerApp(App[int]):
         self.remote = bool(getattr(link, "remote", False))  # a viewer of a run in another process
         self.hangup_detached = False  # the terminal went away and the run goes on headless
         self.detach_on_hangup = False
+        self.terminal_gone = False  # set by the driver (any thread) when a write to the terminal failed
+        self._hung_up = False
+        self._sighup_ignored = False
         self.active_pane = "layers"
         self._interrupts = 0
         self._exit_on_final = False
@@ -98,6 +102,11 @@ class TrainerApp(App[int]):
             yield EventLog(id="log", classes="pane")
         yield Static(id="tabs")
         yield Footer()
+
+    def get_driver_class(self):
+        from tui_trainer.ui.terminal import driver_class
+
+        return driver_class() or super().get_driver_class()
 
     def check_action(self, action: str, parameters) -> bool | None:
         if action == "detach":
@@ -156,6 +165,8 @@ class TrainerApp(App[int]):
     # ------------------------------------------------------------------ the tick
 
     def _tick(self) -> None:
+        if self.terminal_gone and not self._hung_up:
+            self._on_hangup()
         for event in self.link.drain():
             self.view.apply(event)
         view = self.view
@@ -262,9 +273,10 @@ class TrainerApp(App[int]):
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
+        self._sighup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1):
-            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
-                continue  # started under nohup: keep ignoring it
+            if sig == signal.SIGHUP and self._sighup_ignored:
+                continue  # started under nohup: keep ignoring it (a dead terminal then means: go on headless)
             loop.add_signal_handler(sig, self._on_signal, sig)
             self._signals.append(sig)
 
@@ -273,17 +285,33 @@ class TrainerApp(App[int]):
             self._send(SaveCheckpoint())
         elif sig == signal.SIGINT:
             self.action_interrupt()
-        elif self.remote:  # a viewer's terminal went away: the run itself goes on
+        elif sig == signal.SIGHUP:
+            self._on_hangup()
+        else:
+            self._stop_for_signal(sig)
+
+    def _on_hangup(self) -> None:
+        """SIGHUP, or a write to the terminal failed: the terminal (the SSH session) is gone."""
+        if self._hung_up:
+            return
+        self._hung_up = True
+        if not terminal_alive(0):  # nothing may write to a dead terminal, not even Textual's goodbye
+            point_at_devnull()
+        if self.remote:  # a viewer's terminal went away: the run itself goes on
             self.exit(0)
-        elif sig == signal.SIGHUP and self.detach_on_hangup and self.view.final is None:
-            self.hangup_detached = True  # --on-hangup detach: keep training headless, socket open
+        elif (self.detach_on_hangup or self._sighup_ignored) and self.view.final is None:
+            self.hangup_detached = True  # --on-hangup detach (or nohup): keep training headless, socket open
             self.exit(0)
-        else:  # SIGTERM, SIGHUP (the SSH session is gone): save, then leave with 128+signal
-            self._exit_on_final = True
-            if self.view.final is not None:
-                self.exit(self.exit_code)
-            else:
-                self.link.send(Stop(reason="signal", signum=int(sig)))
+        else:
+            self._stop_for_signal(signal.SIGHUP)
+
+    def _stop_for_signal(self, sig: int) -> None:
+        """SIGTERM, SIGHUP: save, then leave with 128+signal."""
+        self._exit_on_final = True
+        if self.view.final is not None:
+            self.exit(self.exit_code)
+        else:
+            self.link.send(Stop(reason="signal", signum=int(sig)))
 
     def on_unmount(self) -> None:
         if self._signals:
@@ -360,41 +388,61 @@ def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=Fals
     app = make_app(preset_path, overrides, resume=resume, run_dir=run_dir, paused=paused, handle_signals=True,
                    serve=True)
     app.detach_on_hangup = on_hangup == "detach"
+    link = app.link
     try:
         app.run(mouse=False)
     except Exception:  # noqa: BLE001 - e.g. writing to a terminal that is gone; the run still ends cleanly
-        if not app.hangup_detached:
-            app.link.close()
+        pass
     finally:
-        if app.aborted:
-            os._exit(130)  # the terminal is restored; skip the engine's save on purpose
-        if app.hangup_detached:
-            _go_headless(app.link, app.view.started)
-        else:
-            app.link.close()  # however the app ended, the engine stops after its step and saves
-        app.link.wait()
+        if app.aborted:  # second ctrl+c: the terminal is restored; skip the engine's save on purpose
+            link.session.abort()
+            os._exit(130)
+        if not app.hangup_detached:
+            link.close()  # however the app ended, the engine stops after its step and saves
+    if app.hangup_detached:
+        _go_headless(link, app.view.started)
+        _wait_headless(link)
+    else:
+        link.wait()
     return app.exit_code
 
 
 def _go_headless(link: LocalLink, started=None) -> None:
-    """The terminal is gone (--on-hangup detach): ignore further hangups, log lines to the run's
-    output.log as --no-ui would, stop feeding the app's queue (nobody drains it now), and let the
-    engine and its control socket go on for `tui-trainer attach`."""
+    """The terminal is gone (--on-hangup detach): log lines to the run's output.log as --no-ui
+    would, stop feeding the app's queue (nobody drains it now), and let the engine and its control
+    socket go on for `tui-trainer attach`. Signals from now on are handled as --no-ui handles them:
+    the app's handlers went with the app, and a default SIGTERM or SIGUSR1 would kill the process
+    with no save."""
     from tui_trainer.run.headless import LineReporter
 
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal is gone; later hangups mean nothing
+    for sig in TERMINAL_SIGNALS:  # Textual's handlers outlive its app; they would draw on nothing
+        signal.signal(sig, signal.SIG_DFL)
     session = link.session
     log = os.open(os.path.join(session.run_dir.path, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    reporter = LineReporter(os.fdopen(os.dup(log), "w", buffering=1), tty=False)
+    os.close(null)
+    reporter = LineReporter(os.fdopen(log, "w", buffering=1), tty=False)
     reporter.started = started  # for "epoch 3/10 step 120/400" in the lines that follow
     reporter.line("the terminal went away (SIGHUP): training goes on headless; `tui-trainer attach` to watch")
     session.sinks.append(reporter)
-    if link.sink in session.sinks:
-        session.sinks.remove(link.sink)
+    link.buffering = False  # keep only the final event
+
+
+def _wait_headless(link: LocalLink) -> None:
+    """Wait for the engine with the --no-ui signal handlers: SIGTERM saves and exits 143, SIGUSR1
+    saves, SIGINT stops, a second SIGINT aborts (socket removed, workers ended, exit 130)."""
+    from tui_trainer.run.headless import SignalHandlers
+
+    handlers = SignalHandlers(link.session.control, on_abort=link.session.abort)
+    handlers.install()
+    try:
+        link.wait()
+    except KeyboardInterrupt:
+        os._exit(130)  # the engine thread is mid-step; on_abort already cleaned up
 
 
 def run_attach(run_dir=None, base="runs") -> int:
