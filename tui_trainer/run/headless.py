@@ -17,6 +17,7 @@ from typing import TextIO
 from tui_trainer.engine.commands import Control, SaveCheckpoint, Stop
 from tui_trainer.engine.events import Event, Failed, Finished, RunStarted, StepReport
 from tui_trainer.run.format import duration, event_line, human_count, lrs_text
+from tui_trainer.signals import point_at_devnull
 
 _STYLES = {"info": "", "good": "green", "warn": "yellow", "error": "bold red"}
 
@@ -145,23 +146,15 @@ def innermost_frame(traceback_text: str) -> str:
 
 def detach_from_terminal() -> None:
     """Point fds 1 and 2 at /dev/null (the terminal is gone, or the log cannot be written)."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        return
-    for fd in (1, 2):
-        try:
-            os.dup2(null, fd)
-        except OSError:
-            pass
-    os.close(null)
+    point_at_devnull((1, 2))
 
 
 class SignalHandlers:
     """Turn signals into engine commands (the handler only puts a command on a queue)."""
 
-    def __init__(self, control: Control):
+    def __init__(self, control: Control, on_abort=None):
         self.control = control
+        self.on_abort = on_abort  # called before a second SIGINT raises KeyboardInterrupt
         self.saved: dict[int, object] = {}
         self.interrupts = 0
 
@@ -183,6 +176,8 @@ class SignalHandlers:
     def _on_int(self, signum, frame) -> None:
         self.interrupts += 1
         if self.interrupts > 1:
+            if self.on_abort is not None:
+                self.on_abort()
             raise KeyboardInterrupt  # second Ctrl+C: abort now
         self.control.send(Stop(reason="user"))
         try:  # a signal handler must not raise into the training step (EIO: terminal gone)
@@ -204,7 +199,7 @@ def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream
 
     reporter = LineReporter(stream)
     session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[reporter], serve=serve)
-    handlers = SignalHandlers(session.control)
+    handlers = SignalHandlers(session.control, on_abort=session.abort)
     handlers.install()
     try:
         final = session.trainer.run()

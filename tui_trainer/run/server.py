@@ -183,6 +183,10 @@ class ControlServer:
         self._poke()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.remove_files()
+
+    def remove_files(self) -> None:
+        """The socket and control.json go: `ls` and `attach` see a run that is not live."""
         for path in (self.path, self.run_dir / INFO):
             try:
                 path.unlink()

@@ -38,11 +38,13 @@ class _Buffered:
     def __init__(self) -> None:
         self._events: deque[Event] = deque()
         self.final: Finished | Failed | None = None
+        self.buffering = True  # False once nobody drains (the app has gone): only `final` is kept
 
     def sink(self, event: Event) -> None:
         if isinstance(event, (Finished, Failed)):
             self.final = event
-        self._events.append(event)
+        if self.buffering:
+            self._events.append(event)
 
     def drain(self) -> list[Event]:
         out = []
