@@ -79,6 +79,7 @@ class TrainerApp(App[int]):
         self.terminal_gone = False  # set by the driver (any thread) when a write to the terminal failed
         self._hung_up = False
         self._sighup_ignored = False
+        self.early_hangup: list[int] = []  # SIGHUPs caught before the app could handle them
         self.active_pane = "layers"
         self._interrupts = 0
         self._exit_on_final = False
@@ -125,6 +126,8 @@ class TrainerApp(App[int]):
         self.set_interval(1 / self.refresh_hz, self._tick)
         if self.handle_signals:
             self._install_signals()
+            if self.early_hangup:
+                self._on_hangup()
         if self.start_paused and not self.link.read_only:
             self.link.send(Pause())  # before the first step: freeze layers first
         self.link.start()
@@ -385,9 +388,13 @@ def make_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=Fal
 
 def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
             on_hangup: str = "stop") -> int:
+    early: list[int] = []  # a hang-up while the model and data are built: acted on once the app runs
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
     app = make_app(preset_path, overrides, resume=resume, run_dir=run_dir, paused=paused, handle_signals=True,
                    serve=True)
     app.detach_on_hangup = on_hangup == "detach"
+    app.early_hangup = early
     link = app.link
     try:
         app.run(mouse=False)
@@ -401,9 +408,7 @@ def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=Fals
             link.close()  # however the app ended, the engine stops after its step and saves
     if app.hangup_detached:
         _go_headless(link, app.view.started)
-        _wait_headless(link)
-    else:
-        link.wait()
+    _wait_for_engine(link)
     return app.exit_code
 
 
@@ -432,9 +437,12 @@ def _go_headless(link: LocalLink, started=None) -> None:
     link.buffering = False  # keep only the final event
 
 
-def _wait_headless(link: LocalLink) -> None:
-    """Wait for the engine with the --no-ui signal handlers: SIGTERM saves and exits 143, SIGUSR1
-    saves, SIGINT stops, a second SIGINT aborts (socket removed, workers ended, exit 130)."""
+def _wait_for_engine(link: LocalLink) -> None:
+    """Wait for the engine (stopping after its save, or going on headless) with the --no-ui signal
+    handlers, since the app's went with the app: SIGTERM saves and exits 143, SIGUSR1 saves, SIGINT
+    stops, a second SIGINT aborts (socket removed, workers ended, exit 130). A SIGHUP now (the
+    session dropped during the last save) no longer kills the process mid-save: the first stop
+    decides the ending."""
     from tui_trainer.run.headless import SignalHandlers
 
     handlers = SignalHandlers(link.session.control, on_abort=link.session.abort)
