@@ -106,3 +106,13 @@ def fork_server():
     server = ForkServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    """A throw-away sshd on 127.0.0.1 that logs in root with a throw-away key, and an ssh client
+    in tmux to drop (see tests/helpers/sshd.py). Skips, saying why, where it cannot run."""
+    from tests.helpers.sshd import serve
+
+    with serve() as server:
+        yield server
