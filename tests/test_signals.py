@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import time
 
+import psutil
 import pytest
 
 from tests.helpers.proc import Cli
@@ -77,12 +78,16 @@ def test_signal_ends_as_documented(fork_server, tmp_path, how, tty, workers, cod
     try:
         step, _ = run.wait_for_file(tmp_path / "ready").split()
         assert int(step) == K
+        kids = psutil.Process(run.pid).children(recursive=True)  # the DataLoader workers
+        assert len(kids) >= workers
         _deliver(run, how)
         (tmp_path / "go").touch()
         assert run.wait() == code, run.text[-3000:]
     finally:
         run.close()
     _check_ending(tmp_path / "run", ending, run.text)
+    _, alive = psutil.wait_procs(kids, timeout=2)  # ended with the run, not left to notice it later
+    assert not alive, f"{len(alive)} DataLoader workers outlived the run ({how})"
     if tty and how != "hangup":  # after a hang-up there is no terminal left to restore
         assert _cursor_restored(run.text), "the terminal is left with a hidden cursor"
 
@@ -94,8 +99,9 @@ def _check_ending(run_dir, ending: str, output: str) -> None:
     assert "Traceback" not in output, output[-3000:]
     # DataLoader workers share the terminal's process group: they must not act on the signal
     assert output.count("stopping after this step") <= 1, output[-3000:]
-    if ending == "aborted":  # no clean save promised; nothing half-written either
+    if ending == "aborted":  # no clean save promised; nothing half-written either, no stale socket
         assert not of_kind(events, "Finished")
+        assert not (run_dir / "control.sock").exists() and not (run_dir / "control.json").exists()
         for path in ck.glob("*.pt"):
             load_checkpoint(path)
         return
@@ -146,3 +152,27 @@ def _cursor_restored(text: str) -> bool:
     """rich hides the cursor while its progress bar runs; it must be shown again at the end."""
     hide, show = text.rfind("\x1b[?25l"), text.rfind("\x1b[?25h")
     return hide == -1 or show > hide
+
+
+def test_tui_ctrl_c_twice_leaves_no_socket_and_no_workers(tmp_path):
+    """Issue 9.7: in the TUI, Ctrl+C twice aborts at once without a save (130), but still removes
+    its control socket and ends its DataLoader workers (they used to linger ~5-10 s, orphaned)."""
+    preset = _preset(tmp_path, 2)
+    run = Cli([str(preset), "--run-dir", "run"], tmp_path, tty=True, env={"TERM": "xterm-256color"})
+    try:
+        run.wait_for_file(tmp_path / "ready")  # held at step K inside the engine: the stop cannot land
+        kids = psutil.Process(run.pid).children(recursive=True)
+        assert len(kids) >= 2
+        assert (tmp_path / "run" / "control.sock").exists()
+        run.type(b"\x03")
+        time.sleep(0.5)  # two keys typed at once are one read; the app must see the first alone
+        run.type(b"\x03")
+        assert run.wait(timeout=60) == 130, run.text[-3000:]
+    finally:
+        (tmp_path / "go").touch()
+        run.close()
+    _, alive = psutil.wait_procs(kids, timeout=2)
+    assert not alive, f"{len(alive)} DataLoader workers outlived the abort"
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "control.sock").exists() and not (run_dir / "control.json").exists()
+    assert not of_kind(read_events(run_dir), "Finished")
