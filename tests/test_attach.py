@@ -15,7 +15,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import torch
 
 from tests.conftest import cli_env
 from tests.helpers.pilot import until
-from tests.helpers.runs import write_preset
+from tests.helpers.runs import wait_until, write_preset
 from tui_trainer.engine.commands import ScaleLr
 from tui_trainer.engine.events import EpochEnd, Finished, LrChanged, RunStarted, RunWarning, StepReport
 from tui_trainer.run.catalog import list_runs
@@ -42,14 +41,6 @@ def start_run(tmp_path: Path, preset: Path, run: Path, *extra: str) -> subproces
                              *extra], cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL,
                             stdout=open(tmp_path / "run.out", "w"), stderr=subprocess.STDOUT)
 
-
-def wait_until(condition, what: str, limit_s: float = 120):
-    deadline = time.monotonic() + limit_s  # a hang guard, not a timing assertion
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def events_of(run: Path) -> list[dict]:

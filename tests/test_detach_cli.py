@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ONE_THREAD_ENV, ROOT, run_cli
+from tests.helpers.runs import wait_until
 
 HELD = """
 [[callbacks]]
@@ -40,14 +40,6 @@ def events_of(run: Path) -> list[dict]:
             continue  # a line being written
     return out
 
-
-def wait_until(condition, what: str, limit_s: float = 120) -> None:
-    deadline = time.monotonic() + limit_s  # a hang guard, not a timing assertion
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def run_dirs(tmp_path: Path) -> list[str]:

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import time
 from pathlib import Path

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.helpers.runs import load_checkpoint, of_kind, read_events, write_preset
+from tests.helpers.runs import load_checkpoint, of_kind, read_events, wait_until, write_preset
 
 pytestmark = [pytest.mark.usefixtures("sshd"), pytest.mark.slow]
 
@@ -36,16 +36,9 @@ def _remote(sshd, cwd: Path, exit_file: Path, *args) -> str:
     return inner.replace(" && exec env ", " && env ", 1) + "; true"
 
 
-def _until(what, timeout: float = 120, every: float = 0.05, why: str = ""):
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        assert time.monotonic() < deadline, why or f"timed out after {timeout}s"
-        time.sleep(every)
-    return value
-
 
 def _exit_code(path: Path, timeout: float = 120) -> int:
-    _until(path.exists, timeout, why=f"no exit status in {path} after {timeout}s")
+    wait_until(path.exists, f"an exit status in {path}", timeout)
     return int(path.read_text())
 
 
@@ -63,6 +56,17 @@ def _pid(run: Path) -> int:
     return json.loads((run / "control.json").read_text())["pid"]
 
 
+def _dropped_with_detach(sshd, tmp_path: Path) -> tuple[Path, Path]:
+    """A long TUI run with --on-hangup detach whose SSH client was killed after step 10."""
+    run, exit_file = tmp_path / "run", tmp_path / "exit"
+    preset = _long_tiny(tmp_path)
+    with sshd.session(_remote(sshd, tmp_path, exit_file, preset, "--run-dir", run, "--on-hangup", "detach")) as ssh:
+        wait_until(lambda: _steps(run) >= 10, "training")
+        ssh.kill_client()
+    wait_until(lambda: "terminal went away" in _read(run / "output.log"), "the run going on headless", 60)
+    return run, exit_file
+
+
 def _ended(run: Path) -> dict:
     events = read_events(run)
     assert not of_kind(events, "Failed"), of_kind(events, "Failed")
@@ -75,7 +79,7 @@ def test_tui_over_ssh_drop_saves_and_exits_129(sshd, tmp_path):
     """The shipped preset (2 DataLoader workers) in the TUI; the client is killed mid-training."""
     run, exit_file = tmp_path / "r18", tmp_path / "exit"
     with sshd.session(_remote(sshd, tmp_path, exit_file, SHIPPED, "--run-dir", run)) as ssh:
-        _until(lambda: _steps(run) >= 5, timeout=240, why="the shipped preset never reported a step")
+        wait_until(lambda: _steps(run) >= 5, "the shipped preset reports step 5", 240)
         assert sshd.find_cli_processes(str(run))
         ssh.kill_client()
         code = _exit_code(exit_file, timeout=180)
@@ -92,18 +96,13 @@ def test_tui_over_ssh_drop_saves_and_exits_129(sshd, tmp_path):
 def test_on_hangup_detach_goes_on_then_obeys_signals_and_attach(sshd, tmp_path):
     """--on-hangup detach: training goes on after the drop; SIGUSR1 saves; a new SSH session's
     `attach` steers it (a save by key), and `q` there ends it with exit 0."""
-    run, exit_file = tmp_path / "run", tmp_path / "exit"
-    preset = _long_tiny(tmp_path)
-    with sshd.session(_remote(sshd, tmp_path, exit_file, preset, "--run-dir", run, "--on-hangup", "detach")) as ssh:
-        _until(lambda: _steps(run) >= 10, why="no training")
-        ssh.kill_client()
-    _until(lambda: "terminal went away" in _read(run / "output.log"), timeout=60, why=_read(run / "output.log"))
+    run, exit_file = _dropped_with_detach(sshd, tmp_path)
     dropped_at = _steps(run)
-    _until(lambda: _steps(run) > dropped_at + 20, timeout=60, why="training stopped after the drop")
+    wait_until(lambda: _steps(run) > dropped_at + 20, "training after the drop", 60)
     assert not exit_file.exists()
 
     os.kill(_pid(run), signal.SIGUSR1)
-    _until(lambda: _saved(run, "manual"), timeout=60, why="SIGUSR1 saved nothing")
+    wait_until(lambda: _saved(run, "manual"), "a save on SIGUSR1", 60)
     assert not exit_file.exists()  # and it goes on
 
     viewer = sshd.remote_exec_cmd(tmp_path, sys.executable, "-m", "tui_trainer", "attach", str(run))
@@ -111,7 +110,7 @@ def test_on_hangup_detach_goes_on_then_obeys_signals_and_attach(sshd, tmp_path):
         ssh.wait_for_screen("RUNNING", timeout=120)
         saves = len(_saved(run, "manual"))
         ssh.send_keys("s")
-        _until(lambda: len(_saved(run, "manual")) > saves, timeout=60, why="`s` in the viewer saved nothing")
+        wait_until(lambda: len(_saved(run, "manual")) > saves, "a save by `s` in the viewer", 60)
         ssh.send_keys("q")
         code = _exit_code(exit_file, timeout=120)
         ssh.wait_for_screen("STOPPED", timeout=60)  # the viewer shows the run's summary
@@ -123,12 +122,7 @@ def test_on_hangup_detach_goes_on_then_obeys_signals_and_attach(sshd, tmp_path):
 
 
 def test_on_hangup_detach_then_sigterm_saves_and_exits_143(sshd, tmp_path):
-    run, exit_file = tmp_path / "run", tmp_path / "exit"
-    preset = _long_tiny(tmp_path)
-    with sshd.session(_remote(sshd, tmp_path, exit_file, preset, "--run-dir", run, "--on-hangup", "detach")) as ssh:
-        _until(lambda: _steps(run) >= 10, why="no training")
-        ssh.kill_client()
-    _until(lambda: "terminal went away" in _read(run / "output.log"), timeout=60, why=_read(run / "output.log"))
+    run, exit_file = _dropped_with_detach(sshd, tmp_path)
     os.kill(_pid(run), signal.SIGTERM)
     assert _exit_code(exit_file, timeout=60) == 128 + signal.SIGTERM
     finished = _ended(run)
@@ -148,11 +142,11 @@ def test_detach_over_ssh_survives_the_session(sshd, tmp_path):
     out = sshd.run(sshd.remote_shell_cmd(tmp_path, preset, "--detach", "--run-dir", run), timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "training in the background" in out.stdout
-    _until((tmp_path / "ready").exists, timeout=120, why="the detached run never reached step 3")
+    wait_until((tmp_path / "ready").exists, "the detached run at step 3", 120)
     time.sleep(1)  # the session is over: sshd has closed it and the run is still held at step 3
     assert sshd.find_cli_processes(str(run)), "the detached run died with its SSH session"
     (tmp_path / "go").touch()
-    _until(lambda: of_kind(read_events(run), "Finished"), timeout=120, why="the detached run never finished")
+    wait_until(lambda: of_kind(read_events(run), "Finished"), "the detached run finished", 120)
     finished = _ended(run)
     assert (finished["status"], finished["exit_code"]) == ("completed", 0)
     sshd.assert_none_left(str(run), timeout=30)

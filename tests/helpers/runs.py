@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,14 @@ def assert_exactly_equal(a: Any, b: Any, where: str = "") -> None:
             assert_exactly_equal(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def wait_until(condition, what: str, limit_s: float = 120):
+    """Poll `condition` until it returns something true, and return that (a hang guard, not a
+    timing assertion: `limit_s` only bounds a test that would otherwise hang)."""
+    deadline = time.monotonic() + limit_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.05)
+    return value
