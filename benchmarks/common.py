@@ -35,9 +35,9 @@ def set_threads(args) -> int:
 
 
 def app_factory():
-    """`tui_trainer.ui.app.make_app`, or None while the app is not written yet."""
+    """`tui_trainer.ui.launch.make_app`, or None while the app is not written yet."""
     try:
-        found = importlib.util.find_spec("tui_trainer.ui.app")
+        found = importlib.util.find_spec("tui_trainer.ui.launch")
     except ModuleNotFoundError:
         found = None
     if found is None:
@@ -47,7 +47,7 @@ def app_factory():
     here = Path(tui_trainer.__path__[0]).resolve()
     if here not in Path(found.origin or "").resolve().parents:
         return None  # a shared editable install can map tui_trainer.ui to another checkout: not ours
-    from tui_trainer.ui.app import make_app  # a broken app module fails loudly, not as "not available"
+    from tui_trainer.ui.launch import make_app  # a broken app module fails loudly, not as "not available"
 
     return make_app
 
@@ -60,7 +60,7 @@ def serving(func) -> dict:
     return {"serve": True} if "serve" in inspect.signature(func).parameters else {}
 
 
-APP_MISSING = "app: not available yet (tui_trainer.ui.app.make_app does not exist)"
+APP_MISSING = "app: not available yet (tui_trainer.ui.launch.make_app does not exist)"
 
 
 class EventTail:

@@ -8,7 +8,7 @@
    child's RSS (psutil) as the run passes each milestone. Growth between milestones must stay
    bounded: the engine keeps no per-step history (losses since the last report only), the
    recorder writes through to disk. The app's RSS is measured the same way with the app in a
-   child process, once `tui_trainer.ui.app.make_app` exists.
+   child process, once `tui_trainer.ui.launch.make_app` exists.
 2. `tui-trainer --help`: wall time of the console script (torch must not be imported), against
    `python -c pass` and `python -c "import torch"` for scale; median of N.
 3. Time to first step: wall time from just before the process is spawned to the engine's

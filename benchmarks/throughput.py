@@ -35,9 +35,10 @@ def bare_loop(preset_path: Path, w: Workload, run_dir: Path) -> float:
     from the same preset by the same builders. Nothing but zero_grad / forward / loss / backward / step."""
     import torch
 
-    from tui_trainer import build, config
+    from tui_trainer import config
+    from tui_trainer.parts import build
 
-    parts = build.build(config.load(preset_path))
+    parts = build(config.load(preset_path))
     model, optimizer, loss_fn, device = parts.model, parts.optimizer, parts.loss_fn, parts.device
     amp = parts.amp_dtype
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""The UI never slows the trainer, and key latency. Needs the app (`tui_trainer.ui.app.make_app`);
+"""The UI never slows the trainer, and key latency. Needs the app (`tui_trainer.ui.launch.make_app`);
 until it exists this prints "app: not available yet" and reports the measurements as pending.
 
     python benchmarks/ui_latency.py            # needs the app

@@ -2,7 +2,7 @@
 headless engine, app) starts from the same file through the same builders.
 
 Why the comparison is fair: the bare loop builds its model, optimizer, loss and batches with
-`tui_trainer.build.build()` from the very preset the engine and the app load, so all three get the
+`tui_trainer.parts.build()` from the very preset the engine and the app load, so all three get the
 same seeded initial weights, the same optimizer and hyper-parameters, the same AMP dtype and the
 same batches in the same order. The data is `data.preload = true`: the digits are transformed once
 into two tensors on the device before the run, and a batch is one `index_select` (about 25 us on

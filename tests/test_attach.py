@@ -27,7 +27,7 @@ from tui_trainer.engine.commands import ScaleLr
 from tui_trainer.engine.events import EpochEnd, Finished, LrChanged, RunStarted, RunWarning, StepReport
 from tui_trainer.run.catalog import list_runs
 from tui_trainer.run.server import MAX_OLD_REPORTS, RECENT_REPORTS, Replay, live_socket
-from tui_trainer.ui.app import make_attach_app
+from tui_trainer.ui.launch import make_attach_app
 from tui_trainer.ui.remote import SocketLink
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tui_trainer import config
-from tui_trainer.build.data import make_loaders
+from tui_trainer.parts.data import make_loaders
 from tui_trainer.errors import UserError
 
 DATA = {"dataset": "digits", "image_size": 8, "batch_size": 32, "val_fraction": 0.2, "limit": 400}

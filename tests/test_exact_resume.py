@@ -100,7 +100,7 @@ def test_batch_order_is_a_function_of_seed_and_epoch(workers):
     exactly the batches k.. of the full epoch, samples and augmentations alike."""
     import torch
 
-    from tui_trainer.build.data import make_loaders
+    from tui_trainer.parts.data import make_loaders
     from tui_trainer.config import DataSection
 
     cfg = DataSection(dataset="digits", image_size=12, batch_size=8, limit=64, num_workers=workers, augment=True)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import cli_env
-from tui_trainer.build.data import _worker_signals
+from tui_trainer.parts.data import _worker_signals
 from tui_trainer.signals import TERMINAL_SIGNALS, protect_forked_children
 
 

@@ -14,8 +14,8 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from tui_trainer.build.model import build_model, find_head, replace_head
-from tui_trainer.build.layers import first_tensor
+from tui_trainer.parts.model import build_model, find_head, replace_head
+from tui_trainer.parts.layers import first_tensor
 from tui_trainer.config import ModelSection
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The default weight initialization:FutureWarning"),

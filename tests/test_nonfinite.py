@@ -102,12 +102,13 @@ def test_stop_mode_adds_no_host_sync_per_step_on_cuda(tmp_path, monkeypatch):
     """torch.cuda.set_sync_debug_mode("error") raises on any host sync inside a training step."""
     import torch
 
-    from tui_trainer import build, config
+    from tui_trainer import config
+    from tui_trainer.parts import build
     from tui_trainer.engine.trainer import Trainer
 
     preset = config.load(write_preset(tmp_path / "p.toml", train={"device": "cuda", "log_every": 5, "amp": "bf16"},
                                       checkpoint={"every_epochs": 0}))
-    parts = build.build(preset)
+    parts = build(preset)
     real_step = Trainer._step
 
     def strict_step(self, x, y):

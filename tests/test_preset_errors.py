@@ -10,7 +10,7 @@ what is wrong and, in its header, what the user must read:
                                            that grow with torch)
 
 Every case runs twice: through the real CLI in a subprocess, and in-process through
-config.load -> build.check -> launch.prepare.
+config.load -> parts.check -> launch.prepare.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, run_cli
-from tui_trainer import build, config
+from tui_trainer import config
+from tui_trainer.parts import check
 from tui_trainer.errors import UserError
 from tui_trainer.run.launch import prepare
 
@@ -154,7 +155,7 @@ def first_error(case: Case) -> UserError:
     overrides = [value for flag, value in zip(case.args[::2], case.args[1::2]) if flag == "--set"]
     with pytest.raises(UserError) as info:
         preset = config.load(case.path, overrides)
-        build.check(preset)
+        check(preset)
         prepare(case.path, overrides)
     return info.value
 

@@ -1,7 +1,7 @@
 """Issue 5.6 (fuzzing): whatever a preset or a --set holds, loading it ends in a valid preset or
 one clean UserError (one line) - never another exception. Three generators: random TOML-ish
 values dropped into a valid preset at random paths, random edits of valid preset text, random
---set strings; then the cheap checks (`build.check`) and, for a slice, the full `build.build`.
+--set strings; then the cheap checks (`parts.check`) and, for a slice, the full `parts.build`.
 
 Profiles: the default is derandomized (the same examples every run, so CI is stable);
 HYPOTHESIS_PROFILE=deep explores fresh random examples, many more of them.
@@ -75,11 +75,11 @@ _DELETE = object()
 
 
 def _check_preset(preset) -> None:
-    from tui_trainer import build
+    from tui_trainer import parts
 
     if preset is not None:
         assert isinstance(preset, config.Preset)
-        _clean(build.check, preset)
+        _clean(parts.check, preset)
 
 
 @given(base=st.sampled_from(VALID), edits=st.lists(st.tuples(paths, st.one_of(toml_values, st.just(_DELETE))),
@@ -112,7 +112,7 @@ def test_random_set(item):
     _check_preset(_clean(config.from_dict, copy.deepcopy(BASE), source="fuzz.toml", overrides=[item]))
 
 
-# ------------------------------------------------------------------ into build.build, the expensive part
+# ------------------------------------------------------------------ into parts.build, the expensive part
 
 NAMES = {
     "optimizer": ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "LBFGS", "Rprop", "NAdam", "RAdam", "Adadelta",
@@ -145,7 +145,7 @@ def _params_of(section: str, name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def digits_cached():
     """Load the digits once so each example costs a model build, not a CSV parse."""
-    from tui_trainer.build import data
+    from tui_trainer.parts import data
 
     real = data.Digits.__init__
     cache = {}
@@ -168,7 +168,7 @@ def digits_cached():
 @given(draw=st.data())
 def test_build_with_random_kwargs(digits_cached, draw):
     """Real class names and their real parameter names, random values: what a user gets wrong."""
-    from tui_trainer import build
+    from tui_trainer.parts import build
 
     raw = copy.deepcopy(BASE)
     raw["data"].update(limit=24, image_size=8, batch_size=8)
@@ -184,7 +184,7 @@ def test_build_with_random_kwargs(digits_cached, draw):
         raw["scheduler"]["warmup_steps"] = draw.draw(st.integers(0, 5))
     preset = _clean(config.from_dict, raw, source="fuzz.toml")
     assume(preset is not None)
-    parts = _clean(build.build, preset)
+    parts = _clean(build, preset)
     event("built" if parts is not None else "refused with a UserError")
     if parts is not None:
         assert parts.total_steps > 0 and all(math.isfinite(v) for g in parts.plan.lrs for v in g)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tui_trainer.run.textplot import braille_plot
+from tui_trainer.text.plot import braille_plot
 from tui_trainer.ui.widgets.draw import spark
 from tui_trainer.ui.widgets.lr_preview import _legend, thin
 

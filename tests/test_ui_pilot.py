@@ -9,7 +9,8 @@ import torch
 
 from tests.helpers.pilot import until
 from tui_trainer.engine import events as ev
-from tui_trainer.ui.app import TrainerApp, make_app
+from tui_trainer.ui.app import TrainerApp
+from tui_trainer.ui.launch import make_app
 from tui_trainer.ui.widgets.layers import LayerTable
 
 LONG = ["train.epochs=5000", "train.log_every=1"]  # never ends by itself within a test

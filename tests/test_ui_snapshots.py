@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from examples.models import small_cnn
-from tui_trainer.build.layers import layer_rows
-from tui_trainer.build.optim import plan_lr
+from tui_trainer.parts.layers import layer_rows
+from tui_trainer.parts.optim import plan_lr
 from tui_trainer.config import OptimizerSection, SchedulerSection
 from tui_trainer.engine import events as ev
 from tui_trainer.ui.app import TrainerApp

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             return preview(opts.preset, opts.overrides)
         if args and args[0] == "attach":
             opts = _attach_parser().parse_args(args[1:])
-            from tui_trainer.ui.app import run_attach
+            from tui_trainer.ui.launch import run_attach
 
             return run_attach(opts.run_dir)
         if args and args[0] == "ls":
@@ -127,7 +127,7 @@ def _train(opts: argparse.Namespace) -> int:
         from tui_trainer.run.headless import run_headless
 
         return run_headless(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir, serve=True)
-    from tui_trainer.ui.app import run_app
+    from tui_trainer.ui.launch import run_app
 
     return run_app(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir, paused=opts.paused,
                    on_hangup=opts.on_hangup)

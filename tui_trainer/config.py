@@ -2,7 +2,7 @@
 
 Only types and ranges are checked here (no torch import). Whether a name exists in
 torch (optimizer, scheduler, loss, arch) and whether a kwarg is accepted is checked by
-`build.check()`, which raises `PresetError` with the same one-line shape.
+`parts.check()`, which raises `PresetError` with the same one-line shape.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def main() -> int:
     import torchvision.transforms.v2  # noqa: F401
 
     import examples.models  # noqa: F401
-    import tui_trainer.build  # noqa: F401
+    import tui_trainer.parts  # noqa: F401
     import tui_trainer.cli  # noqa: F401
     import tui_trainer.run.headless  # noqa: F401
     import tui_trainer.run.launch  # noqa: F401

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tui_trainer.build.layers import LayerInfo
-from tui_trainer.build.optim import LrPlan
+from tui_trainer.parts.layers import LayerInfo
+from tui_trainer.parts.optim import LrPlan
 
 
 @dataclass(frozen=True)

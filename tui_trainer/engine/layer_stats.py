@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tui_trainer.build.layers import LayerInfo, matches
+from tui_trainer.parts.layers import LayerInfo, matches
 
 
 class UpdateProbe:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tui_trainer.build import Parts
-from tui_trainer.build.layers import first_tensor, matches, trainable_state
+from tui_trainer.parts import Parts
+from tui_trainer.parts.layers import first_tensor, matches, trainable_state
 from tui_trainer.config import resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
 from tui_trainer.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop

@@ -21,12 +21,12 @@ from tui_trainer.run.server import INFO, live_socket
 
 def detach(preset_path: str, overrides: list[str], *, resume: str | None, run_dir: str | None,
            wait_s: float = 600.0) -> int:
-    from tui_trainer import build
+    from tui_trainer.parts import check
     from tui_trainer.engine import checkpoint
 
     preset = config.load(preset_path, overrides)
     try:
-        build.check(preset)
+        check(preset)
     except UserError as err:
         err.source = err.source or preset.key_source(err.key or "")
         raise

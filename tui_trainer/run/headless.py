@@ -16,7 +16,7 @@ from typing import TextIO
 
 from tui_trainer.engine.commands import Control, SaveCheckpoint, Stop
 from tui_trainer.engine.events import Event, Failed, Finished, RunStarted, StepReport
-from tui_trainer.run.format import duration, event_line, human_count, lrs_text
+from tui_trainer.text.format import duration, event_line, human_count, lrs_text
 from tui_trainer.signals import point_at_devnull
 
 _STYLES = {"info": "", "good": "green", "warn": "yellow", "error": "bold red"}

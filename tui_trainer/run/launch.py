@@ -56,13 +56,13 @@ def prepare(
     serve: bool = False,
 ) -> Session:
     """`serve`: open the run's control socket (run/server.py) so `tui-trainer attach` can steer it."""
-    from tui_trainer import build
+    from tui_trainer.parts import build, check
     from tui_trainer.engine import checkpoint
 
     protect_forked_children()  # DataLoader workers must never run this process's terminal signal handlers
     preset = config.load(preset_path, overrides or [])
     try:
-        build.check(preset)
+        check(preset)
     except UserError as err:
         err.source = err.source or preset.key_source(err.key or "")
         raise
@@ -70,7 +70,7 @@ def prepare(
     state = checkpoint.load(resume_path) if resume_path is not None else None
     tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
 
-    parts = build.build(preset)
+    parts = build(preset)
 
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
     all_sinks: list[Callable[[Event], None]] = []

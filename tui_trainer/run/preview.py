@@ -6,16 +6,16 @@ from rich.console import Console
 from rich.table import Table
 
 from tui_trainer import config
-from tui_trainer.build.layers import trainable_state
-from tui_trainer.build.optim import LrPlan
-from tui_trainer.run.format import human_count
+from tui_trainer.parts.layers import trainable_state
+from tui_trainer.parts.optim import LrPlan
+from tui_trainer.text.format import human_count
 
 
 def preview(path: str, overrides: list[str]) -> int:
-    from tui_trainer import build
+    from tui_trainer.parts import build
 
     preset = config.load(path, overrides)
-    parts = build.build(preset)
+    parts = build(preset)
     console = Console(highlight=False)
     console.rule(f"[bold]{preset.name}[/bold]  resolved preset ({path})")
     console.print(config.dump_toml(preset), markup=False)
@@ -45,7 +45,7 @@ def plot_plan(plan: LrPlan, width: int = 80, height: int = 12) -> str:
     """The planned LR of every group as a plain-text braille plot (the app's LR pane draws the same
     curves in colour) and, since a log file has no colour to tell groups apart, each group's start,
     peak and end in numbers."""
-    from tui_trainer.run.textplot import braille_plot
+    from tui_trainer.text.plot import braille_plot
 
     series = [(list(plan.steps), list(lrs), "") for lrs in plan.lrs]
     top = max((max(lrs) for lrs in plan.lrs if lrs), default=0.0) or 1.0

@@ -9,7 +9,6 @@ confirmed.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 
@@ -20,10 +19,10 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Static
 
 from tui_trainer.engine.commands import Command, Pause, Resume, SaveCheckpoint, ScaleLr, Stop
-from tui_trainer.engine.events import Failed, Finished, StateChanged
-from tui_trainer.run.format import duration
-from tui_trainer.signals import TERMINAL_SIGNALS, point_at_devnull, terminal_alive
-from tui_trainer.ui.link import EngineLink, LocalLink
+from tui_trainer.engine.events import Failed, Finished
+from tui_trainer.text.format import duration
+from tui_trainer.signals import point_at_devnull, terminal_alive
+from tui_trainer.ui.link import EngineLink
 from tui_trainer.ui.messages import SendCommand
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.header import RunHeader
@@ -369,136 +368,3 @@ def summary_text(final: Finished | Failed, view: RunView) -> Text:
     if view.started is not None:
         text.append(f"run dir: {view.started.run_dir}\n", style="grey50")
     return text
-
-
-def make_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
-             handle_signals: bool = False, serve: bool = False) -> TrainerApp:
-    """The one app factory, used by the CLI, tests and benchmarks: prepares the run (bad input
-    raises UserError here, before any screen appears) and wires it to the app."""
-    from tui_trainer.run.launch import prepare
-
-    link = LocalLink()
-    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[link.sink],
-                      should_stop=link.should_stop, layer_stats=True, serve=serve)
-    link.bind(session)
-    ui = session.preset.ui
-    return TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor, paused=paused,
-                      handle_signals=handle_signals)
-
-
-def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
-            on_hangup: str = "stop") -> int:
-    early: list[int] = []  # a hang-up while the model and data are built: acted on once the app runs
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
-    app = make_app(preset_path, overrides, resume=resume, run_dir=run_dir, paused=paused, handle_signals=True,
-                   serve=True)
-    app.detach_on_hangup = on_hangup == "detach"
-    app.early_hangup = early
-    link = app.link
-    try:
-        app.run(mouse=False)
-    except Exception:  # noqa: BLE001 - e.g. writing to a terminal that is gone; the run still ends cleanly
-        pass
-    finally:
-        if app.aborted:  # second ctrl+c: the terminal is restored; skip the engine's save on purpose
-            link.session.abort()
-            os._exit(130)
-        if not app.hangup_detached:
-            link.close()  # however the app ended, the engine stops after its step and saves
-    if app.hangup_detached:
-        _go_headless(link, app.view.started)
-    _wait_for_engine(link)
-    return app.exit_code
-
-
-def _go_headless(link: LocalLink, started=None) -> None:
-    """The terminal is gone (--on-hangup detach): log lines to the run's output.log as --no-ui
-    would, stop feeding the app's queue (nobody drains it now), and let the engine and its control
-    socket go on for `tui-trainer attach`. Signals from now on are handled as --no-ui handles them:
-    the app's handlers went with the app, and a default SIGTERM or SIGUSR1 would kill the process
-    with no save."""
-    from tui_trainer.run.headless import LineReporter
-
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal is gone; later hangups mean nothing
-    for sig in TERMINAL_SIGNALS:  # Textual's handlers outlive its app; they would draw on nothing
-        signal.signal(sig, signal.SIG_DFL)
-    session = link.session
-    log = os.open(os.path.join(session.run_dir.path, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(null)
-    reporter = LineReporter(os.fdopen(log, "w", buffering=1), tty=False)
-    reporter.started = started  # for "epoch 3/10 step 120/400" in the lines that follow
-    reporter.line("the terminal went away (SIGHUP): training goes on headless; `tui-trainer attach` to watch")
-    session.sinks.append(reporter)
-    link.buffering = False  # keep only the final event
-
-
-def _wait_for_engine(link: LocalLink) -> None:
-    """Wait for the engine (stopping after its save, or going on headless) with the --no-ui signal
-    handlers, since the app's went with the app: SIGTERM saves and exits 143, SIGUSR1 saves, SIGINT
-    stops, a second SIGINT aborts (socket removed, workers ended, exit 130). A SIGHUP now (the
-    session dropped during the last save) no longer kills the process mid-save: the first stop
-    decides the ending."""
-    from tui_trainer.run.headless import SignalHandlers
-
-    handlers = SignalHandlers(link.session.control, on_abort=link.session.abort)
-    handlers.install()
-    try:
-        link.wait()
-    except KeyboardInterrupt:
-        os._exit(130)  # the engine thread is mid-step; on_abort already cleaned up
-
-
-def run_attach(run_dir=None, base="runs") -> int:
-    """`tui-trainer attach`: the same app on a run in another process (or, finished, read-only)."""
-    app = make_attach_app(run_dir, base)
-    try:
-        app.run(mouse=False)
-    finally:
-        app.link.close()  # a viewer leaving never stops the run
-    return app.exit_code
-
-
-def make_attach_app(run_dir=None, base="runs", *, handle_signals: bool = True) -> TrainerApp:
-    from pathlib import Path
-
-    from tui_trainer import config
-    from tui_trainer.errors import UserError
-    from tui_trainer.run.catalog import newest_attachable
-    from tui_trainer.run.rundir import read_events
-    from tui_trainer.run.server import live_socket
-    from tui_trainer.ui.link import ReplayLink
-    from tui_trainer.ui.remote import SocketLink
-
-    if run_dir is None:
-        run_dir = newest_attachable(base)
-        if run_dir is None:
-            raise UserError(f"no running run under {base}/ to attach to; `tui-trainer ls` lists the runs,"
-                            " `tui-trainer attach RUN_DIR` shows a finished one", source="attach")
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise UserError(f"{run_dir} does not exist; `tui-trainer ls` lists runs", source="attach")
-    if not (run_dir / "events.jsonl").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no events.jsonl); `tui-trainer ls` lists runs",
-                        source="attach")
-    try:
-        ui = config.load(run_dir / "config.toml").ui
-    except UserError:
-        ui = config.UiSection()
-    sock = live_socket(run_dir)
-    if sock is not None:
-        link = SocketLink(sock)
-    else:  # finished, or killed: show what it recorded, read-only
-        events = read_events(run_dir / "events.jsonl")
-        if not any(isinstance(e, (Finished, Failed)) for e in events):
-            last = max((getattr(e, "step", 0) or 0 for e in events), default=0)
-            events.append(StateChanged("dead", last))  # no final event and nobody serving it: killed
-        link = ReplayLink(events)
-    app = TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor,
-                     handle_signals=handle_signals)
-    app.remote = True
-    return app

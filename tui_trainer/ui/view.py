@@ -12,7 +12,7 @@ import time
 from collections import deque
 
 from tui_trainer.engine import events as ev
-from tui_trainer.run.format import event_line
+from tui_trainer.text.format import event_line
 
 
 class Series:

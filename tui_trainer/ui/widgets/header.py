@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from tui_trainer.run.format import duration
+from tui_trainer.text.format import duration
 from tui_trainer.ui.widgets.draw import bar
 from tui_trainer.ui.view import RunView
 

@@ -15,9 +15,9 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Static
 
-from tui_trainer.build.layers import LayerInfo, matches
+from tui_trainer.parts.layers import LayerInfo, matches
 from tui_trainer.engine.commands import SetTrainable
-from tui_trainer.run.format import human_count
+from tui_trainer.text.format import human_count
 from tui_trainer.ui.messages import SendCommand
 from tui_trainer.ui.view import RunView
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
-from tui_trainer.run.format import lr_text
+from tui_trainer.text.format import lr_text
 from tui_trainer.ui.view import RunView
-from tui_trainer.run.textplot import braille_plot
+from tui_trainer.text.plot import braille_plot
 
 PLAN_COLORS = ("dodger_blue1", "cyan", "magenta", "white")
 

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from tui_trainer.run.format import human_bytes
+from tui_trainer.text.format import human_bytes
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.draw import bar, spark
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tui_trainer.build import target
-from tui_trainer.build.layers import matches, module_names
+from tui_trainer.parts import target
+from tui_trainer.parts.layers import matches, module_names
 from tui_trainer.config import ModelSection
 from tui_trainer.errors import PresetError, describe_load_error, did_you_mean
 

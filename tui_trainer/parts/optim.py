@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tui_trainer.build import target
-from tui_trainer.build.layers import matches
+from tui_trainer.parts import target
+from tui_trainer.parts.layers import matches
 from tui_trainer.config import OptimizerSection, SchedulerSection
 from tui_trainer.errors import PresetError, did_you_mean
 
@@ -58,7 +58,7 @@ def group_params(cfg: OptimizerSection, model: nn.Module) -> list[dict]:
         for pi, prefix in enumerate(group.params):
             hits = [n for n, _ in named if matches(n, prefix)]
             if not hits:
-                from tui_trainer.build.model import check_prefixes
+                from tui_trainer.parts.model import check_prefixes
 
                 check_prefixes(model, [prefix], f"optimizer.groups[{gi}].params")
             for n in hits:

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tui_trainer.build import target
-from tui_trainer.build.data import DataParts, make_loaders
-from tui_trainer.build.layers import LayerInfo, first_tensor, layer_rows
-from tui_trainer.build.loss import build_loss, check_loss
-from tui_trainer.build.model import build_model, check_arch
-from tui_trainer.build.optim import (
+from tui_trainer.parts import target
+from tui_trainer.parts.data import DataParts, make_loaders
+from tui_trainer.parts.layers import LayerInfo, first_tensor, layer_rows
+from tui_trainer.parts.loss import build_loss, check_loss
+from tui_trainer.parts.model import build_model, check_arch
+from tui_trainer.parts.optim import (
     LrPlan,
     LrSchedule,
     build_optimizer,

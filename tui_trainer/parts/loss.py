@@ -8,7 +8,7 @@ import inspect
 import torch
 from torch import nn
 
-from tui_trainer.build import target
+from tui_trainer.parts import target
 from tui_trainer.config import LossSection
 from tui_trainer.errors import PresetError, did_you_mean
 
