@@ -23,6 +23,7 @@ from tui_trainer.parts.optim import (
     check_optimizer,
     check_scheduler,
     plan_lr,
+    scheduler_run_length,
 )
 from tui_trainer.config import Preset
 from tui_trainer.errors import PresetError, UserError
@@ -176,12 +177,12 @@ def _build(preset: Preset) -> Parts:
     if preset.train.max_steps:
         total_steps = min(total_steps, preset.train.max_steps)
     sched_cfg = preset.scheduler
-    run_length = total_steps - sched_cfg.warmup_steps if sched_cfg.interval == "step" else preset.train.epochs
-    scheduler = build_scheduler(sched_cfg, optimizer, max(1, run_length))
+    run_length = scheduler_run_length(sched_cfg, preset.train.epochs, total_steps)
+    scheduler = build_scheduler(sched_cfg, optimizer, run_length)
     schedule = LrSchedule(optimizer, scheduler, sched_cfg.interval, sched_cfg.warmup_steps)
     group_names = [g["name"] for g in optimizer.param_groups]
     try:  # simulating the real scheduler over the run is where a bad kwarg type shows (step_size = "2")
-        plan = plan_lr(preset.optimizer, sched_cfg, group_names, steps_per_epoch, total_steps)
+        plan = plan_lr(preset.optimizer, sched_cfg, group_names, steps_per_epoch, total_steps, run_length=run_length)
     except PresetError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here is the schedule's settings

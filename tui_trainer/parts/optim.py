@@ -144,8 +144,23 @@ def _check_nested(cls, kwargs: dict, section: str, provided=()) -> None:
         _check_nested(sub_cls, {k: v for k, v in sub.items() if k != "name"}, f"{section}.schedulers[{i}]")
 
 
+def scheduler_run_length(cfg: SchedulerSection, epochs: int, total_steps: int) -> int:
+    """The run length a scheduler is built for (what `T_max`, OneCycleLR's `total_steps` and the
+    like are filled with), in `cfg.interval` units. The one place that says it: the real scheduler
+    and the plan (`plan_lr`) both take it from here, so the plan shows what training does.
+
+    Per epoch: `epochs` as configured (`train.epochs`), even when `train.max_steps` ends the run
+    earlier - the schedule is the configured one, cut, not squeezed into the shorter run.
+    Per step: the steps the run takes (`total_steps`, after `max_steps`) less the warm-up, during
+    which the scheduler is not stepped.
+    """
+    if cfg.interval == "step":
+        return max(1, total_steps - cfg.warmup_steps)
+    return max(1, epochs)
+
+
 def build_scheduler(cfg: SchedulerSection, optimizer, run_length: int):
-    """The real torch scheduler on `optimizer`, or None. `run_length` is in `interval` units."""
+    """The real torch scheduler on `optimizer`, or None. `run_length`: `scheduler_run_length`."""
     if cfg.name.lower() == "none":
         return None
     cls = scheduler_class(cfg.name)
@@ -275,8 +290,13 @@ class LrPlan:
 
 
 def plan_lr(opt_cfg: OptimizerSection, sched_cfg: SchedulerSection, group_names: list[str],
-            steps_per_epoch: int, total_steps: int, max_points: int = 2000) -> LrPlan:
-    """Simulate the real scheduler class on a throw-away optimizer for every step of the run."""
+            steps_per_epoch: int, total_steps: int, max_points: int = 2000, *,
+            run_length: int | None = None) -> LrPlan:
+    """Simulate the real scheduler class on a throw-away optimizer for every step of the run.
+
+    `run_length`: the one the real scheduler was built with (`scheduler_run_length`); left out,
+    that of a run whose `total_steps` are all its configured epochs (no `max_steps` cut).
+    `lrs[g][i]` is the LR group g trains step `steps[i]` with (step 0: the first step's)."""
     cls = optimizer_class(opt_cfg.name)
     groups = []
     kwargs_by_name = {",".join(g.params): g.kwargs for g in opt_cfg.groups}
@@ -286,8 +306,8 @@ def plan_lr(opt_cfg: OptimizerSection, sched_cfg: SchedulerSection, group_names:
         dummy = cls(groups, lr=opt_cfg.lr, **opt_cfg.kwargs)
     except Exception:  # an optimizer that insists on real params: its LRs are all the plan needs
         dummy = torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=0.9)
-    run_length = total_steps - sched_cfg.warmup_steps if sched_cfg.interval == "step" else \
-        max(1, -(-total_steps // steps_per_epoch))
+    if run_length is None:
+        run_length = scheduler_run_length(sched_cfg, -(-total_steps // steps_per_epoch), total_steps)
     schedule = LrSchedule(dummy, build_scheduler(sched_cfg, dummy, run_length), sched_cfg.interval,
                           sched_cfg.warmup_steps)
     stride = max(1, total_steps // max_points)
