@@ -1,9 +1,8 @@
-"""Shared by the benchmark scripts: arguments, the app factory (when it exists), timing windows."""
+"""Shared by the benchmark scripts: arguments, timing windows, versions."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -32,35 +31,6 @@ def set_threads(args) -> int:
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
-
-
-def app_factory():
-    """`tui_trainer.ui.launch.make_app`, or None while the app is not written yet."""
-    try:
-        found = importlib.util.find_spec("tui_trainer.ui.launch")
-    except ModuleNotFoundError:
-        found = None
-    if found is None:
-        return None
-    import tui_trainer
-
-    here = Path(tui_trainer.__path__[0]).resolve()
-    if here not in Path(found.origin or "").resolve().parents:
-        return None  # a shared editable install can map tui_trainer.ui to another checkout: not ours
-    from tui_trainer.ui.launch import make_app  # a broken app module fails loudly, not as "not available"
-
-    return make_app
-
-
-def serving(func) -> dict:
-    """`serve=True` where `func` takes it: the CLI opens the run's control socket (tui-trainer attach)
-    for every run, headless or app, so the benchmarks measure that too."""
-    import inspect
-
-    return {"serve": True} if "serve" in inspect.signature(func).parameters else {}
-
-
-APP_MISSING = "app: not available yet (tui_trainer.ui.launch.make_app does not exist)"
 
 
 class EventTail:

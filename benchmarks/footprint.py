@@ -7,8 +7,8 @@
    micro workload; this process tails the run's events.jsonl for the step count and reads the
    child's RSS (psutil) as the run passes each milestone. Growth between milestones must stay
    bounded: the engine keeps no per-step history (losses since the last report only), the
-   recorder writes through to disk. The app's RSS is measured the same way with the app in a
-   child process, once `tui_trainer.ui.launch.make_app` exists.
+   recorder writes through to disk. The app's RSS is measured the same way with the app
+   (`tui_trainer.ui.launch.make_app`) in a child process.
 2. `tui-trainer --help`: wall time of the console script (torch must not be imported), against
    `python -c pass` and `python -c "import torch"` for scale; median of N.
 3. Time to first step: wall time from just before the process is spawned to the engine's
@@ -93,11 +93,8 @@ def app_child(preset: str, run_dir: str) -> int:
     import asyncio
 
     from benchmarks.throughput import drive_app
+    from tui_trainer.ui.launch import make_app
 
-    make_app = common.app_factory()
-    if make_app is None:
-        print(common.APP_MISSING)
-        return 3
     app = asyncio.run(drive_app(make_app, Path(preset), Path(run_dir), timeout=24 * 3600))
     return app.exit_code
 
@@ -113,12 +110,9 @@ def memory(milestones: list[int], scratch: Path, with_app: bool, timeout: float,
         out["engine"] = memory_run([sys.executable, "-m", "tui_trainer", str(preset), "--no-ui", "--run-dir",
                                     str(run_dir)], run_dir, milestones, timeout)
     if with_app:
-        if common.app_factory() is None:
-            out["app"] = None
-        else:
-            run_dir = scratch / "mem-app"
-            out["app"] = memory_run([sys.executable, str(Path(__file__).resolve()), "--app-child", str(preset),
-                                     str(run_dir)], run_dir, milestones, timeout)
+        run_dir = scratch / "mem-app"
+        out["app"] = memory_run([sys.executable, str(Path(__file__).resolve()), "--app-child", str(preset),
+                                 str(run_dir)], run_dir, milestones, timeout)
     return out
 
 
@@ -180,9 +174,6 @@ def report(result: dict) -> None:
         if who not in mem:
             continue
         run = mem[who]
-        if run is None:
-            print(f"  {common.APP_MISSING}")
-            continue
         base = run["rows"][0]["rss"] if run["rows"] else 0
         for row in run["rows"]:
             print(f"  {who:<6} after {row['milestone']:>9,} steps (at {row['step']:,}): RSS {row['rss'] / MIB:7.1f} MiB"

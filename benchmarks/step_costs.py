@@ -30,7 +30,7 @@ METHODS = ("_between_steps", "_step", "_report", "_end_epoch", "_train_mode", "_
 
 
 def measure(steps: int, log_every: int | None, device: str, scratch: Path, pyinstrument: bool = False) -> dict:
-    from tui_trainer.run import rundir
+    from tui_trainer.run import rundir, server
     from tui_trainer.run.headless import LineReporter
     from tui_trainer.run.launch import prepare
 
@@ -52,19 +52,14 @@ def measure(steps: int, log_every: int | None, device: str, scratch: Path, pyins
     preset = w.write(scratch, device=device)
     with open(scratch / "log.txt", "w", encoding="utf-8") as log:
         reporter = LineReporter(log)
-        patched = [(rundir.Recorder, "__call__", "sink: Recorder")]
-        try:
-            from tui_trainer.run import server
-
-            patched.append((server.ControlServer, "__call__", "sink: ControlServer"))
-        except ImportError:  # no control socket in this version
-            pass
+        patched = [(rundir.Recorder, "__call__", "sink: Recorder"),
+                   (server.ControlServer, "__call__", "sink: ControlServer")]
         originals = [(cls, attr, getattr(cls, attr)) for cls, attr, _ in patched]
         for cls, attr, name in patched:  # patched for this run only
             setattr(cls, attr, timed(name, getattr(cls, attr)))
         try:
             session = prepare(str(preset), [], run_dir=scratch / "run", sinks=[timed("sink: LineReporter", reporter)],
-                              **common.serving(prepare))
+                              serve=True)
             trainer = session.trainer
             for name in METHODS:
                 setattr(trainer, name, timed(name, getattr(trainer, name)))

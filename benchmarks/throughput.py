@@ -78,18 +78,17 @@ def engine_headless(preset_path: Path, w: Workload, run_dir: Path) -> float:
     from tui_trainer.run.headless import run_headless
 
     with open(run_dir.parent / f"{run_dir.name}.log", "w", encoding="utf-8") as log:
-        code = run_headless(str(preset_path), [], run_dir=str(run_dir), stream=log, **common.serving(run_headless))
+        code = run_headless(str(preset_path), [], run_dir=str(run_dir), stream=log, serve=True)
     if code != 0:
         raise RuntimeError(f"engine run failed (exit {code}); see {run_dir}/events.jsonl")
     return common.window_rate(run_dir, w.warmup, w.steps)
 
 
-def textual_app(preset_path: Path, w: Workload, run_dir: Path, timeout: float = 1800) -> float | None:
+def textual_app(preset_path: Path, w: Workload, run_dir: Path, timeout: float = 1800) -> float:
     """(c) The full app, headless under `App.run_test(size=(120, 40))`, until the run finishes; with the
     control socket, as `tui-trainer PRESET` runs it."""
-    make_app = common.app_factory()
-    if make_app is None:
-        return None
+    from tui_trainer.ui.launch import make_app
+
     app = asyncio.run(drive_app(make_app, preset_path, run_dir, timeout))
     if app.exit_code != 0:
         raise RuntimeError(f"app run failed (exit {app.exit_code}): {app.final_event}")
@@ -99,7 +98,7 @@ def textual_app(preset_path: Path, w: Workload, run_dir: Path, timeout: float = 
 async def drive_app(make_app, preset_path: Path, run_dir: Path, timeout: float, on_running=None):
     """Run the app until the engine's final event; `on_running(app, pilot)` (optional) runs once
     while it trains. Returns the app."""
-    app = make_app(str(preset_path), [], run_dir=str(run_dir), paused=False, **common.serving(make_app))
+    app = make_app(str(preset_path), [], run_dir=str(run_dir), paused=False, serve=True)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             deadline = time.monotonic() + timeout
@@ -127,19 +126,13 @@ def measure(w: Workload, reps: int, variants: str, device: str, amp: str, scratc
     preset = w.write(scratch, device=device, amp=amp)
     rates: dict[str, list[float]] = {v: [] for v in variants}
     ratios: dict[str, list[float]] = {v: [] for v in variants if v != "a"}
-    missing = set()
     for rep in range(reps):
         order = variants[rep % len(variants):] + variants[:rep % len(variants)]
         this: dict[str, float] = {}
         for v in order:
-            if v in missing:
-                continue
             run_dir = scratch / f"{w.name}-{v}-{rep}"
             rate = VARIANTS[v](preset, w, run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
-            if rate is None:
-                missing.add(v)
-                continue
             this[v] = rate
             rates[v].append(rate)
         for v in ratios:
@@ -149,15 +142,12 @@ def measure(w: Workload, reps: int, variants: str, device: str, amp: str, scratc
               flush=True)
     return {"workload": w.name, "batch_size": w.batch_size, "window": [w.warmup, w.steps], "log_every": w.log_every,
             "steps_per_s": {v: r for v, r in rates.items() if r}, "median": {v: common.median(r) for v, r in rates.items()},
-            "ratio": {v: common.median(r) for v, r in ratios.items()}, "missing": sorted(missing)}
+            "ratio": {v: common.median(r) for v, r in ratios.items()}}
 
 
 def report(result: dict) -> None:
     goals = GOALS.get(result["workload"], {})
     for v, med in result["median"].items():
-        if v in result["missing"]:
-            print(f"  {NAMES[v]:<22} {common.APP_MISSING if v == 'c' else 'not available'}")
-            continue
         runs = result["steps_per_s"][v]
         line = f"  {NAMES[v]:<22} {_num(med):>10} steps/s  (min {_num(min(runs))}, max {_num(max(runs))})"
         if v != "a" and result["ratio"].get(v) is not None:

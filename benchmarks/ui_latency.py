@@ -1,7 +1,6 @@
-"""The UI never slows the trainer, and key latency. Needs the app (`tui_trainer.ui.launch.make_app`);
-until it exists this prints "app: not available yet" and reports the measurements as pending.
+"""The UI never slows the trainer, and key latency, measured on the app (`tui_trainer.ui.launch.make_app`).
 
-    python benchmarks/ui_latency.py            # needs the app
+    python benchmarks/ui_latency.py
     python benchmarks/ui_latency.py --quick
 
 The app runs headless under `App.run_test(size=(120, 40))`, training the tiny workload on a run long
@@ -93,14 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     threads = common.set_threads(args)
     result: dict = {"versions": common.versions(), "threads": threads, "quick": args.quick}
-    make_app = common.app_factory()
-    if make_app is None:
-        print(common.APP_MISSING)
-        print("ui: blocked-loop steps/s and key latency: pending")
-        result["pending"] = common.APP_MISSING
-        common.write_json(args.json, result)
-        return result
     from benchmarks.throughput import drive_app
+    from tui_trainer.ui.launch import make_app
 
     window_s = 0.5 if args.quick else 2.0
     presses = args.presses or (6 if args.quick else 40)

@@ -28,10 +28,6 @@ def matches(name: str, prefix: str) -> bool:
     return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
-def params_under(model: nn.Module, prefix: str) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if matches(n, prefix)]
-
-
 def module_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_modules() if n]
 

@@ -23,12 +23,6 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, name: str, base: str | Path = "runs") -> RunDir:
-        rd = cls.unused(name, base)
-        rd.path.mkdir(parents=True)
-        return rd
-
-    @classmethod
     def unused(cls, name: str, base: str | Path = "runs") -> RunDir:
         """A free runs/<name>-<YYYYmmdd-HHMMSS>/ path, not made yet."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
