@@ -74,35 +74,36 @@ class LineReporter:
             self._event(event)
 
     def _event(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.started = event
-            frozen = event.params_total - event.params_trainable
-            self.line(f"{event.run_name} | {event.device_name} | amp {event.amp} | weights {event.weights}"
-                      f" | {event.data}")
-            self.line(f"model: {human_count(event.params_total)} params, {human_count(event.params_trainable)}"
-                      f" trainable, {human_count(frozen)} frozen | {event.total_steps} steps"
-                      f" ({event.epochs} epochs x {event.steps_per_epoch}) | run dir {event.run_dir}")
-            if event.resumed_from:
-                self.line(f"resumed from {event.resumed_from} at step {event.start_step} (epoch {event.start_epoch})")
-            if self._progress is not None:
-                self._write(self._progress.start)
-            if self._progress is not None:
-                self._task = self._progress.add_task(event.run_name, total=event.total_steps,
-                                                     completed=event.start_step, status="")
-        elif isinstance(event, StepReport):
-            total = self.started.total_steps if self.started else "?"
-            epochs = self.started.epochs if self.started else "?"
-            eta = f" ETA {duration(event.eta_s)}" if event.eta_s is not None else ""
-            text = (f"epoch {event.epoch}/{epochs} step {event.step}/{total} loss {event.loss:.4f}"
-                    f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{eta}")
-            if self._progress is not None:
-                self._write(lambda: self._progress.update(self._task, completed=event.step,
-                                                          status=f"loss {event.loss:.4f}"))
-            else:
-                self.line(text)
-        elif isinstance(event, (Finished, Failed)):
-            self._stop_progress()
-            if isinstance(event, Failed):
+        match event:
+            case StepReport():
+                total = self.started.total_steps if self.started else "?"
+                epochs = self.started.epochs if self.started else "?"
+                eta = f" ETA {duration(event.eta_s)}" if event.eta_s is not None else ""
+                text = (f"epoch {event.epoch}/{epochs} step {event.step}/{total} loss {event.loss:.4f}"
+                        f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{eta}")
+                if self._progress is not None:
+                    self._write(lambda: self._progress.update(self._task, completed=event.step,
+                                                              status=f"loss {event.loss:.4f}"))
+                else:
+                    self.line(text)
+            case RunStarted():
+                self.started = event
+                frozen = event.params_total - event.params_trainable
+                self.line(f"{event.run_name} | {event.device_name} | amp {event.amp} | weights {event.weights}"
+                          f" | {event.data}")
+                self.line(f"model: {human_count(event.params_total)} params, {human_count(event.params_trainable)}"
+                          f" trainable, {human_count(frozen)} frozen | {event.total_steps} steps"
+                          f" ({event.epochs} epochs x {event.steps_per_epoch}) | run dir {event.run_dir}")
+                if event.resumed_from:
+                    self.line(f"resumed from {event.resumed_from} at step {event.start_step}"
+                              f" (epoch {event.start_epoch})")
+                if self._progress is not None:
+                    self._write(self._progress.start)
+                if self._progress is not None:
+                    self._task = self._progress.add_task(event.run_name, total=event.total_steps,
+                                                         completed=event.start_step, status="")
+            case Failed():
+                self._stop_progress()
                 # One line: what failed and where; the full traceback is in events.jsonl (Failed).
                 where = innermost_frame(event.traceback)
                 saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
@@ -110,10 +111,11 @@ class LineReporter:
                           if self.started and event.traceback else "")
                 self.line(f"FAILED at step {event.step}: {event.error}{f' ({where})' if where else ''}{saved}"
                           f"{record}", "red")
-            else:
+            case Finished():
+                self._stop_progress()
                 self._say(event)
-        else:
-            self._say(event)
+            case _:
+                self._say(event)
 
     def _say(self, event: Event) -> None:
         said = event_line(event, self.started)

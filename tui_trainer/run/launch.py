@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tui_trainer import config
 from tui_trainer.engine.commands import Control
-from tui_trainer.engine.events import Event
+from tui_trainer.engine.events import EpochEnd, Event, RunWarning, StepReport
 from tui_trainer.engine.trainer import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.run.server import ControlServer
@@ -110,8 +110,6 @@ def prepare(
 def _fan_out(sinks: list[Callable[[Event], None]]) -> Callable[[Event], None]:
     """One sink for the engine. A sink that raises is dropped (and the others are told), so a
     broken reporter can never end a training run or skip its checkpoint."""
-    from tui_trainer.engine.events import RunWarning
-
     def sink(event: Event) -> None:
         for s in list(sinks):
             try:
@@ -145,18 +143,17 @@ class TensorBoardSink:
         self.writer = writer
 
     def __call__(self, event: Event) -> None:
-        from tui_trainer.engine.events import EpochEnd, StepReport
-
-        if isinstance(event, StepReport):
-            for i, loss in enumerate(event.losses):
-                self.writer.add_scalar("train/loss", loss, event.first_step + i)
-            for g, lr in enumerate(event.lrs):
-                self.writer.add_scalar(f"lr/group{g}", lr, event.step)
-        elif isinstance(event, EpochEnd):
-            for key in ("train_loss", "val_loss", "val_acc"):
-                value = getattr(event, key)
-                if value is not None:
-                    self.writer.add_scalar(f"epoch/{key}", value, event.epoch)
+        match event:
+            case StepReport():
+                for i, loss in enumerate(event.losses):
+                    self.writer.add_scalar("train/loss", loss, event.first_step + i)
+                for g, lr in enumerate(event.lrs):
+                    self.writer.add_scalar(f"lr/group{g}", lr, event.step)
+            case EpochEnd():
+                for key in ("train_loss", "val_loss", "val_acc"):
+                    value = getattr(event, key)
+                    if value is not None:
+                        self.writer.add_scalar(f"epoch/{key}", value, event.epoch)
 
     def close(self) -> None:
         self.writer.close()

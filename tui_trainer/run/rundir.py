@@ -126,14 +126,16 @@ class Recorder:
 
     def __call__(self, event: Event) -> None:
         ok = self.events.write(event.json_line + "\n")
-        if isinstance(event, StepReport):
-            ok &= self.metrics.write(_csv_row({
-                "time": f"{event.time:.3f}", "phase": "train", "epoch": event.epoch, "step": event.step,
-                "loss": f"{event.loss:.6g}", "lr": f"{event.lrs[0]:.6g}", "samples_per_s": f"{event.samples_per_s:.1f}"}))
-        elif isinstance(event, EpochEnd):
-            ok &= self.metrics.write(_csv_row({
-                "time": f"{event.time:.3f}", "phase": "epoch", "epoch": event.epoch, "step": event.step,
-                "loss": _g(event.train_loss), "val_loss": _g(event.val_loss), "val_acc": _g(event.val_acc)}))
+        match event:
+            case StepReport():
+                ok &= self.metrics.write(_csv_row({
+                    "time": f"{event.time:.3f}", "phase": "train", "epoch": event.epoch, "step": event.step,
+                    "loss": f"{event.loss:.6g}", "lr": f"{event.lrs[0]:.6g}",
+                    "samples_per_s": f"{event.samples_per_s:.1f}"}))
+            case EpochEnd():
+                ok &= self.metrics.write(_csv_row({
+                    "time": f"{event.time:.3f}", "phase": "epoch", "epoch": event.epoch, "step": event.step,
+                    "loss": _g(event.train_loss), "val_loss": _g(event.val_loss), "val_acc": _g(event.val_acc)}))
         if not ok:
             self.dropped += 1
 

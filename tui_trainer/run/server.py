@@ -101,15 +101,19 @@ class Replay:
         item = (self._seq, line)
         if not self._started:
             self.head.append(item)
-            self._started = isinstance(event, RunStarted)
-        elif isinstance(event, StepReport):
-            self.reports = _thinned(self.reports, item, RECENT_REPORTS, MAX_OLD_REPORTS)
-        elif isinstance(event, EpochEnd):
-            self.epochs = _thinned(self.epochs, item, RECENT_EPOCHS, MAX_OLD_EPOCHS)
-        elif isinstance(event, LayerStats):
-            self.stats = item
-        else:
-            self.other.append(item)
+            match event:
+                case RunStarted():
+                    self._started = True
+            return
+        match event:
+            case StepReport():
+                self.reports = _thinned(self.reports, item, RECENT_REPORTS, MAX_OLD_REPORTS)
+            case EpochEnd():
+                self.epochs = _thinned(self.epochs, item, RECENT_EPOCHS, MAX_OLD_EPOCHS)
+            case LayerStats():
+                self.stats = item
+            case _:
+                self.other.append(item)
 
     def lines(self) -> bytes:
         merged = sorted(self.head + self.reports + self.epochs + list(self.other) + ([self.stats] if self.stats else []))

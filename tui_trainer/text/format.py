@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
+from tui_trainer.engine.events import (
+    CheckpointSaved,
+    EpochEnd,
+    Failed,
+    Finished,
+    LrChanged,
+    RunWarning,
+    StateChanged,
+    TrainableChanged,
+)
+
 
 def duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds < 0:
@@ -50,10 +63,6 @@ def event_line(event, started=None) -> tuple[str, str] | None:
     Shared by the headless reporter and the app's log pane so both say the same thing. Checkpoint
     lines show paths relative to the run directory (printed at start); the final line the full path.
     """
-    import os
-
-    from tui_trainer.engine import events as ev
-
     monitor = started.monitor if started is not None else ""
 
     def short(path: str | None) -> str:
@@ -62,41 +71,42 @@ def event_line(event, started=None) -> tuple[str, str] | None:
         rel = os.path.relpath(path, started.run_dir)
         return path if rel.startswith("..") else rel
 
-    if isinstance(event, ev.EpochEnd):
-        parts = [f"epoch {event.epoch} done:"]
-        for key in ("train_loss", "val_loss", "val_acc"):
-            value = getattr(event, key)
-            if value is not None:
-                parts.append(f"{key} {value:.4f}")
-        if event.best is not None:
-            parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
-        if event.patience:
-            parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
-        parts.append(f"| {event.seconds:.1f}s val")
-        return " ".join(parts), "good" if event.improved else "info"
-    if isinstance(event, ev.CheckpointSaved):
-        return (f"checkpoint {short(event.path)} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
-                f" in {event.seconds:.2f}s", "info")
-    if isinstance(event, ev.LrChanged):
-        return (f"LR changed ({event.reason}): {lrs_text(event.lrs)} (manual factor x{event.manual_factor:g})",
-                "warn")
-    if isinstance(event, ev.TrainableChanged):
-        verb = "unfroze" if event.trainable else "froze"
-        what = ", ".join(p or "(all)" for p in event.prefixes)
-        if len(what) > 80:
-            what = f"{len(event.prefixes)} layers"
-        return (f"{verb} {what}: trainable {human_count(event.params_trainable)} / "
-                f"{human_count(event.params_total)} params", "info")
-    if isinstance(event, ev.RunWarning):
-        return f"WARNING {event.message}", "warn"
-    if isinstance(event, ev.StateChanged) and event.state in ("paused", "stopping"):
-        return f"{event.state} at step {event.step}", "info"
-    if isinstance(event, ev.Finished):
-        best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {event.best_path}"
-                if event.best is not None and event.best_path else "")
-        return (f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}",
-                "good" if event.exit_code == 0 else "error")
-    if isinstance(event, ev.Failed):
-        saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
-        return f"FAILED at step {event.step}: {event.error}{saved}", "error"
+    match event:
+        case EpochEnd():
+            parts = [f"epoch {event.epoch} done:"]
+            for key in ("train_loss", "val_loss", "val_acc"):
+                value = getattr(event, key)
+                if value is not None:
+                    parts.append(f"{key} {value:.4f}")
+            if event.best is not None:
+                parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
+            if event.patience:
+                parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
+            parts.append(f"| {event.seconds:.1f}s val")
+            return " ".join(parts), "good" if event.improved else "info"
+        case CheckpointSaved():
+            return (f"checkpoint {short(event.path)} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
+                    f" in {event.seconds:.2f}s", "info")
+        case LrChanged():
+            return (f"LR changed ({event.reason}): {lrs_text(event.lrs)} (manual factor x{event.manual_factor:g})",
+                    "warn")
+        case TrainableChanged():
+            verb = "unfroze" if event.trainable else "froze"
+            what = ", ".join(p or "(all)" for p in event.prefixes)
+            if len(what) > 80:
+                what = f"{len(event.prefixes)} layers"
+            return (f"{verb} {what}: trainable {human_count(event.params_trainable)} / "
+                    f"{human_count(event.params_total)} params", "info")
+        case RunWarning():
+            return f"WARNING {event.message}", "warn"
+        case StateChanged(state="paused" | "stopping"):
+            return f"{event.state} at step {event.step}", "info"
+        case Finished():
+            best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {event.best_path}"
+                    if event.best is not None and event.best_path else "")
+            return (f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}",
+                    "good" if event.exit_code == 0 else "error")
+        case Failed():
+            saved = f"; emergency checkpoint {event.emergency_path}" if event.emergency_path else ""
+            return f"FAILED at step {event.step}: {event.error}{saved}", "error"
     return None

@@ -41,8 +41,9 @@ class _Buffered:
         self.buffering = True  # False once nobody drains (the app has gone): only `final` is kept
 
     def sink(self, event: Event) -> None:
-        if isinstance(event, (Finished, Failed)):
-            self.final = event
+        match event:
+            case Finished() | Failed():
+                self.final = event
         if self.buffering:
             self._events.append(event)
 

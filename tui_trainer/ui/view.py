@@ -11,7 +11,21 @@ import math
 import time
 from collections import deque
 
-from tui_trainer.engine import events as ev
+from tui_trainer.engine.events import (
+    CheckpointSaved,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    LayerStats,
+    LrChanged,
+    MemorySample,
+    RunStarted,
+    RunWarning,
+    StateChanged,
+    StepReport,
+    TrainableChanged,
+)
 from tui_trainer.text.format import event_line
 
 
@@ -49,7 +63,7 @@ class RunView:
     RECENT = 600  # per-step losses kept raw for the sparklines
 
     def __init__(self) -> None:
-        self.started: ev.RunStarted | None = None
+        self.started: RunStarted | None = None
         self.state = "starting"
         self.step = 0
         self.epoch = 1
@@ -63,40 +77,58 @@ class RunView:
         self.smoothed: deque[float] = deque(maxlen=self.RECENT)
         self._ema: float | None = None
         self.lr_history: list[Series] = []
-        self.epochs: deque[ev.EpochEnd] = deque(maxlen=1000)  # the pane shows the last few
+        self.epochs: deque[EpochEnd] = deque(maxlen=1000)  # the pane shows the last few
         self.trainable: tuple[bool | None, ...] = ()
         self.params_trainable = 0
         self.params_total = 0
         self.grad_norm: tuple[float | None, ...] = ()
         self.update_ratio: tuple[float | None, ...] = ()
-        self.memory: ev.MemorySample | None = None
+        self.memory: MemorySample | None = None
         self.memory_history: deque[float] = deque(maxlen=300)
         self.badges: list[str] = []
         self.log: deque[tuple[float, str, str]] = deque(maxlen=2000)
         self.log_count = 0  # total lines ever logged: the log pane writes the ones it has not seen
         self.last_checkpoint: str | None = None
-        self.final: ev.Finished | ev.Failed | None = None
+        self.final: Finished | Failed | None = None
         self.dirty: set[str] = set()
 
     # ------------------------------------------------------------------ events in
 
-    def apply(self, event: ev.Event) -> None:
-        handler = getattr(self, f"_on_{event.kind}", None)
-        if handler is not None:
-            handler(event)
-        said = event_line(event, self.started)
+    def apply(self, event: Event) -> None:
+        said = event_line(event, self.started)  # (None for RunStarted, whose handler says its own lines)
         if said is not None:
             self.say(*said, when=event.time)
-        if isinstance(event, ev.Failed):
-            for line in event.traceback.rstrip().splitlines():
-                self.say(line, "error", when=event.time)
+        match event:
+            case StepReport():
+                self._on_step_report(event)
+            case LayerStats():
+                self._on_layer_stats(event)
+            case RunStarted():
+                self._on_run_started(event)
+            case StateChanged():
+                self._on_state_changed(event)
+            case EpochEnd():
+                self._on_epoch_end(event)
+            case LrChanged():
+                self._on_lr_changed(event)
+            case TrainableChanged():
+                self._on_trainable_changed(event)
+            case CheckpointSaved():
+                self.last_checkpoint = event.path
+            case RunWarning():
+                self._on_run_warning(event)
+            case Finished():
+                self.final = event
+                self.dirty |= {"header", "final"}
+            case Failed():
+                self._on_failed(event)
 
     def say(self, text: str, level: str = "info", when: float | None = None) -> None:
         self.log.append((when or time.time(), text, level))
         self.log_count += 1
         self.dirty.add("log")
 
-    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+    def _on_run_started(self, e: RunStarted) -> None:
         self.started = e
         self.step = e.start_step
         self.epoch = e.start_epoch
@@ -110,11 +142,11 @@ class RunView:
         self.say(f"run dir {e.run_dir}" + (f" (resumed from {e.resumed_from})" if e.resumed_from else ""))
         self.dirty |= {"header", "layers", "lr", "loss"}
 
-    def _on_StateChanged(self, e: ev.StateChanged) -> None:
+    def _on_state_changed(self, e: StateChanged) -> None:
         self.state = e.state
         self.dirty.add("header")
 
-    def _on_StepReport(self, e: ev.StepReport) -> None:
+    def _on_step_report(self, e: StepReport) -> None:
         self.step, self.epoch = e.step, e.epoch
         self.samples_per_s, self.eta_s = e.samples_per_s, e.eta_s
         self.lrs = e.lrs
@@ -133,43 +165,38 @@ class RunView:
             self.dirty.add("memory")
         self.dirty |= {"header", "loss", "lr"}
 
-    def _on_LayerStats(self, e: ev.LayerStats) -> None:
+    def _on_layer_stats(self, e: LayerStats) -> None:
         self.grad_norm, self.update_ratio = e.grad_norm, e.update_ratio
         self.dirty.add("layer_stats")
 
-    def _on_EpochEnd(self, e: ev.EpochEnd) -> None:
+    def _on_epoch_end(self, e: EpochEnd) -> None:
         self.epochs.append(e)
         self.dirty |= {"loss", "header", "lr"}
 
-    def _on_LrChanged(self, e: ev.LrChanged) -> None:
+    def _on_lr_changed(self, e: LrChanged) -> None:
         self.lrs = e.lrs
         if e.reason == "manual":
             self.manual_changes.append((e.step, e.manual_factor))
         self.manual_factor = e.manual_factor
         self.dirty |= {"lr", "header"}
 
-    def _on_TrainableChanged(self, e: ev.TrainableChanged) -> None:
+    def _on_trainable_changed(self, e: TrainableChanged) -> None:
         self.trainable = e.state
         self.params_trainable, self.params_total = e.params_trainable, e.params_total
         self.dirty.add("layers")
 
-    def _on_CheckpointSaved(self, e: ev.CheckpointSaved) -> None:
-        self.last_checkpoint = e.path
-
-    def _on_RunWarning(self, e: ev.RunWarning) -> None:
+    def _on_run_warning(self, e: RunWarning) -> None:
         short = e.message.split(";")[0]
         if short not in self.badges:
             self.badges = (self.badges + [short])[-3:]
         self.dirty.add("header")
 
-    def _on_Finished(self, e: ev.Finished) -> None:
-        self.final = e
-        self.dirty |= {"header", "final"}
-
-    def _on_Failed(self, e: ev.Failed) -> None:
+    def _on_failed(self, e: Failed) -> None:
         self.final = e
         self.state = "failed"
         self.dirty |= {"header", "final"}
+        for line in e.traceback.rstrip().splitlines():  # after the FAILED line
+            self.say(line, "error", when=e.time)
 
     # ------------------------------------------------------------------ derived
 
@@ -178,7 +205,7 @@ class RunView:
         return self.started.total_steps if self.started else 0
 
     @property
-    def last_epoch(self) -> ev.EpochEnd | None:
+    def last_epoch(self) -> EpochEnd | None:
         return self.epochs[-1] if self.epochs else None
 
     def replanned(self, group: int = 0) -> tuple[list[int], list[float]]:
