@@ -32,6 +32,7 @@ from tui_trainer.ui.widgets.log import EventLog
 from tui_trainer.ui.widgets.losses import LossPane
 from tui_trainer.ui.widgets.lr_preview import LrPane
 from tui_trainer.ui.widgets.memory import MemoryPane
+from tui_trainer.ui.widgets.pane import Pane
 
 PANES = ("layers", "lr", "loss", "memory", "log")
 # How often a pane may redraw at most (s). The UI thread and the trainer share the GIL: on a small
@@ -82,7 +83,6 @@ class TrainerApp(App[int]):
         self.active_pane = "layers"
         self._interrupts = 0
         self._exit_on_final = False
-        self._layers_for = None
         self._redraw: set[str] = set()
         self._drawn_at: dict[str, float] = {}
         self._signals: list[int] = []
@@ -173,10 +173,8 @@ class TrainerApp(App[int]):
             self.view.apply(event)
         view = self.view
         dirty = view.take_dirty()
-        if "layers" in dirty and view.started is not None:
-            structure = self._layers_for is not view.started
-            self._layers_for = view.started
-            self.w("#layers").update_from(view, structure)
+        if "layers" in dirty and view.started is not None:  # the tree and its marks: at once, not paced
+            self._pane("layers").draw(view, "layers")
         self._redraw |= dirty & set(REDRAW_PERIOD_S)
         now = time.monotonic()
         final = "final" in dirty  # the last picture is drawn whole, at once
@@ -185,7 +183,7 @@ class TrainerApp(App[int]):
                 continue
             pane = self._pane(name)
             if pane.display or name == "log":  # the log keeps its lines even while hidden
-                pane.update_stats(view) if name == "layer_stats" else pane.update_from(view)
+                pane.draw(view, name)
                 self._drawn_at[name] = now
                 self._redraw.discard(name)
         if final:
@@ -328,8 +326,8 @@ class TrainerApp(App[int]):
             return True
         return any(name == "log" or self._pane(name).display for name in self._redraw)
 
-    def _pane(self, name: str):
-        """The widget that draws REDRAW_PERIOD_S[name] (layer statistics live in the layers pane)."""
+    def _pane(self, name: str) -> Pane:
+        """The widget that draws `name` (layer statistics live in the layers pane)."""
         return self.w("#layers" if name == "layer_stats" else f"#{name}")
 
     @property

@@ -22,7 +22,7 @@ STATE_STYLE = {
 
 
 class RunHeader(Static):
-    def update_from(self, view: RunView) -> None:
+    def draw(self, view: RunView, what: str) -> None:
         s = view.started
         top = Text()
         top.append(" tui-trainer ", style="bold reverse")

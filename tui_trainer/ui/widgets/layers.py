@@ -285,10 +285,17 @@ class LayersPane(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Layers"
         self.border_subtitle = "space toggle · f freeze to · u unfreeze all · →/← expand"
+        self._layers_for = None  # the RunStarted whose layers the table holds
 
-    def update_from(self, view: RunView, structure: bool) -> None:
+    def draw(self, view: RunView, what: str) -> None:
+        """The statistics columns ("layer_stats", paced), or ("layers") the trainable marks and the
+        totals, with the whole tree first when the run (its RunStarted) is new."""
         table = self.query_one(LayerTable)
-        if structure and view.started is not None:
+        if what == "layer_stats":
+            table.set_stats(view.grad_norm, view.update_ratio)
+            return
+        if view.started is not None and view.started is not self._layers_for:
+            self._layers_for = view.started
             table.set_layers(view.started.layers, view.trainable)
         else:
             table.set_trainable(view.trainable)
@@ -296,6 +303,3 @@ class LayersPane(Vertical):
         self.query_one("#layer-totals", Static).update(
             Text.assemble(("trainable ", "bold"), f"{human_count(view.params_trainable)} / {human_count(total)}"
                           f" params ({100 * view.params_trainable / total:.1f}%)"))
-
-    def update_stats(self, view: RunView) -> None:
-        self.query_one(LayerTable).set_stats(view.grad_norm, view.update_ratio)

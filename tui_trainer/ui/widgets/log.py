@@ -20,7 +20,7 @@ class EventLog(RichLog):
     def on_mount(self) -> None:
         self.border_title = "Log"
 
-    def update_from(self, view: RunView) -> None:
+    def draw(self, view: RunView, what: str) -> None:
         new = view.log_count - self._written
         if new <= 0:
             return

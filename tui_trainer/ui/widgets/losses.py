@@ -20,7 +20,7 @@ class LossPane(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Loss"
 
-    def update_from(self, view: RunView) -> None:
+    def draw(self, view: RunView, what: str) -> None:
         width = max(10, self.size.width - 2)
         raw = list(view.recent)[-width * 2:]
         smooth = list(view.smoothed)[-width * 2:]

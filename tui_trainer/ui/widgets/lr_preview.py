@@ -49,7 +49,7 @@ class LrPane(Vertical):
         self.border_title = "LR schedule"
         self.border_subtitle = "l lower · L undo"
 
-    def update_from(self, view: RunView) -> None:
+    def draw(self, view: RunView, what: str) -> None:
         s = view.started
         if s is None:
             return

@@ -21,7 +21,7 @@ class MemoryPane(Vertical):
         self.border_title = "Memory"
         self._shape = None
 
-    def update_from(self, view: RunView) -> None:
+    def draw(self, view: RunView, what: str) -> None:
         m = view.memory
         width = max(8, self.size.width - 34)
         text = Text()
