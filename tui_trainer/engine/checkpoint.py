@@ -9,6 +9,12 @@ A write that fails is an OSError; `atomic_save` raises it as a CheckpointWriteEr
 in one line ("disk full: 3.2 MiB free in runs/x/checkpoints"). torch.save reports a short write as
 a RuntimeError ("[enforce fail at inline_container.cc:672] . unexpected pos ..."), with the
 ENOSPC OSError only in its __context__: `describe_write_error` looks there, and at the free space.
+
+The trainer's state (`trainer_state` / `load_trainer_state`: what a checkpoint holds and how a
+resume puts it back) and the file names of its saves (`file_name`) live here too, as DESIGN.md
+places them: what is in a checkpoint and how it is written are read together, and the file stays
+under 400 lines with them, so no sibling module is needed. `Trainer.state_dict()` and
+`Trainer.load_state_dict()` remain as one-line methods (run/launch.py and tests call them).
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ import errno
 import os
 import random
 import re
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tui_trainer.errors import UserError, describe_load_error
+
+if TYPE_CHECKING:
+    from tui_trainer.engine.trainer import Trainer
 
 FORMAT = "tui-trainer/1"
 _TMP = re.compile(r"^\..+\.tmp$")
@@ -89,6 +99,18 @@ class CheckpointDir:
             raise
         _fsync_dir(self.root)
         return dest
+
+    def save(self, name: str, tags: tuple[str, ...], payload: dict[str, Any]) -> tuple[Path, int]:
+        """Write `name`, give it the other names its tags ask for (last.pt, best.pt), and after an
+        epoch save keep only the newest `keep_last` epoch files. Any step failing is an OSError."""
+        path, size = self.write(name, payload)
+        if "last" in tags and name != "last.pt":
+            self.alias(path, "last.pt")
+        if "best" in tags and name != "best.pt":
+            self.alias(path, "best.pt")
+        if "epoch" in tags:
+            self.rotate()
+        return path, size
 
     def rotate(self, pattern: str = "epoch-*.pt") -> list[Path]:
         """Keep the newest `keep_last` files matching `pattern` (0 keeps none)."""
@@ -238,6 +260,75 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source="--resume")
     return state
+
+
+# --------------------------------------------------------------------------- the trainer's state
+
+
+def file_name(tags: tuple[str, ...], step: int, epoch: int) -> str:
+    """The file a save with these tags writes (`epoch`: epochs completed, for an epoch save)."""
+    if "manual" in tags:
+        return f"manual-step-{step:08d}.pt"
+    if "epoch" in tags:
+        return f"epoch-{epoch:04d}.pt"
+    if "emergency" in tags:
+        return f"emergency-step-{step:08d}.pt"
+    if tags == ("best",):
+        return "best.pt"
+    return "last.pt"
+
+
+def trainer_state(t: Trainer) -> dict[str, Any]:
+    """Everything a resume needs to continue exactly where `t` is (what `Trainer.state_dict` returns)."""
+    return {
+        "format": FORMAT,
+        "run_name": t.preset.name,
+        "saved_at": time.time(),
+        "step": t.step,
+        "epoch": t.epoch,
+        "batch_in_epoch": t.batch_in_epoch,
+        "epoch_loss": list(t.epoch_loss),
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "schedule": t.schedule.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+        "rng": rng_state(),
+        "trainable": {n: p.requires_grad for n, p in t.model.named_parameters()},
+        "best": t.best.state_dict(),
+        "early_stopping": t.early.best.state_dict() if t.early else None,
+        "config": t.preset.to_dict(),
+    }
+
+
+def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> None:
+    """Put a checkpoint's state back into `t`: weights, optimizer, schedule, scaler, RNG, position,
+    trainable map. A checkpoint of another model or optimizer is a UserError that names `source`."""
+    try:
+        t.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise UserError(f"{source} is from another model ({lines[1][:160] if len(lines) > 1 else lines[0]});"
+                        " resume with the preset it was trained with", source="--resume") from None
+    trainable = state.get("trainable", {})
+    for name, param in t.model.named_parameters():
+        param.requires_grad_(bool(trainable.get(name, param.requires_grad)))
+    try:
+        t.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{source}: optimizer state does not fit this preset's optimizer or param groups ({exc})",
+                        source="--resume") from None
+    t.schedule.load_state_dict(state["schedule"])
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    t.step = int(state["step"])
+    t.epoch = int(state["epoch"])
+    t.batch_in_epoch = int(state["batch_in_epoch"])
+    t.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
+    t.best.load_state_dict(state["best"])
+    if t.early is not None and state.get("early_stopping"):
+        t.early.best.load_state_dict(state["early_stopping"])
+    t.schedule.before_step(t.step)
+    set_rng_state(state["rng"])
 
 
 # --------------------------------------------------------------------------- RNG state

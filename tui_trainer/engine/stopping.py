@@ -1,9 +1,15 @@
-"""Best-so-far tracking and early stopping: flags checked at epoch ends, never exceptions."""
+"""When training should stop. Best-so-far tracking and early stopping: flags checked at epoch
+ends, never exceptions. The non-finite guard: train.nonfinite ("stop" or "skip") and the check that
+no checkpoint is written from non-finite weights; it raises NonFinite, which ends the run."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
+import torch
+
+from tui_trainer.engine.events import RunWarning
 
 
 @dataclass
@@ -53,3 +59,70 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.best.bad_epochs >= self.patience
+
+
+# --------------------------------------------------------------------------- the non-finite guard
+
+
+class NonFinite(Exception):
+    """A non-finite loss or weight where the run must stop: it ends as Finished("nonfinite"), exit 1."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} at step {step}")
+        self.step = step
+
+
+class NonFiniteGuard:
+    """train.nonfinite. "stop" (and always with LBFGS): the first non-finite loss ends the run. It is
+    found at report time in the losses the report reads anyway, so the step path gets no host sync.
+    "skip": a step whose loss or gradients are not finite makes no update (checked per step, which
+    costs one sync), and the report warns about each such step."""
+
+    def __init__(self, mode: str, *, closure: bool, scaler: bool):
+        self.stops = mode == "stop" or closure
+        # LBFGS updates inside optimizer.step (nothing to skip) and fp16's GradScaler skips by itself
+        self.skips = mode == "skip" and not closure and not scaler
+        self.warning = ('train.nonfinite = "skip": LBFGS updates inside its step, so nothing can be skipped;'
+                        " a non-finite loss stops the run") if mode == "skip" and closure else None
+        self._skipped: list[int] = []  # steps whose update skip mode dropped, not yet reported
+
+    def update_is_finite(self, loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
+        """train.nonfinite = "skip": are the loss and every gradient finite? This costs one host
+        sync per step, paid in skip mode only ("stop" checks at report and save time and adds no
+        per-step sync). Skipping on the device instead would mean a copy of every parameter and
+        optimizer state per step; fp16 needs none of this, as its GradScaler already skips steps
+        with non-finite gradients (and lowers the scale), so skip mode leaves that path alone."""
+        grads = [p.grad for p in params if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        flags = torch.stack([loss.detach().float().reshape(()), *[n.float() for n in norms]])
+        return bool(torch.isfinite(flags).all())
+
+    def skipped(self, step: int) -> None:
+        self._skipped.append(step)
+
+    def check_losses(self, values: list[float], first: int) -> tuple[list[float], list[RunWarning], NonFinite | None]:
+        """The losses of steps `first`, `first + 1`, ... as a report shows them, the warnings to send
+        before it, and the NonFinite to raise after it. "stop": the losses up to the first non-finite
+        one, and its NonFinite. Otherwise a warning for each step whose update was skipped."""
+        if self.stops:
+            at = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+            if at is None:
+                return values, [], None
+            return values[: at + 1], [], NonFinite(first + at, f"non-finite loss ({values[at]})")
+        skipped, self._skipped = set(self._skipped), []
+        warnings = []
+        for i, v in enumerate(values):
+            if not math.isfinite(v) or first + i in skipped:
+                what = f"non-finite loss ({v})" if not math.isfinite(v) else "non-finite gradients"
+                warnings.append(RunWarning(first + i, f"{what} at step {first + i}: update skipped"))
+        return values, warnings, None
+
+
+def check_weights_finite(params: list[torch.Tensor], step: int) -> None:
+    """Raise NonFinite unless every weight is finite: before each save, in every mode, so no
+    checkpoint is ever written from non-finite weights. One host sync, at save time only."""
+    with torch.no_grad():
+        norms = torch._foreach_norm([p.detach() for p in params])
+        ok = bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    if not ok:
+        raise NonFinite(step, "non-finite weights")

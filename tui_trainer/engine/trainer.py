@@ -1,5 +1,12 @@
 """The training loop. It knows no screen: it emits events to `sink` and applies commands from a
-queue between steps. Read `_train` top to bottom for the whole run.
+queue between steps. The loop reads top to bottom: `run` -> `_train` (epochs) -> `_step` (one batch)
+-> `_between_steps` (commands); below it, what they call.
+
+What runs every step stays in this file (the loop, the update, the commands, the report: about 430
+lines) so that a step can be followed without leaving it. What runs rarely lives next to it:
+`epochs.py` the end of an epoch (validation, best, early stopping, the epoch checkpoint),
+`checkpoint.py` what a checkpoint holds (`state_dict`) and how it is written, `stopping.py` early
+stopping and the non-finite guard, `endings.py` how a run ends (Finished or Failed).
 
 Host syncs: the step path has none on CUDA. Losses stay on the device and are read in one
 `.tolist()` per report (`log_every` steps); everything else that reads a value (validation,
@@ -12,7 +19,6 @@ import contextlib
 import math
 import queue
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,32 +28,15 @@ from tui_trainer.parts import Parts
 from tui_trainer.parts.layers import first_tensor, matches, trainable_state
 from tui_trainer.config import resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
+from tui_trainer.engine import endings, epochs
 from tui_trainer.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
-from tui_trainer.engine.events import (
-    CheckpointSaved,
-    EpochEnd,
-    Event,
-    Failed,
-    Finished,
-    LayerStats,
-    LrChanged,
-    RunStarted,
-    RunWarning,
-    StateChanged,
-    StepReport,
-    TrainableChanged,
-)
+from tui_trainer.engine.events import (CheckpointSaved, Event, Failed, Finished, LayerStats, LrChanged, RunStarted,
+                                       RunWarning, StateChanged, StepReport, TrainableChanged)
 from tui_trainer.engine.layer_stats import UpdateProbe
 from tui_trainer.engine.probes import MemoryProbe
-from tui_trainer.engine.stopping import Best, EarlyStopping
-from tui_trainer.errors import UserError
+from tui_trainer.engine.stopping import Best, EarlyStopping, NonFinite, NonFiniteGuard, check_weights_finite
 
-
-class NonFinite(Exception):
-    def __init__(self, step: int, what: str):
-        super().__init__(f"{what} at step {step}")
-        self.step = step
-
+describe_failure = endings.describe_failure  # its import path before endings.py existed
 
 Sink = Callable[[Event], None]
 STATS_BUDGET = 0.005  # the share of wall time per-layer statistics may cost
@@ -85,9 +74,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
         self.needs_closure = isinstance(self.optimizer, torch.optim.LBFGS)
         self.clip = train.grad_clip_norm
-        # LBFGS updates inside optimizer.step (nothing to skip) and fp16's GradScaler skips by itself
-        self.skip_nonfinite = train.nonfinite == "skip" and not self.needs_closure and self.scaler is None
-        self._skipped: list[int] = []  # steps whose update skip mode dropped, not yet reported
+        self.guard = NonFiniteGuard(train.nonfinite, closure=self.needs_closure, scaler=self.scaler is not None)
         self.bn_modules = [(n, m) for n, m in self.model.named_modules()
                            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
@@ -123,27 +110,25 @@ class Trainer:
         self._stats_due = False
         self._stats_cost = 0.0
 
-    # ------------------------------------------------------------------ the run
+    # ------------------------------------------------------------------ the loop
 
     def run(self) -> Finished | Failed:
         t0 = time.monotonic()
         for path in self.checkpoints.clean_stray():
             self._emit(RunWarning(self.step, f"removed an incomplete checkpoint left by a killed run: {path.name}"))
         self._emit(self._run_started())
-        for message in self.parts.warnings:
-            self._emit(RunWarning(self.step, message))
-        if self.preset.train.nonfinite == "skip" and self.needs_closure:
-            self._emit(RunWarning(self.step, 'train.nonfinite = "skip": LBFGS updates inside its step, so nothing'
-                                  " can be skipped; a non-finite loss stops the run"))
+        for message in (*self.parts.warnings, self.guard.warning):
+            if message:
+                self._emit(RunWarning(self.step, message))
         self._set_state("running")
         try:
             status = self._train()
             # inside the try: the last report or the final save can still find a non-finite loss
             return self._finish(status, t0)
         except NonFinite as exc:
-            return self._end_nonfinite(exc, t0)
+            return endings.end_nonfinite(self, exc, t0)
         except Exception as exc:  # noqa: BLE001 - any failure ends as a Failed event, never a dead thread
-            return self._fail(exc)
+            return endings.fail(self, exc)
         finally:
             self.parts.data.close()  # worker processes end with the run (a failure must not leave them)
 
@@ -189,29 +174,11 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-            stats = self._stats_due
-            if self.skip_nonfinite and not self._update_is_finite(loss):
+            if self.guard.skips and not self.guard.update_is_finite(loss, self.params):
                 self.optimizer.zero_grad(set_to_none=True)  # no update from this batch
-                self._skipped.append(self.step + 1)
+                self.guard.skipped(self.step + 1)
             else:
-                if self.scaler is not None and (self.clip or stats):
-                    self.scaler.unscale_(self.optimizer)
-                if self.clip:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
-                if stats:
-                    t_stats = time.perf_counter()
-                    self._stats.before_step()
-                    self._stats_cost = time.perf_counter() - t_stats
-                self._in_update = True
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self._in_update = False
-                self.optimizer.zero_grad(set_to_none=True)
-                if stats:
-                    self._layer_stats()
+                self._update()
         self.step += 1
         self.batch_in_epoch += 1
         if not self._pending:
@@ -220,16 +187,44 @@ class Trainer:
         if self.schedule.needs_per_step:
             self.schedule.after_step(self.step)
 
-    def _update_is_finite(self, loss: torch.Tensor) -> bool:
-        """train.nonfinite = "skip": are the loss and every gradient finite? This costs one host
-        sync per step, paid in skip mode only ("stop" checks at report and save time and adds no
-        per-step sync). Skipping on the device instead would mean a copy of every parameter and
-        optimizer state per step; fp16 needs none of this, as its GradScaler already skips steps
-        with non-finite gradients (and lowers the scale), so skip mode leaves that path alone."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norms = torch._foreach_norm(grads) if grads else []
-        flags = torch.stack([loss.detach().float().reshape(()), *[n.float() for n in norms]])
-        return bool(torch.isfinite(flags).all())
+    def _between_steps(self) -> str | None:
+        """Apply queued commands; wait while paused. Returns a status when the run must end."""
+        if self.commands.empty() and not self.should_stop() and not self._paused:
+            return None  # the fast path of every step
+        while True:
+            self._drain_commands()
+            if self._stop is not None:
+                return self._stop_status()
+            if not self._paused:
+                return None
+            try:  # paused: sleep on the queue so a command wakes us at once
+                self._apply(self.commands.get(timeout=0.1))
+            except queue.Empty:
+                pass
+
+    # ------------------------------------------------------------------ one batch
+
+    def _update(self) -> None:
+        """Clip, step the optimizer, and take the layer statistics when they are due."""
+        stats = self._stats_due
+        if self.scaler is not None and (self.clip or stats):
+            self.scaler.unscale_(self.optimizer)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+        if stats:
+            t_stats = time.perf_counter()
+            self._stats.before_step()
+            self._stats_cost = time.perf_counter() - t_stats
+        self._in_update = True
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self._in_update = False
+        self.optimizer.zero_grad(set_to_none=True)
+        if stats:
+            self._layer_stats()
 
     def _closure(self, x, y):
         self.optimizer.zero_grad(set_to_none=True)
@@ -251,22 +246,7 @@ class Trainer:
                 if not any(p.requires_grad for p in module.parameters()):
                     module.eval()
 
-    # ------------------------------------------------------------------ between steps
-
-    def _between_steps(self) -> str | None:
-        """Apply queued commands; wait while paused. Returns a status when the run must end."""
-        if self.commands.empty() and not self.should_stop() and not self._paused:
-            return None  # the fast path of every step
-        while True:
-            self._drain_commands()
-            if self._stop is not None:
-                return self._stop_status()
-            if not self._paused:
-                return None
-            try:  # paused: sleep on the queue so a command wakes us at once
-                self._apply(self.commands.get(timeout=0.1))
-            except queue.Empty:
-                pass
+    # ------------------------------------------------------------------ commands
 
     def _apply(self, cmd: Command) -> None:
         if isinstance(cmd, SaveCheckpoint):
@@ -320,6 +300,16 @@ class Trainer:
     def _stop_status(self) -> str:
         return "signal" if self._stop is not None and self._stop.signum else "stopped"
 
+    def _drain_commands(self) -> None:
+        """Apply every queued command now; a cancelled worker counts as a stop."""
+        try:
+            while True:
+                self._apply(self.commands.get_nowait())
+        except queue.Empty:
+            pass
+        if self.should_stop() and self._stop is None:
+            self._stop = Stop(reason="cancelled")
+
     # ------------------------------------------------------------------ reporting
 
     def _report(self) -> None:
@@ -328,17 +318,9 @@ class Trainer:
         values = torch.stack(self._pending).float().tolist()  # the one host sync per report
         first = self._pending_first
         self._pending.clear()
-        stop_at = None
-        if self.preset.train.nonfinite == "stop" or self.needs_closure:
-            stop_at = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-            if stop_at is not None:
-                values = values[: stop_at + 1]  # report up to the bad step, then stop (below)
-        else:
-            skipped, self._skipped = set(self._skipped), []
-            for i, v in enumerate(values):
-                if not math.isfinite(v) or first + i in skipped:
-                    what = f"non-finite loss ({v})" if not math.isfinite(v) else "non-finite gradients"
-                    self._emit(RunWarning(first + i, f"{what} at step {first + i}: update skipped"))
+        values, warnings, nonfinite = self.guard.check_losses(values, first)
+        for warning in warnings:
+            self._emit(warning)
         finite = [v for v in values if math.isfinite(v)]
         self.epoch_loss[0] += sum(finite)
         self.epoch_loss[1] += len(finite)
@@ -356,8 +338,8 @@ class Trainer:
             memory = self._memory.read()
         self._emit(StepReport(first + len(values) - 1, self.epoch + 1, first, tuple(values),
                               tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory))
-        if stop_at is not None:
-            raise NonFinite(first + stop_at, f"non-finite loss ({values[stop_at]})")
+        if nonfinite is not None:
+            raise nonfinite
         if self._stats is not None and now - self._stats_at >= self._stats_every:
             self._stats_due = True
 
@@ -374,117 +356,24 @@ class Trainer:
 
     def _end_epoch(self) -> bool:
         """Validate, track the best, step the epoch scheduler, checkpoint. True = stop early."""
-        self._report()
-        t0 = time.monotonic()
-        val_loss, val_acc = self._validate()
-        self._val_seconds = time.monotonic() - t0
-        if self._stop is not None:
-            return False  # stopped during validation: this epoch is not complete
-        epoch_no = self.epoch + 1
-        total, count = self.epoch_loss
-        train_loss = total / count if count else None
-        metrics = {"val_loss": val_loss, "val_acc": val_acc, "train_loss": train_loss}
-        monitor = self.preset.checkpoint.monitor
-        value = metrics[monitor] if metrics[monitor] is not None else train_loss
-        improved = self.best.update(value, epoch_no)
-        stop_early = False
-        if self.early is not None:
-            es_value = metrics[self.preset.early_stopping.monitor]
-            self.early.update(es_value if es_value is not None else train_loss, epoch_no)
-            stop_early = self.early.should_stop
-        before = self.schedule.current()
-        self.schedule.after_epoch(metrics[self.preset.scheduler.monitor])
-        if self.schedule.plateau and self.schedule.current() != before:
-            self._emit(LrChanged(self.step, tuple(self.schedule.current()), self.schedule.manual_factor, "plateau"))
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        self.epoch_loss = [0.0, 0]
-        es_state = self.early.best if self.early else None
-        self._emit(EpochEnd(
-            epoch_no, self.step, train_loss, val_loss, val_acc, time.monotonic() - t0, monitor, value,
-            self.best.value, self.best.epoch, improved,
-            es_state.bad_epochs if es_state else 0, self.early.patience if self.early else None,
-            self.schedule.plateau_status(),
-        ))
-        cfg = self.preset.checkpoint
-        tags = []
-        if cfg.every_epochs and epoch_no % cfg.every_epochs == 0:
-            tags += ["epoch", "last"]
-        if improved and cfg.save_best:
-            tags.append("best")
-        if tags:
-            self._save(tuple(tags))
-        self._t_report = time.monotonic()  # samples/s measures training, not validation and saving
-        return stop_early
-
-    def _validate(self) -> tuple[float | None, float | None]:
-        loader = self.parts.data.val
-        if loader is None:
-            return None, None
-        self.model.eval()
-        total = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        n, classify = 0, True
-        with torch.no_grad(), self._autocast():
-            for x, y in loader:
-                self._drain_commands()
-                if self._stop is not None:
-                    break
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                out = first_tensor(self.model(x))
-                total += self.parts.loss_fn(out, y).float() * len(y)
-                if out.dim() == 2 and y.dim() == 1:
-                    correct += (out.argmax(dim=1) == y).sum()
-                else:
-                    classify = False
-                n += len(y)
-        self._train_mode()
-        if n == 0:
-            return None, None
-        loss_sum, right = torch.stack([total, correct]).tolist()  # one host sync per validation
-        return loss_sum / n, (right / n if classify else None)
-
-    def _drain_commands(self) -> None:
-        """Apply every queued command now; a cancelled worker counts as a stop."""
-        try:
-            while True:
-                self._apply(self.commands.get_nowait())
-        except queue.Empty:
-            pass
-        if self.should_stop() and self._stop is None:
-            self._stop = Stop(reason="cancelled")
+        return epochs.end_epoch(self)  # a method: benchmarks/step_costs.py times it
 
     # ------------------------------------------------------------------ checkpoints
 
     def _save(self, tags: tuple[str, ...]) -> Path | None:
         self._report()  # a save never follows a non-finite loss it has not looked at
-        self._check_weights_finite()
+        check_weights_finite(self.params, self.step)
         t0 = time.monotonic()
-        if "manual" in tags:
-            name = f"manual-step-{self.step:08d}.pt"
-        elif "epoch" in tags:
-            name = f"epoch-{self.epoch:04d}.pt"
-        elif "emergency" in tags:
-            name = f"emergency-step-{self.step:08d}.pt"
-        elif tags == ("best",):
-            name = "best.pt"
-        else:
-            name = "last.pt"
+        name = ckpt.file_name(tags, self.step, self.epoch)
         try:
-            path, size = self.checkpoints.write(name, self.state_dict())
-            if "last" in tags and name != "last.pt":
-                self.checkpoints.alias(path, "last.pt")
-            if "best" in tags and name != "best.pt":
-                self.checkpoints.alias(path, "best.pt")
-            if "epoch" in tags:
-                self.checkpoints.rotate()
+            path, size = self.checkpoints.save(name, tags, self.state_dict())
         except OSError as exc:  # the write's CheckpointWriteError, or mkdir / link / rotate failing
             # A periodic save that fails (full disk, directory gone) warns and training goes on: the
             # previous checkpoint is intact and space may come back. The final save may not fail
-            # quietly: `_finish` turns it into exit 1.
+            # quietly: `endings.finish` turns it into exit 1.
             why = ckpt.describe_write_error(exc, self.checkpoints.root)
             self._save_error = f"{name}: {why}"
-            if "final" not in tags:  # `_final_save_failed` says that one (and training does not go on)
+            if "final" not in tags:  # `endings.final_save_failed` says that one (and training does not go on)
                 goes_on = "" if "emergency" in tags else "; the previous checkpoint is intact; training goes on"
                 self._emit(RunWarning(self.step, f"checkpoint NOT saved ({name}): {why}{goes_on}"))
             return None
@@ -497,121 +386,20 @@ class Trainer:
                                    tags, time.monotonic() - t0, size))
         return path
 
-    def _check_weights_finite(self) -> None:
-        with torch.no_grad():
-            norms = torch._foreach_norm([p.detach() for p in self.params])
-            ok = bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())  # host sync, save time only
-        if not ok:
-            raise NonFinite(self.step, "non-finite weights")
-
     def state_dict(self) -> dict:
-        return {
-            "format": ckpt.FORMAT,
-            "run_name": self.preset.name,
-            "saved_at": time.time(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "epoch_loss": list(self.epoch_loss),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": ckpt.rng_state(),
-            "trainable": {n: p.requires_grad for n, p in self.model.named_parameters()},
-            "best": self.best.state_dict(),
-            "early_stopping": self.early.best.state_dict() if self.early else None,
-            "config": self.preset.to_dict(),
-        }
+        return ckpt.trainer_state(self)
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
         """Continue from a checkpoint: weights, optimizer, schedule, scaler, RNG, position, trainable map."""
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            raise UserError(f"{source} is from another model ({lines[1][:160] if len(lines) > 1 else lines[0]});"
-                            " resume with the preset it was trained with", source="--resume") from None
-        trainable = state.get("trainable", {})
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(bool(trainable.get(name, param.requires_grad)))
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise UserError(f"{source}: optimizer state does not fit this preset's optimizer or param groups ({exc})",
-                            source="--resume") from None
-        self.schedule.load_state_dict(state["schedule"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
-        self.best.load_state_dict(state["best"])
-        if self.early is not None and state.get("early_stopping"):
-            self.early.best.load_state_dict(state["early_stopping"])
-        self.schedule.before_step(self.step)
-        ckpt.set_rng_state(state["rng"])
-        self._saved_step = self.step
+        ckpt.load_trainer_state(self, state, source)
+        self._saved_step = self.step  # nothing new to save until a step is done
         self.resumed_from = source
 
-    # ------------------------------------------------------------------ endings
+    # ------------------------------------------------------------------ endings (endings.py)
 
     def _finish(self, status: str, t0: float) -> Finished | Failed:
-        self._report()
-        if self.step != self._saved_step and self._save(("final", "last")) is None:
-            return self._final_save_failed()
-        messages = {
-            "completed": f"finished {self.step} steps",
-            "early_stopped": f"early stop: no {self.preset.early_stopping.monitor} improvement for"
-                             f" {self.preset.early_stopping.patience} epochs",
-            "stopped": "stopped by the user after a clean save",
-            "signal": f"stopped by signal {self._stop.signum if self._stop else ''} after a clean save",
-        }
-        code = 128 + self._stop.signum if status == "signal" and self._stop and self._stop.signum else 0
-        self._set_state("finished")
-        event = Finished(status, self.step, self.epoch, time.monotonic() - t0, code, messages[status],
-                         self.best.value, self.best.epoch, _str(self._best_path), _str(self._last_path))
-        self._emit(event)
-        return event
-
-    def _final_save_failed(self) -> Failed:
-        """The run ended but its state could not be written: exit 1, never a quiet 0 or 128+N."""
-        last = self.checkpoints.root / "last.pt"
-        have = (f"; the newest checkpoint on disk is {last}; free space (or fix the directory) and resume from it"
-                if last.exists() else "; no checkpoint was written; free space (or fix the directory) and run again")
-        self._set_state("failed")
-        event = Failed(self.step, self.epoch + 1 if self.batch_in_epoch else self.epoch,
-                       f"final checkpoint NOT saved at step {self.step} ({self._save_error}){have}", "", None)
-        self._emit(event)
-        return event
-
-    def _end_nonfinite(self, exc: NonFinite, t0: float) -> Finished:
-        last = self._last_path or (self.checkpoints.root / "last.pt" if (self.checkpoints.root / "last.pt").exists()
-                                   else None)
-        where = f"; resume from the last finite checkpoint {last}" if last else "; no checkpoint was written"
-        self._set_state("failed")
-        event = Finished("nonfinite", exc.step, self.epoch, time.monotonic() - t0, 1,
-                         f"{exc}: training stopped{where} (lower optimizer.lr, set grad_clip_norm,"
-                         " or train.nonfinite = \"skip\")",
-                         self.best.value, self.best.epoch, _str(self._best_path), _str(last))
-        self._emit(event)
-        return event
-
-    def _fail(self, exc: BaseException) -> Failed:
-        tb = traceback.format_exc()
-        emergency = None
-        if not self._in_update:  # the weights are as the last completed step left them
-            # _save reports the pending losses first (completed steps: keep them); a non-finite
-            # one among them makes it raise, and then no emergency checkpoint is written
-            try:
-                emergency = self._save(("emergency", "last"))
-            except Exception:  # noqa: BLE001 - the original failure is what matters
-                emergency = None
-        self._set_state("failed")
-        event = Failed(self.step, self.epoch + 1, describe_failure(exc, self.batch_size), tb, _str(emergency))
-        self._emit(event)
-        return event
+        # a method (not a direct call of endings.finish in `run`): benchmarks/sync_check.py wraps it
+        return endings.finish(self, status, t0)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -641,26 +429,3 @@ class Trainer:
                 self.callbacks.remove(cb)
                 self.sink(RunWarning(self.step, f"callback {type(cb).__name__} raised {type(exc).__name__}: {exc};"
                                                 " it is disabled for the rest of the run"))
-
-
-def describe_failure(exc: BaseException, batch_size: int) -> str:
-    """One line a person can act on."""
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if text.startswith("Caught ") and lines:  # re-raised from a DataLoader worker: the cause is last
-        text = lines[-1]
-        if ":" in text:
-            text = text.split(":", 1)[1].strip()
-    elif lines:
-        text = lines[0]
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
-        return (f"out of memory at batch_size {batch_size}: try a smaller data.batch_size, train.amp = \"bf16\","
-                " a smaller data.image_size, or freezing more layers")
-    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
-        return (f"{type(exc).__name__}: {text[:200]}: a data loading process died (killed, or out of host"
-                " memory?); try a smaller data.num_workers or data.batch_size")
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
-def _str(path) -> str | None:
-    return str(path) if path else None
