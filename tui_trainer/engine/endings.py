@@ -8,6 +8,9 @@
 - `fail`: any other exception. Failed with one line a person can act on (`describe_failure`), the
   traceback, and an emergency checkpoint when the weights are as the last completed step left them.
 
+Finished and Failed carry `step` and `epoch` as every event does (events.py): where the run
+stands, the last step done and its epoch (`Trainer.epoch_of_step`).
+
 These are the trainer's own endings, kept out of trainer.py so that the loop reads on one screen:
 they take the trainer and use its state and helpers (`_report`, `_save`, `_emit`) as its methods did.
 """
@@ -40,7 +43,7 @@ def finish(t: Trainer, status: str, t0: float) -> Finished | Failed:
     }
     code = 128 + t._stop.signum if status == "signal" and t._stop and t._stop.signum else 0
     t._set_state("finished")
-    event = Finished(status, t.step, t.epoch, time.monotonic() - t0, code, messages[status],
+    event = Finished(status, t.step, t.epoch_of_step, time.monotonic() - t0, code, messages[status],
                      t.best.value, t.best.epoch, _str(t._best_path), _str(t._last_path))
     t._emit(event)
     return event
@@ -52,7 +55,7 @@ def final_save_failed(t: Trainer) -> Failed:
     have = (f"; the newest checkpoint on disk is {last}; free space (or fix the directory) and resume from it"
             if last.exists() else "; no checkpoint was written; free space (or fix the directory) and run again")
     t._set_state("failed")
-    event = Failed(t.step, t.epoch + 1 if t.batch_in_epoch else t.epoch,
+    event = Failed(t.step, t.epoch_of_step,
                    f"final checkpoint NOT saved at step {t.step} ({t._save_error}){have}", "", None)
     t._emit(event)
     return event
@@ -62,7 +65,8 @@ def end_nonfinite(t: Trainer, exc: NonFinite, t0: float) -> Finished:
     last = t._last_path or (t.checkpoints.root / "last.pt" if (t.checkpoints.root / "last.pt").exists() else None)
     where = f"; resume from the last finite checkpoint {last}" if last else "; no checkpoint was written"
     t._set_state("failed")
-    event = Finished("nonfinite", exc.step, t.epoch, time.monotonic() - t0, 1,
+    # exc.step is at most t.step and in the same epoch: every epoch end reports its losses first
+    event = Finished("nonfinite", exc.step, t.epoch_of_step, time.monotonic() - t0, 1,
                      f"{exc}: training stopped{where} (lower optimizer.lr, set grad_clip_norm,"
                      " or train.nonfinite = \"skip\")",
                      t.best.value, t.best.epoch, _str(t._best_path), _str(last))
@@ -81,7 +85,7 @@ def fail(t: Trainer, exc: BaseException) -> Failed:
         except Exception:  # noqa: BLE001 - the original failure is what matters
             emergency = None
     t._set_state("failed")
-    event = Failed(t.step, t.epoch + 1, describe_failure(exc, t.batch_size), tb, _str(emergency))
+    event = Failed(t.step, t.epoch_of_step, describe_failure(exc, t.batch_size), tb, _str(emergency))
     t._emit(event)
     return event
 

@@ -1,7 +1,17 @@
 """What the engine says. Frozen dataclasses; each round-trips through JSON (events.jsonl, sockets).
 
-Conventions: `step` is the number of optimizer steps done so far (global); `epoch` is 1-based,
-the epoch in progress or just finished.
+Conventions, the same in every event:
+
+- `step`: optimizer steps done so far in the whole run (0 before the first).
+- `epoch`: the 1-based epoch that `step` belongs to, so `step` and `epoch` name one moment. With S
+  steps per epoch, steps 1..S are epoch 1, S+1..2S epoch 2, and so on (0 only at step 0). So an
+  event between two epochs names the epoch just completed: EpochEnd, the epoch's checkpoint, and a
+  stop, failure or completion before the next epoch's first step is done. Finished and Failed
+  follow it like the rest: a run stopped after step 3 of epoch 2 says epoch 2; a run that completed
+  3 epochs says 3; a failure in the first batch of epoch 3 says the last step done and its epoch 2
+  (Failed.step is the last step done, not the one that failed: what the emergency checkpoint holds).
+- `RunStarted.start_epoch` is not an `epoch` in this sense: it is the epoch of the run's next step.
+- `best_epoch`: the 1-based number of the completed epoch that set the best value.
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ class RunStarted(Event):
     total_steps: int
     batch_size: int
     start_step: int
-    start_epoch: int
+    start_epoch: int  # 1-based epoch of the first step this run will do (not an `epoch`: see above)
     layers: tuple[LayerInfo, ...]
     trainable: tuple[bool | None, ...]
     params_total: int
@@ -90,8 +100,8 @@ class StateChanged(Event):
 class StepReport(Event):
     """Sent every `log_every` steps: the loss of each step since the last report (one host sync)."""
 
-    step: int
-    epoch: int
+    step: int  # the last step reported (first_step + len(losses) - 1)
+    epoch: int  # the epoch of `step` (module docstring)
     first_step: int  # losses[i] belongs to step first_step + i
     losses: tuple[float, ...]
     lrs: tuple[float, ...]
@@ -115,7 +125,7 @@ class LayerStats(Event):
 
 @dataclass(frozen=True)
 class EpochEnd(Event):
-    epoch: int
+    epoch: int  # the epoch that ended (1-based); `step` is its last step
     step: int
     train_loss: float | None
     val_loss: float | None
@@ -152,8 +162,8 @@ class TrainableChanged(Event):
 
 @dataclass(frozen=True)
 class CheckpointSaved(Event):
-    step: int
-    epoch: int
+    step: int  # the state saved: after this many steps
+    epoch: int  # the epoch of `step`; for an epoch save, the epoch that ended
     path: str
     tags: tuple[str, ...]  # last, best, epoch, step, manual, emergency, final
     seconds: float
@@ -169,8 +179,8 @@ class RunWarning(Event):
 @dataclass(frozen=True)
 class Finished(Event):
     status: str  # completed, early_stopped, stopped, signal, nonfinite
-    step: int
-    epoch: int
+    step: int  # the last step done (nonfinite: the step whose loss or weights were not finite)
+    epoch: int  # the epoch of `step`: after a whole epoch, that epoch; mid-epoch, the epoch in progress
     seconds: float
     exit_code: int
     message: str
@@ -182,8 +192,8 @@ class Finished(Event):
 
 @dataclass(frozen=True)
 class Failed(Event):
-    step: int
-    epoch: int
+    step: int  # the last step done (the emergency checkpoint's), not the step that failed
+    epoch: int  # the epoch of `step`: a failure before the next epoch's first step names the one completed
     error: str  # one line
     traceback: str
     emergency_path: str | None

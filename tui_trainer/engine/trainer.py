@@ -110,6 +110,13 @@ class Trainer:
         self._stats_due = False
         self._stats_cost = 0.0
 
+    @property
+    def epoch_of_step(self) -> int:
+        """The 1-based epoch of the last step done (0 before the first): the `epoch` every event
+        carries (events.py). `self.epoch` is the 0-based epoch in progress, so at an epoch boundary,
+        once `batch_in_epoch` is back to 0, the last step done belongs to epoch `self.epoch`."""
+        return self.epoch + 1 if self.batch_in_epoch else self.epoch
+
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> Finished | Failed:
@@ -336,7 +343,7 @@ class Trainer:
         if now - self._mem_at >= 0.5:
             self._mem_at = now
             memory = self._memory.read()
-        self._emit(StepReport(first + len(values) - 1, self.epoch + 1, first, tuple(values),
+        self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values),
                               tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory))
         if nonfinite is not None:
             raise nonfinite
@@ -382,8 +389,7 @@ class Trainer:
             self._last_path = self.checkpoints.root / "last.pt"
         if "best" in tags:
             self._best_path = self.checkpoints.root / "best.pt"
-        self._emit(CheckpointSaved(self.step, self.epoch + 1 if self.batch_in_epoch else self.epoch, str(path),
-                                   tags, time.monotonic() - t0, size))
+        self._emit(CheckpointSaved(self.step, self.epoch_of_step, str(path), tags, time.monotonic() - t0, size))
         return path
 
     def state_dict(self) -> dict:
