@@ -51,8 +51,9 @@ class Series:
         self.ys.append(self._sum / self._n)
         self._sum, self._n = 0.0, 0
         if len(self.xs) > self.max_points:
-            self.xs = self.xs[1::2]
-            self.ys = [(a + b) / 2 for a, b in zip(self.ys[::2], self.ys[1::2])]
+            end = len(self.xs) - len(self.xs) % 2  # an odd newest point has no partner: it stays as it is
+            self.xs = self.xs[1:end:2] + self.xs[end:]
+            self.ys = [(a + b) / 2 for a, b in zip(self.ys[:end:2], self.ys[1:end:2])] + self.ys[end:]
             self.stride *= 2
 
     def __len__(self) -> int:
