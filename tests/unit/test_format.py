@@ -138,3 +138,7 @@ def test_frequent_events_have_no_line():
     stats = ev.LayerStats(step=2, grad_norm=(0.1, None), update_ratio=(1e-3, None), time=T0)
     for event in (report, stats, STARTED):
         assert event_line(event, STARTED) is None
+
+
+def test_duration_of_an_infinite_eta_is_unknown():
+    assert duration(math.inf) == "?" and duration(-math.inf) == "?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from tui_trainer.engine.events import (
@@ -17,7 +18,7 @@ from tui_trainer.engine.events import (
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "?"
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
