@@ -81,7 +81,7 @@ class LocalLink(_Buffered):
         try:
             self.session.trainer.run()
         except BaseException as exc:  # the trainer turns failures into events; this is a last resort
-            self.sink(Failed(self.session.trainer.step, self.session.trainer.epoch + 1,
+            self.sink(Failed(self.session.trainer.step, self.session.trainer.epoch_of_step,
                              f"{type(exc).__name__}: {exc}", traceback.format_exc(), None))
         finally:
             self.session.close()
