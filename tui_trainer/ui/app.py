@@ -320,6 +320,11 @@ class TrainerApp(App[int]):
                 loop.remove_signal_handler(sig)
 
     @property
+    def hung_up(self) -> bool:
+        """The terminal went away (SIGHUP, or a write to it failed)."""
+        return self._hung_up or self.terminal_gone
+
+    @property
     def redraw_pending(self) -> bool:
         """Shown panes with new data waiting for their redraw period (tests settle on this)."""
         if self.view.dirty:

@@ -1,15 +1,17 @@
 """How the app meets the process: the one app factory the CLI, tests and benchmarks use
 (`make_app`, `make_attach_app`), and running it (`run_app`, `run_attach`) with everything around
 it that is about the process, not the screen: signal handling before and after the app, a
-terminal that hung up (`_go_headless`, the fd `dup2`), an abort, and waiting for the engine's last
-save. `app.py` keeps the App itself."""
+terminal that hung up (`_go_headless`, the fd `dup2`), an abort, a crash of the app itself, and
+waiting for the engine's last save. `app.py` keeps the App itself."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
+import traceback
 
-from tui_trainer.engine.events import Failed, Finished, StateChanged
+from tui_trainer.engine.events import Failed, Finished, RunWarning, StateChanged
 from tui_trainer.signals import TERMINAL_SIGNALS
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.link import LocalLink
@@ -40,20 +42,75 @@ def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=Fals
     app.detach_on_hangup = on_hangup == "detach"
     app.early_hangup = early
     link = app.link
+    raised: Exception | None = None
+    crash: BaseException | None = None
     try:
         app.run(mouse=False)
-    except Exception:  # noqa: BLE001 - e.g. writing to a terminal that is gone; the run still ends cleanly
-        pass
+    except Exception as exc:  # noqa: BLE001 - a crash Textual did not catch; judged below
+        raised = exc
     finally:
         if app.aborted:  # second ctrl+c: the terminal is restored; skip the engine's save on purpose
             link.session.abort()
             os._exit(130)
+        crash = ui_crash(app, raised)
+        if crash is not None:  # recorded before the stop, so it lands before the final event
+            _report_crash(link, crash, shown=raised is None)
         if not app.hangup_detached:
             link.close()  # however the app ended, the engine stops after its step and saves
     if app.hangup_detached:
         _go_headless(link, app.view.started)
     _wait_for_engine(link)
+    if crash is not None:
+        _tell(_crash_ending(link))
+        return 1  # whatever the engine's ending: the process failed
     return app.exit_code
+
+
+def ui_crash(app: TrainerApp, raised: Exception | None = None) -> BaseException | None:
+    """The exception that ended the app, when the app itself crashed; None when it ended as
+    planned, or when the terminal went away (then the hang-up decides the ending, and a failure on
+    the way out is its symptom: the old behaviour, kept).
+
+    Textual 8 catches an exception in a handler, a timer or a worker itself: `_handle_exception`
+    sets `return_code` 1 and `_exception`, exits the app, and after the terminal is restored prints
+    a traceback to stderr; `App.run()` then returns normally. `return_code` alone cannot tell a
+    crash from our own `exit(1)` (a failed run), so `_exception` is read (textual is pinned < 9; a
+    test fails if this stops working). Anything that escapes `App.run()` is the other way."""
+    if app.hung_up:
+        return None
+    return raised if raised is not None else getattr(app, "_exception", None)
+
+
+def _report_crash(link: LocalLink, crash: BaseException, shown: bool) -> None:
+    """Say it on the terminal (now restored) and record it in events.jsonl (and to viewers) as a
+    RunWarning carrying the traceback: the engine itself did not fail, so the run still ends with
+    its own Finished or Failed."""
+    text = "".join(traceback.format_exception(crash))
+    what = f"{type(crash).__name__}: {crash}"
+    if not shown:  # Textual printed nothing: it never saw this exception
+        _tell(text.rstrip())
+    _tell(f"tui-trainer: the monitor crashed ({what}); stopping the training after its step and a save…")
+    link.session.note(RunWarning(link.session.trainer.step, f"the monitor crashed ({what}); the training stops"
+                                 f" after its step and a save, and the process exits 1; the app's traceback:\n{text}"))
+
+
+def _crash_ending(link: LocalLink) -> str:
+    match link.final:
+        case Finished(step=step, last_path=last):
+            ended = f"the training stopped at step {step}" + (f" and saved {last}" if last else "")
+        case Failed(error=error):
+            ended = f"the training failed as well: {error}"
+        case _:
+            ended = "the training did not report its end"
+    where = link.session.run_dir.events_path
+    return f"tui-trainer: the monitor crashed; {ended}; the traceback is above and in {where}; exit code 1"
+
+
+def _tell(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # the terminal is gone after all
+        pass
 
 
 def _go_headless(link: LocalLink, started=None) -> None:
@@ -104,6 +161,10 @@ def run_attach(run_dir=None, base="runs") -> int:
         app.run(mouse=False)
     finally:
         app.link.close()  # a viewer leaving never stops the run
+    crash = ui_crash(app)
+    if crash is not None:  # Textual printed the traceback; the run itself goes on
+        _tell(f"tui-trainer: the viewer crashed ({type(crash).__name__}: {crash}); the run goes on without it")
+        return 1
     return app.exit_code
 
 
