@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
 from benchmarks.workloads import TINY  # noqa: E402
 
-LR_DOWN, LR_UP, STOP = "l", "L", "q"  # the app's keys (issue 3)
+LR_DOWN, LR_UP, STOP = "l", "L", "q"  # the app's keys
 RECORDER_LAG_S = 0.2  # let the last reports of a window reach events.jsonl
 PRESS_GAP_S = 0.3  # > 2 UI ticks at 10 Hz: `L` undoes only once the app has seen the last change
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.helpers.runs import of_kind, read_events
-from tests.test_ssh_drop import _remote
+from tests.integration.test_ssh_drop import _remote
 
 SHIPPED = ROOT / "presets" / "resnet18_finetune.toml"
 

@@ -1,6 +1,6 @@
 """tui_trainer/config.py directly: parse_override, from_dict with --set, errors that name the key
-and suggest the fix, key_source, load() of TOML text. (tests/test_overrides.py and
-tests/test_preset_errors.py cover the same through preset files and the CLI.)"""
+and suggest the fix, key_source, load() of TOML text. (tests/unit/test_overrides.py and
+tests/integration/test_preset_errors.py cover the same through preset files and the CLI.)"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tests.unit.factories import T0, epoch_end, run_started
+from tests.helpers.factories import T0, epoch_end, run_started
 from tui_trainer.engine import events as ev
 from tui_trainer.text.format import duration, event_line, human_bytes, human_count, lr_text, lrs_text
 

@@ -1,4 +1,4 @@
-"""Best-so-far and early stopping, directly (tests/test_stopping.py covers them through runs)."""
+"""Best-so-far and early stopping, directly (tests/integration/test_stopping.py covers them through runs)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.unit.factories import T0, epoch_end, run_started
+from tests.helpers.factories import T0, epoch_end, run_started
 from tui_trainer.engine import events as ev
 from tui_trainer.parts.optim import LrPlan
 from tui_trainer.ui.view import RunView, Series

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from tests.engine_helpers import At, run
+from tests.helpers.engine import At, run
 from tests.helpers.runs import write_preset
 from tui_trainer.engine.commands import Stop
 from tui_trainer.engine.events import CheckpointSaved, EpochEnd, Failed, Finished, RunStarted

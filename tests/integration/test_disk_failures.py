@@ -1,4 +1,4 @@
-"""Issue 5.1 (second half): saving fails mid-run. A periodic save that fails warns, leaves the
+"""Saving fails mid-run. A periodic save that fails warns, leaves the
 previous checkpoint intact and no temp file, and training goes on; the final save failing ends the
 run with exit 1 and a clear line (never a quiet 0: the state of the last steps is not on disk).
 The run is then resumed from the checkpoint that survived, once the trouble is gone.
@@ -8,7 +8,7 @@ Three real ways to fail: a full disk (a 4 MiB tmpfs filled up; ENOSPC), a file s
 read-only (a read-only bind mount; EROFS). The mount-based ones are skipped where mounting is not
 allowed; the failures reach the same code either way.
 
-Issue 9.4: a disk that fills up DURING torch.save's write (the usual way: the checkpoint is bigger
+A disk that fills up DURING torch.save's write (the usual way: the checkpoint is bigger
 than what is left) reaches us as torch's RuntimeError ("[enforce fail at inline_container.cc:672]
 . unexpected pos ..."), not an OSError; it must still read "disk full: N MiB free in DIR" and the
 run must go on. `test_disk_fills_during_a_checkpoint_write` leaves less room than one checkpoint.
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_helpers import run
+from tests.helpers.engine import run
 from tests.helpers.runs import load_checkpoint, of_kind, read_events, write_preset
 from tui_trainer.engine import checkpoint
 from tui_trainer.engine.events import CheckpointSaved, Failed, Finished, RunWarning
@@ -124,7 +124,7 @@ def test_disk_fills_during_a_checkpoint_write(fork_server, tmp_path, small_tmpfs
     back = K + 4
     # width 32: a 0.8 MiB checkpoint whose largest tensor (300 KiB, the last conv's weight) spans
     # its second eighth to its half. A quarter of it free: the space runs out inside that tensor's
-    # write, which torch.save reports as a RuntimeError (what issue 9.4 saw). Where it runs out in
+    # write, which torch.save reports as a RuntimeError (what a real full disk gives). Where it runs out in
     # a write of small, buffered tensors the close fails again and a plain OSError surfaces instead.
     preset = write_preset(tmp_path / "p.toml", model={"kwargs": {"num_classes": 10, "width": 32}},
                           train={"epochs": 2, "log_every": 1},

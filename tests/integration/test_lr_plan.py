@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine_helpers import record_lrs, run
+from tests.helpers.engine import record_lrs, run
 from tui_trainer.engine.events import RunStarted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

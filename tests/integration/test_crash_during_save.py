@@ -1,4 +1,4 @@
-"""Issue 5.1: SIGKILL at random moments while checkpoints are written; nothing half-written is ever
+"""SIGKILL at random moments while checkpoints are written; nothing half-written is ever
 taken for a checkpoint, and the next start cleans up.
 
 Each trial is the real CLI (`cli.main`) in a forked child of `tests/helpers/killtrials.py` (one

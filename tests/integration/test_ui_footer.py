@@ -1,4 +1,4 @@
-"""The footer at 80x24 (issue 9, item 8): the keys a user needs most (pause, stop, help, save, LR,
+"""The footer at 80x24: the keys a user needs most (pause, stop, help, save, LR,
 the layer toggle) are all on screen, none cut off at the right edge, whichever pane has focus;
 and every key the footer names has its full meaning in the help screen."""
 

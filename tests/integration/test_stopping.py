@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine_helpers import At, run
+from tests.helpers.engine import At, run
 from tui_trainer.engine.commands import Stop
 from tui_trainer.engine.events import EpochEnd, StepReport
 

@@ -1,4 +1,4 @@
-"""Issue 5.5: failures inside the training loop. An exception in the model's forward, CUDA out of
+"""Failures inside the training loop. An exception in the model's forward, CUDA out of
 memory (simulated on CPU: the model raises torch.OutOfMemoryError), a corrupt image in an
 ImageFolder, a DataLoader worker killed. Each ends with exit 1 within the test's timeout, one clear
 line on the console (no traceback there), the traceback in events.jsonl (Failed), the losses of

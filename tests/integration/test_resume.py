@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import ONE_THREAD_ENV, run_cli
-from tests.engine_helpers import At, run
+from tests.helpers.engine import At, run
 from tui_trainer.engine.commands import ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.events import EpochEnd, RunStarted, StepReport
 from tui_trainer.errors import UserError

@@ -1,4 +1,4 @@
-"""Issue 5.7: the facts behind the README's security notes, checked.
+"""Security: the facts behind the README's security notes, checked.
 
 - Checkpoints (and weight files) are loaded with torch.load(weights_only=True): no pickle code runs
   (the hostile corpus proves a malicious checkpoint is refused; here every call site is checked).
@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers.runs import write_preset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_torch_load_is_weights_only():

@@ -176,7 +176,7 @@ def test_q_stops_with_a_final_checkpoint_and_summary(tiny_preset, tmp_path):
 
 
 def test_engine_failure_shows_in_the_app(tiny_preset, tmp_path):
-    app = make_app(tiny_preset('[loss]\nname = "tests.failing_loss:explode_at_step_3"\n'), run_dir=tmp_path / "run")
+    app = make_app(tiny_preset('[loss]\nname = "tests.helpers.failing_loss:explode_at_step_3"\n'), run_dir=tmp_path / "run")
 
     async def scenario():
         async with app.run_test(size=(120, 40)) as pilot:

@@ -1,22 +1,18 @@
-"""Layout snapshots of the app at 120x40 and 80x24, fed a fixed metric history (no live trainer,
-no clock): the real small CNN's layer table, a real planned OneCycle schedule, and a fixed run of
-reports, epochs, a freeze, a manual LR cut and checkpoints. Update with --snapshot-update."""
+"""A fixed run history for UI tests (no live trainer, no clock): the real small CNN's layer table,
+a real planned OneCycle schedule, and a fixed run of reports, epochs, a freeze, a manual LR cut
+and checkpoints."""
 
 from __future__ import annotations
 
 import math
-import time
 
-import pytest
 import torch
 
 from examples.models import small_cnn
-from tui_trainer.parts.layers import layer_rows
-from tui_trainer.parts.optim import plan_lr
 from tui_trainer.config import OptimizerSection, SchedulerSection
 from tui_trainer.engine import events as ev
-from tui_trainer.ui.app import TrainerApp
-from tui_trainer.ui.link import ReplayLink
+from tui_trainer.parts.layers import layer_rows
+from tui_trainer.parts.optim import plan_lr
 
 T0 = 1_800_000_000.0  # fixed clock
 
@@ -69,38 +65,3 @@ def history() -> list[ev.Event]:
             factor = 0.5
             out.append(ev.LrChanged(step, (lr * factor,), factor, "manual", time=T0 + step))
     return out
-
-
-@pytest.fixture
-def fixed_tz(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
-async def settle(pilot):
-    """Until every pane drew its data at its final size (panes redraw at 1-4 Hz each)."""
-    await pilot.pause(0.3)
-    deadline = time.monotonic() + 30  # a hang guard on a loaded machine, not a timing assertion
-    while pilot.app.redraw_pending and time.monotonic() < deadline:
-        await pilot.pause(0.1)
-    await pilot.pause(0.2)
-
-
-@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
-def test_layout(snap_compare, fixed_tz, size):
-    app = TrainerApp(ReplayLink(history()))
-    assert snap_compare(app, terminal_size=size, run_before=settle)
-
-
-def test_narrow_layout_shows_other_panes(snap_compare, fixed_tz):
-    app = TrainerApp(ReplayLink(history()))
-
-    async def lr_pane(pilot):
-        await settle(pilot)
-        await pilot.press("2")
-        await settle(pilot)
-
-    assert snap_compare(app, terminal_size=(80, 24), run_before=lr_pane)

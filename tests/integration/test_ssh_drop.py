@@ -1,4 +1,4 @@
-"""Issue 9: a dropped SSH session never fails the run. Every test drives the real CLI through a
+"""A dropped SSH session never fails the run. Every test drives the real CLI through a
 real sshd on 127.0.0.1 (tests/helpers/sshd.py), with the ssh client held in tmux as a person's
 terminal holds it, and drops the connection the hard way: `kill -9` of the ssh client.
 

@@ -1,4 +1,4 @@
-"""Issue 5.4: non-finite losses. "stop" (default) ends the run at the first non-finite loss or
+"""Non-finite losses. "stop" (default) ends the run at the first non-finite loss or
 weight with exit 1 and the step, and never writes a non-finite checkpoint over last.pt or best.pt;
 "skip" drops the update of that step and goes on."""
 

@@ -1,4 +1,4 @@
-"""Issue 5.6 (fuzzing): whatever a preset or a --set holds, loading it ends in a valid preset or
+"""Fuzzing: whatever a preset or a --set holds, loading it ends in a valid preset or
 one clean UserError (one line) - never another exception. Three generators: random TOML-ish
 values dropped into a valid preset at random paths, random edits of valid preset text, random
 --set strings; then the cheap checks (`parts.check`) and, for a slice, the full `parts.build`.
@@ -23,7 +23,7 @@ from tests.helpers.runs import BASE
 from tui_trainer import config
 from tui_trainer.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=150,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("deep", deadline=None, max_examples=3000,

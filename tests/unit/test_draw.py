@@ -58,7 +58,7 @@ def test_layer_table_row_cache_does_not_grow_with_the_run():
 
 
 async def _layer_table_cache():
-    from tests.test_ui_snapshots import history
+    from tests.helpers.history import history
     from tui_trainer.ui.app import TrainerApp
     from tui_trainer.ui.link import ReplayLink
     from tui_trainer.ui.widgets.layers import LayerTable

@@ -1,4 +1,5 @@
-"""Issue 9.1-9.2, at unit level (the whole story over a real sshd is tests/test_ssh_drop.py).
+"""Signals in forked children and a dead terminal, at unit level (the whole story over a real sshd
+is tests/integration/test_ssh_drop.py).
 
 - A DataLoader worker forked from a process whose SIGCONT handler needs the app (Textual's does)
   must survive SIGCONT: the kernel sends it with SIGHUP to a hung-up session, and it killed the

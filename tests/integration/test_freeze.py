@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine_helpers import TINY_OPTIMIZER, At, Snapshots, edit, run
+from tests.helpers.engine import TINY_OPTIMIZER, At, Snapshots, edit, run
 from tui_trainer.engine.commands import SetTrainable
 from tui_trainer.engine.events import RunWarning, TrainableChanged
 

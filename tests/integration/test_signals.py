@@ -1,4 +1,4 @@
-"""Issue 5.3: signals for `--no-ui`, on a terminal (a pty that is the run's controlling terminal,
+"""Signals for `--no-ui`, on a terminal (a pty that is the run's controlling terminal,
 as over SSH) and without one. Each run blocks at step K (a scripted callback waits for a "go"
 file), the test delivers the signal, then lets it go on: the run must end at step K exactly (the
 stop is applied before the next step), with the documented exit code and a checkpoint of step K.
@@ -155,7 +155,7 @@ def _cursor_restored(text: str) -> bool:
 
 
 def test_tui_ctrl_c_twice_leaves_no_socket_and_no_workers(tmp_path):
-    """Issue 9.7: in the TUI, Ctrl+C twice aborts at once without a save (130), but still removes
+    """In the TUI, Ctrl+C twice aborts at once without a save (130), but still removes
     its control socket and ends its DataLoader workers (they used to linger ~5-10 s, orphaned)."""
     preset = _preset(tmp_path, 2)
     run = Cli([str(preset), "--run-dir", "run"], tmp_path, tty=True, env={"TERM": "xterm-256color"})

@@ -59,7 +59,7 @@ class At:
 
 
 class StopAt(At):
-    """A preset-level callback: stop after step `step` ([[callbacks]] target = "tests.engine_helpers:StopAt")."""
+    """A preset-level callback: stop after step `step` ([[callbacks]] target = "tests.helpers.engine:StopAt")."""
 
     def __init__(self, step: int):
         super().__init__({step: Stop(reason="test")})

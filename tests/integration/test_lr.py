@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine_helpers import At, record_lrs, run
+from tests.helpers.engine import At, record_lrs, run
 from tui_trainer.engine.commands import ScaleLr
 from tui_trainer.engine.events import EpochEnd, LrChanged, RunStarted
 

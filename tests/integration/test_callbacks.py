@@ -10,7 +10,7 @@ import torch
 
 from examples.callbacks import ReduceLrOnSpike, UnfreezeAt
 from tests.conftest import ONE_THREAD_ENV, run_cli
-from tests.engine_helpers import At, run
+from tests.helpers.engine import At, run
 from tui_trainer.engine.commands import Control, ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.events import RunWarning, StepReport, TrainableChanged
 

@@ -1,4 +1,4 @@
-"""Issue 5.2: exact resume on CPU. A run stopped mid-epoch by a real signal and resumed with
+"""Exact resume on CPU. A run stopped mid-epoch by a real signal and resumed with
 `--resume` ends bit-identical to the same run done in one go: parameters, optimizer state, LR
 schedule state, the loss of every step (from events.jsonl) and the validation results.
 

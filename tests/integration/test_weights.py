@@ -13,7 +13,7 @@ import torch
 import torchvision.models as tvm
 
 from tests.conftest import ONE_THREAD_ENV, run_cli
-from tests.engine_helpers import run
+from tests.helpers.engine import run
 from tui_trainer.engine.events import RunStarted, RunWarning
 from tui_trainer.errors import UserError
 

@@ -1,4 +1,4 @@
-"""Issue 5.6: hostile and broken input. Every case gives one line on stderr and exit 2 (bad input;
+"""Hostile and broken input. Every case gives one line on stderr and exit 2 (bad input;
 1 where it is a failure at run time), never a traceback, and changes nothing on disk: no run
 directory, no rewritten config, no code run from a checkpoint.
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers.runs import write_preset
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hostile"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "hostile"
 PRESETS = sorted(FIXTURES.glob("*.toml"))
 
 

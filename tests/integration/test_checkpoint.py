@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.engine_helpers import At, TINY_OPTIMIZER, edit, run
+from tests.helpers.engine import At, TINY_OPTIMIZER, edit, run
 from tui_trainer import config
 from tui_trainer.engine import checkpoint
 from tui_trainer.engine.commands import SaveCheckpoint, ScaleLr, SetTrainable

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import ONE_THREAD_ENV, run_cli, tiny_preset_text
-from tests.engine_helpers import At, edit, run
+from tests.helpers.engine import At, edit, run
 from tui_trainer import config
 from tui_trainer.engine.commands import SaveCheckpoint, ScaleLr, SetTrainable
 from tui_trainer.engine.events import EVENT_TYPES, EpochEnd, Failed, RunStarted, StepReport, from_json
@@ -122,7 +122,7 @@ def test_every_event_kind_round_trips_through_events_jsonl(tiny_preset, tmp_path
     """LrChanged, TrainableChanged, RunWarning, LayerStats and Failed do not happen in a plain
     run: make each happen for real, then read events.jsonl back."""
     preset = edit(tiny_preset(), ('arch = "examples.models:small_cnn"\nkwargs = { num_classes = 10, width = 4 }',
-                                  'arch = "tests.engine_helpers:failing_cnn"\nkwargs = { fail_at = 6 }'))
+                                  'arch = "tests.helpers.engine:failing_cnn"\nkwargs = { fail_at = 6 }'))
     commands = At({1: [ScaleLr(0.5), SetTrainable(("body.0",), False), SetTrainable(("nope",), False)],
                    2: SaveCheckpoint()})
     out = run(preset, "train.log_every=1", callbacks=[commands], run_dir=tmp_path / "r", layer_stats=True)

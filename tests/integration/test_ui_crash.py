@@ -59,7 +59,7 @@ def _await_text(run: Cli, text: str, timeout: float = 60) -> None:
 
 def test_ui_crash_saves_records_and_exits_1(tmp_path):
     preset = write_preset(tmp_path / "crash.toml", train={"epochs": 2, "log_every": 1},
-                          callbacks=[{"target": "tests.test_ui_crash:BreakTheHeader"}])
+                          callbacks=[{"target": "tests.integration.test_ui_crash:BreakTheHeader"}])
     run = Cli([str(preset), "--run-dir", "run"], tmp_path, tty=True, env={"TERM": "xterm-256color"})
     try:
         run.wait_for_file(tmp_path / "ready")
@@ -102,7 +102,7 @@ def test_how_textual_hands_over_a_pane_crash(monkeypatch):
 
 
 async def _pane_crash(monkeypatch):
-    from tests.test_ui_snapshots import history
+    from tests.helpers.history import history
     from tui_trainer.ui.app import TrainerApp
     from tui_trainer.ui.launch import ui_crash
     from tui_trainer.ui.link import ReplayLink
