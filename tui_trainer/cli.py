@@ -11,7 +11,8 @@ from tui_trainer import __version__
 EXIT_CODES = """\
 exit codes:
   0    finished, early-stopped, or stopped by the user (q, Ctrl+C once) after a clean save
-  1    training failed (exception, non-finite loss, final checkpoint not written); see events.jsonl
+  1    training failed (exception, non-finite loss, final checkpoint not written), or the monitor
+       crashed (training stopped after a save); see events.jsonl
   2    bad input: preset, command line, paths, checkpoint
   128+N  ended by signal N (SIGTERM 143, SIGHUP 129) after its checkpoint; 130 = Ctrl+C twice (abort)
 """
