@@ -1,6 +1,6 @@
 """LR planning and LrSchedule (tui_trainer/parts/optim.py) without training: warm-up x scheduler x
 manual factor, per-step vs per-epoch scheduling, exact StepLR values. (train.max_steps is not
-tested here: tests/integration/test_lr_plan.py covers it through runs.)"""
+tested here: tests/integration/test_lr.py covers it through runs.)"""
 
 from __future__ import annotations
 
