@@ -120,6 +120,11 @@ def _cpu_model() -> str:
     return platform.processor() or ""
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    return _cpu_count()
+
+
 def _cpu_count() -> int:
     import os
 

@@ -11,13 +11,40 @@ from benchmarks import footprint, run_all, step_costs, sync_check, throughput, u
 from tests.conftest import tiny_preset_text
 
 
-def test_throughput_reports_steps_per_s_and_ratios(tmp_path):
+def test_throughput_reports_wall_and_cpu_ratios_and_a_noise_verdict(tmp_path, capsys):
     out = tmp_path / "t.json"
-    result = throughput.main(["--quick", "--workload", "tiny", "--reps", "1", "--json", str(out)])
+    result = throughput.main(["--quick", "--workload", "tiny", "--windows", "2", "--json", str(out)])
     (tiny,) = result["workloads"]
-    assert tiny["median"]["a"] > 0 and tiny["median"]["b"] > 0
-    assert tiny["ratio"]["b"] > 0 and tiny["ratio"]["c"] > 0
-    assert json.loads(out.read_text())["workloads"][0]["workload"] == "tiny"
+    assert tiny["load"] == "quiet" and tiny["windows"] == 2
+    assert all(len(tiny["steps_per_s"][v]) == 2 and tiny["median"][v] > 0 for v in "abc")
+    for v in "bc":  # both ratios, each with its spread over the adjacent windows
+        assert tiny["ratio"][v] > 0 and tiny["cpu_ratio"][v] > 0, tiny
+        assert len(tiny["cpu_ratios_per_window"][v]) == 2 and tiny["cpu_ratio_spread"][v] >= 0
+    cpu = tiny["cpu_ms_per_step"]
+    assert all(cpu[v]["process"] > 0 and cpu[v]["engine"] > 0 for v in "abc")
+    assert cpu["a"]["ui"] is None and cpu["b"]["ui"] is None  # both train on the main thread
+    assert cpu["c"]["ui"] > 0 and cpu["c"]["engine"] < cpu["c"]["process"]  # the app: training thread + UI thread
+    noise = tiny["noise"]
+    assert noise["bare_spread"] >= 0 and isinstance(noise["noisy"], bool) and noise["verdict"]
+    text = capsys.readouterr().out
+    assert "b/a  wall" in text and "CPU" in text and "noise: the bare loop's windows spread" in text
+    saved = json.loads(out.read_text())
+    assert saved["workloads"][0]["workload"] == "tiny" and "cpu_ratio" in saved["workloads"][0]
+    assert saved["noisy"] == noise["noisy"]
+
+
+def test_noise_verdict_marks_a_spread_above_ten_percent():
+    assert not throughput.noise([1000, 1010, 990, 1005])["noisy"]
+    loud = throughput.noise([563, 700, 933, 650, 800])  # a shared machine's bare loop (from the issue)
+    assert loud["noisy"] and loud["verdict"].startswith("NOISY: wall-clock ratios are not meaningful here")
+    assert throughput.spread([1.0]) == 0.0
+
+
+def test_hog_starts_one_busy_process_per_cpu_and_stops_them():
+    with throughput.Hog(2) as hog:
+        assert hog.alive() == 2
+        procs = list(hog.procs)
+    assert all(p.poll() is not None for p in procs)
 
 
 def test_step_costs_reports_each_part():
