@@ -68,7 +68,10 @@ def cpu_split(start: Clocks, end: Clocks, steps: int) -> dict:
     process = (end.process - start.process) / steps
     engine = (end.engine - start.engine) / steps
     ui = None if start.ui is None or end.ui is None else (end.ui - start.ui) / steps
-    return {"process": process, "engine": engine, "ui": ui, "other": process - engine - (ui or 0.0)}
+    # the UI's work is paced by time (redraws at 1-2 Hz, a 10 Hz drain), not by steps: its share of a core
+    ui_core = None if ui is None else ui * steps / (end.wall - start.wall)
+    return {"process": process, "engine": engine, "ui": ui, "other": process - engine - (ui or 0.0),
+            "ui_core": ui_core}
 
 
 def bare_loop(preset_path: Path, w: Workload, run_dir: Path) -> tuple[float, dict]:
@@ -266,6 +269,8 @@ def measure(w: Workload, windows: int, variants: str, device: str, amp: str, scr
         "spread": {v: spread(r) for v, r in rates.items()},
         "cpu_ms_per_step": {v: {part: _median_ms([c[part] for c in cs]) for part in PARTS} for v, cs in cpus.items()},
         "cpu_spread": {v: spread([c["process"] for c in cs]) for v, cs in cpus.items()},
+        "ui_core_share": {v: common.median([c["ui_core"] for c in cs if c["ui_core"] is not None])
+                          for v, cs in cpus.items()},
         "ratio": {v: common.median(r) for v, r in ratios.items()},
         "ratio_spread": {v: spread(r) for v, r in ratios.items()},
         "cpu_ratio": {v: common.median(r) for v, r in cpu_ratios.items()},
@@ -297,7 +302,8 @@ def report(result: dict) -> None:
         cpu = result["cpu_ms_per_step"][v]
         ui = "-" if cpu["ui"] is None else f"{cpu['ui']:.3f}"
         print(f"  {NAMES[v]:<22} {_num(med):>9} {_pm(result['spread'][v]):>7}  {cpu['process']:>11.3f}"
-              f" {_pm(result['cpu_spread'][v]):>7}  {cpu['engine']:.3f} / {ui} / {max(cpu['other'], 0.0):.3f}")
+              f" {_pm(result['cpu_spread'][v]):>7}  {cpu['engine']:.3f} / {ui} / {max(cpu['other'], 0.0):.3f}"
+              + (f"  (UI: {result['ui_core_share'][v]:.1%} of a core)" if result["ui_core_share"][v] else ""))
     for v, ratio in result["ratio"].items():
         cpu_ratio, goal = result["cpu_ratio"][v], goals.get(v)
         line = (f"  {v}/a  wall {ratio:.3f} {_pm(result['ratio_spread'][v])}   "

@@ -24,6 +24,7 @@ def test_throughput_reports_wall_and_cpu_ratios_and_a_noise_verdict(tmp_path, ca
     assert all(cpu[v]["process"] > 0 and cpu[v]["engine"] > 0 for v in "abc")
     assert cpu["a"]["ui"] is None and cpu["b"]["ui"] is None  # both train on the main thread
     assert cpu["c"]["ui"] > 0 and cpu["c"]["engine"] < cpu["c"]["process"]  # the app: training thread + UI thread
+    assert 0 < tiny["ui_core_share"]["c"] <= 1.05 and tiny["ui_core_share"]["a"] is None
     noise = tiny["noise"]
     assert noise["bare_spread"] >= 0 and isinstance(noise["noisy"], bool) and noise["verdict"]
     text = capsys.readouterr().out
