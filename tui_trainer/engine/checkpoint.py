@@ -151,7 +151,7 @@ def describe_write_error(exc: BaseException, directory: str | Path, need_bytes: 
     code = _errno(exc)
     free = free_bytes(directory)
     room = f"{_mib(free)} free in {directory}" if free is not None else ""
-    if code == errno.ENOSPC or (code is None and _disk_short(directory, need_bytes)):
+    if code == errno.ENOSPC or (code is None and need_bytes is not None and free is not None and free < need_bytes):
         if not room:
             return f"disk full in {directory}"
         return f"disk full: {room}" + (f", the checkpoint needs about {_mib(need_bytes)}" if need_bytes else "")
@@ -172,11 +172,6 @@ def free_bytes(directory: str | Path) -> int | None:
     except OSError:
         return None
     return st.f_bavail * st.f_frsize
-
-
-def _disk_short(directory: str | Path, need_bytes: int | None) -> bool:
-    free = free_bytes(directory)
-    return need_bytes is not None and free is not None and free < need_bytes
 
 
 def _mib(n: int) -> str:
