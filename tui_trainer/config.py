@@ -16,8 +16,21 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from tui_trainer.errors import UserError, did_you_mean
 
-Monitor = Literal["val_loss", "val_acc", "train_loss"]
+# A monitor is "val_loss", "train_loss", "val_acc" (classification) or "val_<label>" of a [[metrics]]
+# entry; which ones exist is checked against the metrics in Preset._monitors_exist.
+Monitor = str
 Mode = Literal["auto", "min", "max"]
+BUILTIN_MONITORS = ("val_loss", "val_acc", "train_loss")
+
+# The built-in metrics (parts/metrics.py computes them) and which way is better. A metric's label -
+# what follows "val_" in its monitor, its column in metrics.csv and the epoch table - is its name,
+# except accuracy, which keeps the name it always had: val_acc.
+METRIC_GOALS = {
+    "accuracy": "max", "top_k_accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
+    "dice": "max", "iou": "max", "r2": "max",
+    "mae": "min", "mse": "min", "rmse": "min",
+}
+METRIC_LABELS = {"accuracy": "acc"}
 
 
 class _Strict(BaseModel):
@@ -42,11 +55,19 @@ class ModelSection(_Strict):
     weights_fallback: Literal["error", "random"] = "error"
     num_classes: int | None = Field(default=None, gt=0)
     freeze: list[str] = []
+    freeze_backbone: bool = False  # everything but the (replaced) head, as fastai's freeze()
     kwargs: dict[str, Any] = {}
 
 
+class Normalize(_Strict):
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+
 class DataSection(_Strict):
-    dataset: str = "digits"
+    dataset: str = "digits"  # digits, imagefolder, torchvision:NAME, or "package.module:factory"
+    kwargs: dict[str, Any] = {}  # for a factory: its keyword arguments
+    collate: str | None = None  # "package.module:collate_fn"
     root: str | None = None
     download: bool = False
     image_size: int = Field(default=64, gt=0)
@@ -57,6 +78,9 @@ class DataSection(_Strict):
     limit: int = Field(default=0, ge=0)
     augment: bool = False
     preload: bool = False  # transform every sample once, keep the set as tensors on the device
+    channels: Literal[1, 3] = 3  # built-in image data: 1 (grey) or 3 (RGB)
+    normalize: Literal["imagenet", "none"] | Normalize = "imagenet"
+    flatten: bool = False  # built-in image data: one flat vector per sample (an MLP's input)
 
     @model_validator(mode="after")
     def _preload_is_static(self) -> DataSection:
@@ -80,7 +104,7 @@ class SchedulerSection(_WithKwargs):
     name: str = "none"
     interval: Literal["epoch", "step"] = "epoch"
     warmup_steps: int = Field(default=0, ge=0)
-    monitor: Monitor = "val_loss"
+    monitor: Monitor = "val_loss"  # ReduceLROnPlateau's metric; its mode follows it
 
 
 class LossSection(_WithKwargs):
@@ -92,7 +116,10 @@ class TrainSection(_Strict):
     max_steps: int = Field(default=0, ge=0)
     device: str = "auto"
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+    accumulate: int = Field(default=1, gt=0)  # batches per optimizer step
     grad_clip_norm: float = Field(default=0.0, ge=0)
+    grad_clip_norm_type: float = Field(default=2.0, gt=0, allow_inf_nan=True)  # 2, 1, inf
+    grad_clip_value: float = Field(default=0.0, ge=0)  # clip_grad_value_; 0 = off
     log_every: int = Field(default=10, gt=0)
     deterministic: bool = False
     freeze_bn_stats: bool = False
@@ -129,10 +156,47 @@ class CallbackSection(_WithKwargs):
     target: str
 
 
-def resolve_mode(monitor: str, mode: str) -> str:
-    """`auto` means what the metric wants: loss goes down, accuracy goes up."""
+class StepSection(_Strict):
+    fn: str = "default"  # "package.module:step": step(model, batch, loss_fn) -> loss or {"loss", ...}
+
+
+class MetricSection(_WithKwargs):
+    """One [[metrics]] entry; its other keys are the metric's kwargs (k = 5, num_classes = 10)."""
+
+    name: str  # a built-in (METRIC_GOALS), "torchmetrics:Class" or "package.module:fn"
+    label: str | None = None  # what it is called: val_<label>; default from the name
+    mode: Mode = "auto"  # which way is better; auto: known for built-ins and torchmetrics
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.model_extra or {}).items()}
+
+    @property
+    def key(self) -> str:
+        """Its label: given, or from the name ("torchmetrics:MulticlassF1Score" -> multiclass_f1_score)."""
+        if self.label:
+            return self.label
+        if self.name in METRIC_GOALS:
+            return METRIC_LABELS.get(self.name, self.name)
+        attr = self.name.rpartition(":")[2].rpartition(".")[2]
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", attr).lower()
+
+    @property
+    def goal(self) -> str | None:
+        """"max" or "min" when known without importing anything; None for torchmetrics (its class
+        says: higher_is_better) and for the user's own function with mode "auto"."""
+        if self.mode != "auto":
+            return self.mode
+        return METRIC_GOALS.get(self.name)
+
+
+def resolve_mode(monitor: str, mode: str, goals: dict[str, str] | None = None) -> str:
+    """`auto` means what the metric wants: loss and errors go down; accuracy and scores go up.
+    `goals`: monitor -> "max"/"min" of the run's [[metrics]] (Preset.goals, parts.metrics)."""
     if mode != "auto":
         return mode
+    if goals and monitor in goals:
+        return goals[monitor]
     return "max" if monitor.endswith("acc") else "min"
 
 
@@ -150,16 +214,50 @@ class Preset(_Strict):
     ui: UiSection = UiSection()
     log: LogSection = LogSection()
     callbacks: list[CallbackSection] = []
+    step: StepSection = StepSection()
+    metrics: list[MetricSection] = []
 
     _source: str = PrivateAttr(default="<preset>")
     _overridden: tuple[str, ...] = PrivateAttr(default=())
 
+    @property
+    def monitors(self) -> tuple[str, ...]:
+        """Every monitor this run can produce."""
+        return BUILTIN_MONITORS + tuple(f"val_{m.key}" for m in self.metrics if f"val_{m.key}" != "val_acc")
+
+    @property
+    def goals(self) -> dict[str, str]:
+        """monitor -> "max"/"min" for the metrics whose direction is known here (see MetricSection.goal)."""
+        return {f"val_{m.key}": m.goal for m in self.metrics if m.goal}
+
     @model_validator(mode="after")
     def _modes_make_sense(self) -> Preset:
+        seen: dict[str, int] = {}
+        for i, metric in enumerate(self.metrics):
+            key = metric.key
+            if not re.fullmatch(r"[A-Za-z0-9_]+", key):
+                raise ValueError(f'metrics.{i}.label: "{key}" names a column and a monitor (val_{key});'
+                                 ' use letters, digits and "_"')
+            if key in seen:
+                raise ValueError(f'metrics.{i}: a second metric called "{key}" (metrics.{seen[key]} is one);'
+                                 ' give one of them another label = "..."')
+            if key in ("loss",):
+                raise ValueError(f'metrics.{i}.label: "{key}" is taken (val_loss is the validation loss);'
+                                 ' choose another label')
+            seen[key] = i
+        for section in ("checkpoint", "early_stopping", "scheduler"):
+            cfg = getattr(self, section)
+            if cfg.monitor == "val_accuracy":  # accuracy's monitor is val_acc; take the obvious spelling too
+                cfg.monitor = "val_acc"
+            if cfg.monitor not in self.monitors:
+                hint = did_you_mean(cfg.monitor, list(self.monitors)) or (
+                    f'; monitors are {", ".join(self.monitors)} (add a [[metrics]] entry for another)')
+                raise ValueError(f'{section}.monitor: no metric produces "{cfg.monitor}"{hint}')
         for section in ("checkpoint", "early_stopping"):
             cfg = getattr(self, section)
-            wants = resolve_mode(cfg.monitor, "auto")
-            if cfg.mode not in ("auto", wants):
+            known = cfg.monitor in BUILTIN_MONITORS or cfg.monitor in self.goals
+            wants = resolve_mode(cfg.monitor, "auto", self.goals)
+            if known and cfg.mode not in ("auto", wants):
                 raise ValueError(
                     f"{section}.mode: \"{cfg.mode}\" with monitor \"{cfg.monitor}\" would keep the worst"
                     f" epochs; use mode = \"{wants}\" (or \"auto\")"
@@ -206,7 +304,12 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Prese
 def from_dict(raw: dict[str, Any], *, source: str = "<preset>", overrides=()) -> Preset:
     raw = dict(raw)
     keys = []
-    for item in overrides:
+    for item in overrides:  # in command-line order: a later --set or --unset of a key wins
+        if item.startswith(UNSET):
+            key = item[len(UNSET):]
+            _unset_path(raw, key)
+            keys.append(key)
+            continue
         key, value = parse_override(item)
         _set_path(raw, key, value, source=f"--set {key}")
         keys.append(key)
@@ -221,11 +324,48 @@ def from_dict(raw: dict[str, Any], *, source: str = "<preset>", overrides=()) ->
     return preset
 
 
+UNSET = "-"  # an override "-optimizer.momentum" is `--unset optimizer.momentum` (a key never starts with "-")
+
+
+def unset_override(key: str) -> str:
+    """The override item that `--unset KEY` adds to the list `load` takes (order kept with --set)."""
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key.strip()):
+        raise UserError("expected a dotted key, e.g. --unset optimizer.momentum", source=f"--unset {key}")
+    return UNSET + key.strip()
+
+
+def _unset_path(raw: dict[str, Any], key: str) -> None:
+    """Remove `key` so its default applies (--set optimizer.name=Adam --unset optimizer.momentum)."""
+    node: Any = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else (
+            node[int(part)] if isinstance(node, list) and part.isdigit() and int(part) < len(node) else None)
+        if not isinstance(child, (dict, list)):
+            break
+        copy = dict(child) if isinstance(child, dict) else list(child)
+        if isinstance(node, dict):
+            node[part] = copy
+        else:
+            node[int(part)] = copy
+        node = copy
+    else:
+        last = parts[-1]
+        if isinstance(node, dict) and last in node:
+            del node[last]
+            return
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            del node[int(last)]
+            return
+    raise UserError(f"{key} is not set in the preset (nor by an earlier --set); nothing to unset",
+                    source=f"--unset {key}")
+
+
 def _origin(key: str, overridden, source: str) -> str:
     """The `--set` that supplied `key` (or a table above or below it), else the file."""
     for over in reversed(list(overridden)):  # the last --set of a key wins, so it is the one to name
         if key == over or key.startswith(over + ".") or over.startswith(key + "."):
-            return f"--set {over}"
+            return f"--set {over}"  # (an --unset is named as the --set of that key: it set the default)
     return source
 
 

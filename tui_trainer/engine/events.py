@@ -139,6 +139,9 @@ class EpochEnd(Event):
     bad_epochs: int  # early stopping counter
     patience: int | None  # None when early stopping is off
     plateau: tuple[int, int] | None = None  # ReduceLROnPlateau (bad epochs, patience)
+    # the [[metrics]] of this epoch's validation, by monitor name ("val_dice": 0.91), in preset order;
+    # val_acc stays in its own field. None: the metric had nothing to measure (no validation set).
+    metrics: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
