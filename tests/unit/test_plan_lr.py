@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from tui_trainer.config import OptimizerSection, ParamGroup, SchedulerSection
-from tui_trainer.parts.optim import LrPlan, LrSchedule, plan_lr
+from tui_trainer.errors import PresetError
+from tui_trainer.parts.optim import LrPlan, LrSchedule, build_scheduler, check_scheduler, plan_lr
 
 
 def plan(sched: SchedulerSection, *, steps_per_epoch: int, total_steps: int, opt: OptimizerSection | None = None,
@@ -190,3 +191,144 @@ def test_state_dict_restores_factor_base_and_scheduler():
         s2.after_epoch(None)
     assert s.current() == approx([0.0125, 0.125])
     assert s2.current() == approx(s.current()), "the scheduler's count resumed too"
+
+
+# --------------------------------------------------------------------------- ReduceLROnPlateau's mode
+
+
+def plateau_schedule(monitor: str, goals=None, **kwargs):
+    opt = two_groups()
+    cfg = SchedulerSection(name="ReduceLROnPlateau", monitor=monitor, **kwargs)
+    return LrSchedule(opt, build_scheduler(cfg, opt, 10, goals), "epoch", warmup_steps=0)
+
+
+@pytest.mark.parametrize(("monitor", "goals", "mode"), [
+    ("val_acc", None, "max"), ("val_loss", None, "min"), ("train_loss", None, "min"),
+    ("val_f1", {"val_f1": "max"}, "max"), ("val_mae", {"val_mae": "min"}, "min"),
+])
+def test_plateau_mode_follows_the_monitor(monitor, goals, mode):
+    s = plateau_schedule(monitor, goals, patience=1)
+    assert s.scheduler.mode == mode
+    assert plateau_schedule(monitor, goals, mode="auto").scheduler.mode == mode, '"auto" means the same'
+
+
+def test_plateau_on_accuracy_keeps_the_lr_while_it_rises_and_cuts_when_flat():
+    rising = plateau_schedule("val_acc", patience=1, factor=0.5)
+    for acc in (0.5, 0.6, 0.7, 0.8, 0.9):
+        rising.after_epoch(acc)
+        assert rising.current() == approx([0.1, 1.0]), f"cut after accuracy rose to {acc}"
+    flat = plateau_schedule("val_acc", patience=1, factor=0.5)
+    flat.after_epoch(0.5)
+    flat.after_epoch(0.5)  # 1 bad epoch: within patience
+    assert flat.current() == approx([0.1, 1.0]) and flat.plateau_status() == (1, 1)
+    flat.after_epoch(0.5)  # 2 bad epochs > patience 1: cut
+    assert flat.current() == approx([0.05, 0.5])
+
+
+def test_a_plateau_mode_against_the_monitor_is_refused():
+    with pytest.raises(PresetError) as info:
+        plateau_schedule("val_acc", mode="min")
+    assert info.value.key == "scheduler.mode"
+    assert info.value.message == ('"min" with monitor "val_acc" would cut the LR when it improves;'
+                                  ' use mode = "max" (or leave it out)')
+    with pytest.raises(PresetError) as info:  # fails fast too
+        check_scheduler(SchedulerSection(name="ReduceLROnPlateau", monitor="val_f1", mode="min"), {"val_f1": "max"})
+    assert info.value.key == "scheduler.mode" and 'use mode = "max"' in info.value.message
+    check_scheduler(SchedulerSection(name="ReduceLROnPlateau", monitor="val_acc", mode="max"))
+    # a monitor whose direction is not known: the given mode stands
+    assert plateau_schedule("val_custom", mode="max").scheduler.mode == "max"
+
+
+def test_plan_lr_and_build_scheduler_work_without_goals():
+    p = plan(SchedulerSection(name="ReduceLROnPlateau", monitor="val_acc"), steps_per_epoch=2, total_steps=4)
+    assert p.adaptive and set(p.lrs[0]) == {0.1}
+    p = plan(SchedulerSection(name="ReduceLROnPlateau", monitor="val_f1"), steps_per_epoch=2, total_steps=4,
+             goals={"val_f1": "max"})
+    assert p.adaptive
+
+
+# --------------------------------------------------------------------------- adopting LR writes
+
+
+def steplr_schedule(warmup_steps=0, gamma=0.5):
+    opt = two_groups()
+    return LrSchedule(opt, torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma), "epoch",
+                      warmup_steps=warmup_steps)
+
+
+def test_an_lr_written_into_a_group_is_adopted_and_the_schedule_continues_from_it():
+    s = steplr_schedule()
+    s.after_epoch(None)
+    assert s.current() == approx([0.05, 0.5])
+    assert not s.adopt(), "nothing written"
+    s.optimizer.param_groups[1]["lr"] = 2.0  # a user callback: 4x the schedule for this group
+    assert s.adopt()
+    assert s.current() == approx([0.05, 2.0]) and s.group_factors == approx([1.0, 4.0])
+    assert s.base == approx([0.05, 0.5]), "the scheduler's own value is untouched"
+    assert not s.adopt(), "reported once"
+    s.after_epoch(None)
+    assert s.current() == approx([0.025, 1.0]), "StepLR halves the adopted value"
+    s.scale(0.5)
+    assert s.current() == approx([0.0125, 0.5]), "the manual factor composes with the group factor"
+
+
+def test_a_write_is_never_overwritten_even_before_adopt_is_called():
+    s = steplr_schedule()
+    s.optimizer.param_groups[0]["lr"] = 0.3
+    s.after_epoch(None)  # the scheduler steps first: the write is adopted, not lost
+    assert s.current() == approx([0.15, 0.5])
+    assert s.adopt(), "and adopt() still reports it"
+    assert not s.adopt()
+    s.optimizer.param_groups[0]["lr"] = 0.6
+    s.scale(0.5)
+    assert s.current() == approx([0.3, 0.25]) and s.adopt()
+
+
+def test_a_tiny_difference_is_not_a_write():
+    s = steplr_schedule()
+    s.optimizer.param_groups[0]["lr"] *= 1 + 1e-15
+    assert not s.adopt()
+
+
+def test_a_write_during_warmup_keeps_its_ratio_to_the_schedule():
+    s = steplr_schedule(warmup_steps=4)
+    assert s.current() == approx([0.025, 0.25])
+    s.optimizer.param_groups[0]["lr"] = 0.05  # 2x what the warm-up gives now
+    assert s.adopt() and s.group_factors == approx([2.0, 1.0])
+    s.after_step(1)
+    assert s.current() == approx([0.1, 0.5])
+    for done in (2, 3, 4):
+        s.after_step(done)
+    assert s.current() == approx([0.2, 1.0])
+
+
+def test_a_write_over_a_zero_lr_goes_into_the_base():
+    s = LrSchedule(two_groups(lr_a=0.0), None, "epoch", warmup_steps=0)
+    s.optimizer.param_groups[0]["lr"] = 0.3
+    assert s.adopt()
+    assert s.base == approx([0.3, 1.0]) and s.group_factors == [1.0, 1.0] and s.current() == approx([0.3, 1.0])
+
+
+def test_state_dict_keeps_the_group_factors_and_an_old_checkpoint_loads_with_ones():
+    s = steplr_schedule()
+    s.after_epoch(None)
+    s.optimizer.param_groups[1]["lr"] = 2.0
+    s.adopt()
+    state = s.state_dict()
+    assert state["group_factors"] == approx([1.0, 4.0])
+
+    s2 = steplr_schedule()
+    s2.optimizer.param_groups[1]["lr"] = 123.0  # whatever the optimizer holds before the first step
+    s2.load_state_dict(state)
+    assert not s2.adopt(), "nothing to adopt until the restored terms are applied"
+    s2.before_step(0)
+    assert s2.current() == approx([0.05, 2.0])
+    s.after_epoch(None)
+    s2.after_epoch(None)
+    assert s2.current() == approx(s.current()) and s.current() == approx([0.025, 1.0])
+
+    old = {k: v for k, v in state.items() if k != "group_factors"}
+    s3 = steplr_schedule()
+    s3.load_state_dict(old)
+    s3.before_step(0)
+    assert s3.group_factors == [1.0, 1.0] and s3.current() == approx([0.05, 0.5])
