@@ -109,11 +109,28 @@ def format_runs(runs: list[RunSummary], base: str | Path = "runs") -> str:
         base = Path(base)
         where = f"nothing in {base}/" if base.is_dir() else f"no {base}/ folder here"
         return f"no runs yet ({where}); start one with: tui-trainer PRESET.toml --detach"
-    header = f"{'run':<42} {'state':<13} {'epoch':>9} {'step':>13} {'best':>20}  attach"
+    header = f"{'run':<42} {'state':<13} {'epoch':>9} {'step':>13} {'best':>{BEST_WIDTH}}  attach"
     lines = [header]
     for r in runs:
         epoch = f"{r.epoch or '-'}/{r.epochs or '?'}"
         step = f"{r.step}/{r.total_steps or '?'}"
-        best = f"{r.monitor} {r.best:.4f}" if r.best is not None and r.monitor else "-"
-        lines.append(f"{str(r.path):<42} {r.state:<13} {epoch:>9} {step:>13} {best:>20}  {'yes' if r.attachable else '-'}")
+        best = best_text(r.monitor, r.best) if r.best is not None and r.monitor else "-"
+        lines.append(f"{str(r.path):<42} {r.state:<13} {epoch:>9} {step:>13} {best:>{BEST_WIDTH}}  {'yes' if r.attachable else '-'}")
     return "\n".join(lines)
+
+
+BEST_WIDTH = 20
+
+
+def best_text(monitor: str, best: float, width: int = BEST_WIDTH) -> str:
+    """"val_loss 0.1234"; a monitor too long for the column loses its "val_" and then its middle,
+    keeping its start and its end, which tells metrics apart ("mult…f1_score 0.8123")."""
+    value = f"{best:.4f}"
+    room = width - len(value) - 1
+    for name in (monitor, monitor.removeprefix("val_")):
+        if len(name) <= room:
+            return f"{name} {value}"
+    if room < 3:
+        return value
+    head = (room - 1) // 3
+    return f"{name[:head]}…{name[len(name) - (room - 1 - head):]} {value}"

@@ -99,7 +99,7 @@ def prepare(
     with writing(rd):
         rd.path.mkdir(parents=True, exist_ok=not fresh)
         rd.write_config(preset)
-        recorder = Recorder(rd)
+        recorder = Recorder(rd, [f"val_{m.key}" for m in preset.metrics], len(trainer.parts.optimizer.param_groups))
     all_sinks += [recorder, *(sinks or [])]
     closers = [recorder.close]
     server = None
@@ -169,7 +169,8 @@ def _tensorboard_writer_class(preset: config.Preset):
 
 
 class TensorBoardSink:
-    """Scalars to TensorBoard: train loss and LR per report, validation per epoch."""
+    """Scalars to TensorBoard: train loss and LR per report, validation and [[metrics]] per epoch
+    (`epoch/val_dice`: the metric's monitor name)."""
 
     def __init__(self, writer):
         self.writer = writer
@@ -186,6 +187,9 @@ class TensorBoardSink:
                     value = getattr(event, key)
                     if value is not None:
                         self.writer.add_scalar(f"epoch/{key}", value, event.epoch)
+                for monitor, value in event.metrics.items():
+                    if value is not None and monitor not in ("train_loss", "val_loss", "val_acc"):
+                        self.writer.add_scalar(f"epoch/{monitor}", value, event.epoch)
 
     def close(self) -> None:
         self.writer.close()

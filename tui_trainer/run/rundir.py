@@ -10,7 +10,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tui_trainer.config import Preset, dump_toml
@@ -108,40 +108,73 @@ def writing(rd: RunDir) -> Iterator[None]:
 METRIC_FIELDS = ["time", "phase", "epoch", "step", "loss", "val_loss", "val_acc", "lr", "samples_per_s"]
 
 
+def metric_fields(metrics: Sequence[str] = (), groups: int = 1) -> list[str]:
+    """metrics.csv's columns for a run with these [[metrics]] (by monitor name, "val_dice") and
+    this many optimizer param groups: METRIC_FIELDS with the metrics after val_acc and lr_1.. after
+    lr. A run without either has exactly METRIC_FIELDS."""
+    extra = [m for m in dict.fromkeys(metrics) if m not in METRIC_FIELDS]
+    at_acc = METRIC_FIELDS.index("val_acc") + 1
+    at_lr = METRIC_FIELDS.index("lr") + 1
+    lrs = [f"lr_{i}" for i in range(1, groups)]
+    return METRIC_FIELDS[:at_acc] + extra + METRIC_FIELDS[at_acc:at_lr] + lrs + METRIC_FIELDS[at_lr:]
+
+
 class Recorder:
     """A sink: every event to events.jsonl; reports and epochs to metrics.csv.
+
+    metrics.csv has one row per StepReport (phase "train") and per EpochEnd (phase "epoch"). Its
+    columns are fixed when the file is made (`metric_fields`): one per [[metrics]] entry, named by
+    its monitor ("val_dice", filled by EpochEnd rows), and one learning rate per optimizer param
+    group, filled by StepReport rows: `lr` is group 0, `lr_1`, `lr_2`, ... the others, by index (a
+    group's name may contain commas). A resumed run appends to the existing file under its own
+    header: rows are written with that header's columns, whatever this run would have made, so an
+    older file keeps well-formed rows (values it has no column for are left out).
 
     Never raises into the engine: on a full disk an event that cannot be written is dropped (a
     checkpoint matters more than its log line) and the next one that can starts on a new line.
     A line torn by a killed process is closed the same way when a resumed run appends."""
 
-    def __init__(self, run_dir: RunDir):
+    def __init__(self, run_dir: RunDir, metrics: Sequence[str] = (), groups: int = 1):
         self.events = _Appender(run_dir.events_path)
         metrics_path = run_dir.path / "metrics.csv"
         new = not metrics_path.exists() or metrics_path.stat().st_size == 0
+        self.fields = metric_fields(metrics, groups) if new else (_header_of(metrics_path) or METRIC_FIELDS)
         self.metrics = _Appender(metrics_path)
         if new:
-            self.metrics.write(_csv_row(None))
+            self.metrics.write(_csv_row(self.fields, None))
         self.dropped = 0
 
     def __call__(self, event: Event) -> None:
         ok = self.events.write(event.json_line + "\n")
         match event:
             case StepReport():
-                ok &= self.metrics.write(_csv_row({
-                    "time": f"{event.time:.3f}", "phase": "train", "epoch": event.epoch, "step": event.step,
-                    "loss": f"{event.loss:.6g}", "lr": f"{event.lrs[0]:.6g}",
-                    "samples_per_s": f"{event.samples_per_s:.1f}"}))
+                row = {"time": f"{event.time:.3f}", "phase": "train", "epoch": event.epoch, "step": event.step,
+                       "loss": f"{event.loss:.6g}", "samples_per_s": f"{event.samples_per_s:.1f}"}
+                for i, lr in enumerate(event.lrs):
+                    row["lr" if i == 0 else f"lr_{i}"] = f"{lr:.6g}"
+                ok &= self.metrics.write(_csv_row(self.fields, row))
             case EpochEnd():
-                ok &= self.metrics.write(_csv_row({
-                    "time": f"{event.time:.3f}", "phase": "epoch", "epoch": event.epoch, "step": event.step,
-                    "loss": _g(event.train_loss), "val_loss": _g(event.val_loss), "val_acc": _g(event.val_acc)}))
+                row = {name: _g(value) for name, value in event.metrics.items()}
+                row.update({"time": f"{event.time:.3f}", "phase": "epoch", "epoch": event.epoch,
+                            "step": event.step, "loss": _g(event.train_loss), "val_loss": _g(event.val_loss),
+                            "val_acc": _g(event.val_acc)})
+                ok &= self.metrics.write(_csv_row(self.fields, row))
         if not ok:
             self.dropped += 1
 
     def close(self) -> None:
         self.events.close()
         self.metrics.close()
+
+
+def _header_of(path: Path) -> list[str] | None:
+    """The column names of an existing metrics.csv (its first line), or None if unreadable."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader([f.readline()]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return header or None
 
 
 class _Appender:
@@ -192,9 +225,9 @@ def _warn(text: str) -> None:
         pass
 
 
-def _csv_row(row: dict | None) -> str:
+def _csv_row(fields: list[str], row: dict | None) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, METRIC_FIELDS)
+    writer = csv.DictWriter(out, fields, extrasaction="ignore")
     if row is None:
         writer.writeheader()
     else:

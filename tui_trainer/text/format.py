@@ -1,4 +1,4 @@
-"""Numbers for people: durations, byte sizes, parameter counts, learning rates."""
+"""Numbers for people: durations, byte sizes, parameter counts, learning rates, metric values."""
 
 from __future__ import annotations
 
@@ -44,6 +44,36 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def metric_text(value: float | None, width: int | None = None) -> str:
+    """A metric's value with 4 significant digits (0.8123, 0.5000, 12.35, 1234, 1.235e+05); "-" for
+    None. `width`: fewer digits, and a short exponent, until it fits (1.2e-5), for table columns."""
+    if value is None:
+        return "-"
+    text = _digits(value, 4)
+    if width is None:
+        return text
+    for digits in (4, 3, 2, 1):
+        text = _short_exponent(_digits(value, digits))
+        if len(text) <= width:
+            return text
+    return text
+
+
+def _digits(value: float, digits: int) -> str:
+    """`digits` significant digits, trailing zeros kept (0.5000), no bare trailing point (1234)."""
+    mantissa, e, exponent = f"{value:#.{digits}g}".partition("e")
+    return mantissa.rstrip(".") + e + exponent
+
+
+def _short_exponent(text: str) -> str:
+    """1.235e+05 -> 1.235e5, 1.2e-05 -> 1.2e-5."""
+    mantissa, e, exponent = text.partition("e")
+    if not e:
+        return text
+    sign = "-" if exponent.startswith("-") else ""
+    return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+
+
 def lr_text(lr: float) -> str:
     return f"{lr:.2e}"
 
@@ -79,6 +109,9 @@ def event_line(event, started=None) -> tuple[str, str] | None:
                 value = getattr(event, key)
                 if value is not None:
                     parts.append(f"{key} {value:.4f}")
+            for key, value in event.metrics.items():  # the [[metrics]], in preset order: val_dice 0.8123
+                if value is not None and key not in ("train_loss", "val_loss", "val_acc"):
+                    parts.append(f"{key} {metric_text(value)}")
             if event.best is not None:
                 parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
             if event.patience:

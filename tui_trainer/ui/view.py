@@ -62,6 +62,7 @@ class Series:
 
 class RunView:
     RECENT = 600  # per-step losses kept raw for the sparklines
+    MAX_METRICS = 64  # metric names kept: a run has a handful; a wild one cannot grow this
 
     def __init__(self) -> None:
         self.started: RunStarted | None = None
@@ -79,6 +80,8 @@ class RunView:
         self._ema: float | None = None
         self.lr_history: list[Series] = []
         self.epochs: deque[EpochEnd] = deque(maxlen=1000)  # the pane shows the last few
+        self.metric_names: list[str] = []  # the [[metrics]] seen in EpochEnd.metrics, first seen first
+        self.has_val_acc = False  # some epoch had val_acc (a regression run never does)
         self.trainable: tuple[bool | None, ...] = ()
         self.params_trainable = 0
         self.params_total = 0
@@ -172,6 +175,10 @@ class RunView:
 
     def _on_epoch_end(self, e: EpochEnd) -> None:
         self.epochs.append(e)
+        self.has_val_acc |= e.val_acc is not None
+        for name in e.metrics:
+            if name not in self.metric_names and len(self.metric_names) < self.MAX_METRICS:
+                self.metric_names.append(name)
         self.dirty |= {"loss", "header", "lr"}
 
     def _on_lr_changed(self, e: LrChanged) -> None:
