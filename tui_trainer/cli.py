@@ -18,6 +18,25 @@ exit codes:
 """
 
 
+class _Unset(argparse.Action):
+    """`--unset KEY`: into the same list as --set (dest "overrides"), so command-line order is kept."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from tui_trainer import config  # a bad key is a one-line UserError, as a bad --set is
+
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append(config.unset_override(values))
+        setattr(namespace, self.dest, items)
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset key, value read as TOML (repeatable): --set optimizer.lr=0.05")
+    p.add_argument("--unset", dest="overrides", action=_Unset, metavar="KEY",
+                   help="remove a preset key so its default applies (repeatable; applied in order with --set):"
+                        " --set optimizer.name=Adam --unset optimizer.momentum")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage)
         self.exit(2, f"tui-trainer: error: {message} (see tui-trainer --help)\n")
@@ -30,14 +49,14 @@ def _run_parser() -> argparse.ArgumentParser:
         epilog="other commands:\n"
         "  tui-trainer preview PRESET.toml   resolved config, layers, planned LR; no training\n"
         "  tui-trainer attach [RUN_DIR]      open the monitor on a running (or finished) run\n"
-        "  tui-trainer ls [RUNS_DIR]         list runs: state, epoch, best, attachable\n\n"
+        "  tui-trainer ls [RUNS_DIR]         list runs: state, epoch, best, attachable\n"
+        "  tui-trainer export RUN_DIR|CKPT   the model's weights as a plain state_dict (model.load_state_dict)\n\n"
         + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("preset", help="preset file, e.g. presets/resnet18_finetune.toml")
     p.add_argument("--no-ui", action="store_true", help="headless: plain log lines (nohup, SLURM, CI)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset key, value read as TOML (repeatable): --set optimizer.lr=0.05")
+    _add_overrides(p)
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = newest last.pt of this preset")
     p.add_argument("--run-dir", metavar="DIR", help="write the run here instead of runs/<name>-<time>/")
     p.add_argument("--paused", action="store_true", help="open the app paused (freeze layers before the first step)")
@@ -70,7 +89,21 @@ def _preview_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tui-trainer preview",
                 description="Show the resolved preset, the layer table (one dry forward pass) and the planned LR.")
     p.add_argument("preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_overrides(p)
+    return p
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tui-trainer export",
+                description="Write a run's model weights as a plain state_dict, loadable as tutorials do it:"
+                            ' model.load_state_dict(torch.load("model.pt")). A "module." (DDP) or "_orig_mod."'
+                            " (torch.compile) prefix on every key is removed.")
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT",
+                   help="a run directory (its checkpoints/best.pt, else last.pt) or one checkpoint file")
+    p.add_argument("--out", metavar="FILE",
+                   help="file to write (default: <run name>-<checkpoint name>.pt in the current folder,"
+                        " e.g. tiny-best.pt); its folder must exist")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     return p
 
 
@@ -99,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             base = "runs" if opts.runs is None else opts.runs
             print(format_runs(list_runs(base), base))
             return 0
+        if args and args[0] == "export":
+            opts = _export_parser().parse_args(args[1:])
+            from tui_trainer.run.export import export
+
+            return export(opts.source, opts.out, force=opts.force)
         return _train(_run_parser().parse_args(args))
     except UserError as err:
         print(f"tui-trainer: error: {err}", file=sys.stderr)

@@ -1,4 +1,17 @@
-"""Model: a torchvision builder (or "pkg.mod:factory"), its weights, a new head, frozen prefixes."""
+"""Model: a torchvision builder (or "pkg.mod:factory"), its weights, a new head, frozen prefixes.
+
+Builders are the classifiers of torchvision.models and the segmentation models of
+torchvision.models.segmentation (fcn_*, deeplabv3_*, lraspp_*). A segmentation model is built
+with `weights_backbone=None` unless [model.kwargs] names one (torchvision would otherwise download
+the ImageNet backbone, which an offline machine cannot); with weights "none", `num_classes` goes to
+its builder; with COCO weights (or a weights file) it is built as they are (21 classes) and its
+final 1x1 convs (classifier, aux_classifier; lraspp's low_ and high_classifier) are replaced.
+
+`model.freeze_backbone` is fastai's freeze(): after `model.freeze`, every parameter outside the
+head is frozen. The head is what `replace_head` replaced, else what `head_names` finds (the last
+Linear or 1x1 conv; a segmentation model's final classifier convs). It only freezes: a head that
+`model.freeze` froze stays frozen.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +37,16 @@ class BuiltModel:
 
 
 def torchvision_archs() -> list[str]:
+    """Every builder `model.arch` accepts by name: classifiers, then segmentation models."""
     import torchvision.models as tvm
 
-    return tvm.list_models(module=tvm)
+    return tvm.list_models(module=tvm) + segmentation_archs()
+
+
+def segmentation_archs() -> list[str]:
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm.segmentation)
 
 
 def check_arch(cfg: ModelSection) -> None:
@@ -36,7 +56,8 @@ def check_arch(cfg: ModelSection) -> None:
     if cfg.arch not in archs:
         raise PresetError(
             f'unknown architecture "{cfg.arch}"{did_you_mean(cfg.arch, archs)}'
-            ' (any torchvision.models classifier, or "package.module:factory")',
+            ' (any torchvision.models classifier, or "package.module:factory")',  # segmentation builders too:
+            # the wording stays while tests/fixtures/bad_presets/unknown_arch.toml expects it
             key="model.arch",
         )
 
@@ -48,9 +69,10 @@ def build_model(cfg: ModelSection) -> BuiltModel:
         model, note = _custom_model(cfg)
     else:
         model, note = _torchvision_model(cfg, warnings)
-    if cfg.num_classes is not None:
-        replace_head(model, cfg.num_classes)
+    replaced = replace_head(model, cfg.num_classes) if cfg.num_classes is not None else []
     apply_freeze(model, cfg.freeze, key="model.freeze")
+    if cfg.freeze_backbone:
+        freeze_backbone(model, replaced or head_names(model))
     return BuiltModel(model, note, warnings)
 
 
@@ -106,8 +128,13 @@ def _torchvision_model(cfg: ModelSection, warnings: list[str]) -> tuple[nn.Modul
             )
             weights = None
             note = "random init (offline)"
+    kwargs = dict(cfg.kwargs)
+    if cfg.arch in segmentation_archs():
+        kwargs.setdefault("weights_backbone", None)  # no ImageNet download unless asked for
+        if weights is None and file_weights is None and cfg.num_classes is not None:
+            kwargs.setdefault("num_classes", cfg.num_classes)  # COCO weights (a file too): 21, then swapped
     try:
-        model = tvm.get_model(cfg.arch, weights=weights, **cfg.kwargs)
+        model = tvm.get_model(cfg.arch, weights=weights, **kwargs)
     except TypeError as exc:
         raise PresetError(f"{cfg.arch} does not take these kwargs: {exc}", key="model.kwargs") from None
     except ValueError as exc:
@@ -168,7 +195,11 @@ def _load_file_weights(model: nn.Module, path_text: str) -> str:
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module]:
-    """The classifier: the last Linear, or a 1x1 Conv2d after it (squeezenet)."""
+    """The classifier: the last Linear, or a 1x1 Conv2d after it (squeezenet); for a torchvision
+    segmentation model, its main classifier's final 1x1 conv."""
+    seg = segmentation_heads(model)
+    if seg:
+        return seg[0], model.get_submodule(seg[0])
     head = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) or (
@@ -185,20 +216,63 @@ def _out_features(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
-def replace_head(model: nn.Module, num_classes: int) -> list[str]:
-    """Swap the classifier (and auxiliary classifiers of the same width) for `num_classes` outputs."""
-    _, head = find_head(model)
-    old = _out_features(head)
-    if old == num_classes:
+def _is_1x1(module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+
+
+def segmentation_heads(model: nn.Module) -> list[str]:
+    """The final 1x1 convs of a torchvision segmentation model, main head first: classifier.4 and
+    aux_classifier.4 (FCN; DeepLabV3's main head ends at .4 too), classifier.low_classifier and
+    classifier.high_classifier (LRASPP, whose two outputs are summed). [] for any other model."""
+    try:
+        from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
+    except ImportError:
         return []
+    if isinstance(model, LRASPP):
+        names = ["classifier.high_classifier", "classifier.low_classifier"]
+    elif isinstance(model, (FCN, DeepLabV3)):
+        names = []
+        for attr in ("classifier", "aux_classifier"):
+            head = getattr(model, attr, None)
+            if isinstance(head, nn.Sequential) and len(head) and _is_1x1(head[-1]):
+                names.append(f"{attr}.{len(head) - 1}")
+    else:
+        return []
+    return [n for n in names if _is_1x1(model.get_submodule(n))]
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """The head `freeze_backbone` leaves trainable when none was replaced: a segmentation model's
+    final classifier convs, else the module `find_head` finds."""
+    seg = segmentation_heads(model)
+    if seg:
+        return seg
+    try:
+        return [find_head(model)[0]]
+    except PresetError:
+        raise PresetError("model has no Linear or 1x1 Conv2d head to leave trainable; use model.freeze"
+                          " to name what to freeze instead", key="model.freeze_backbone") from None
+
+
+def replace_head(model: nn.Module, num_classes: int) -> list[str]:
+    """Swap the classifier (and auxiliary classifiers of the same width) for `num_classes` outputs.
+    Returns the names of the modules replaced (freeze_backbone leaves them trainable)."""
+    seg = segmentation_heads(model)
+    if seg:  # by name: an ASPP or LRASPP 1x1 conv of the same width is not a head
+        targets = [(n, m) for n in seg if (m := model.get_submodule(n)).out_channels != num_classes]
+    else:
+        _, head = find_head(model)
+        old = _out_features(head)
+        if old == num_classes:
+            return []
+        targets = [(n, m) for n, m in model.named_modules()
+                   if (isinstance(m, nn.Linear) and m.out_features == old) or (_is_1x1(m) and m.out_channels == old)]
     replaced = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and module.out_features == old:
+    for name, module in targets:
+        if isinstance(module, nn.Linear):
             new = nn.Linear(module.in_features, num_classes, bias=module.bias is not None)
-        elif isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.out_channels == old:
-            new = nn.Conv2d(module.in_channels, num_classes, 1, bias=module.bias is not None)
         else:
-            continue
+            new = nn.Conv2d(module.in_channels, num_classes, 1, bias=module.bias is not None)
         new = new.to(device=module.weight.device, dtype=module.weight.dtype)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -221,6 +295,13 @@ def check_prefixes(model: nn.Module, prefixes: list[str], key: str) -> None:
             top = sorted({n.split(".")[0] for n in names})
             hint = did_you_mean(prefix, names) or f"; top-level modules: {', '.join(top)}"
             raise PresetError(f'"{prefix}" matches no module with parameters{hint}', key=f"{key}[{i}]")
+
+
+def freeze_backbone(model: nn.Module, head: list[str]) -> None:
+    """Freeze every parameter outside the modules named in `head` (fastai's freeze())."""
+    for name, param in model.named_parameters():
+        if not any(matches(name, h) for h in head):
+            param.requires_grad_(False)
 
 
 def apply_freeze(model: nn.Module, prefixes: list[str], key: str) -> None:

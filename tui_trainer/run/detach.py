@@ -41,8 +41,11 @@ def detach(preset_path: str, overrides: list[str], *, resume: str | None, run_di
         rd.path.mkdir(parents=True, exist_ok=not fresh)
         out = open(log, "ab")
     cmd = [sys.executable, "-m", "tui_trainer", str(preset_path), "--no-ui", "--run-dir", str(rd.path)]
-    for item in overrides:
-        cmd += ["--set", item]
+    for item in overrides:  # in order: "-KEY" items are --unset KEY (config.unset_override)
+        if item.startswith(config.UNSET):
+            cmd += ["--unset", item[len(config.UNSET):]]
+        else:
+            cmd += ["--set", item]
     if resume_path is not None:
         cmd += ["--resume", str(resume_path)]  # the checkpoint found now, whatever `auto` finds later
     with out, open(os.devnull, "rb") as devnull:
