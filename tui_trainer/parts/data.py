@@ -1,4 +1,5 @@
-"""Data: the built-in `digits`, ImageFolder, torchvision datasets; seeded splits and batches.
+"""Data: the built-in `digits`, ImageFolder, torchvision datasets, or the user's own factory
+("package.module:make"); seeded splits and batches.
 
 Reproducibility is by construction, not by luck: the batch order of epoch `e` is a pure function
 of (seed, e), and a random augmentation of a sample is a pure function of (seed, epoch, index).
@@ -11,14 +12,17 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset, default_collate
 
 from tui_trainer.config import DataSection
 from tui_trainer.errors import PresetError, UserError, did_you_mean
+from tui_trainer.parts import target
 from tui_trainer.signals import reset_inherited_signals
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,9 +40,19 @@ class DataParts:
     train_batches: EpochBatches
     num_classes: int | None
     classes: list[str]
-    sample: torch.Tensor  # one input, batch of 1, for the dry forward pass
+    # the input of `sample_batch` when that is an (input, target) pair, else None (dry forward pass)
+    sample: torch.Tensor | None
     note: str  # "digits: 1437 train / 360 val, 10 classes"
-    sample_target: torch.Tensor | None = None  # the sample's target, batch of 1 (for the loss check)
+    sample_target: torch.Tensor | None = None  # the target of `sample_batch` when it is a pair, else None
+    # A real collated batch on the CPU: the first min(batch_size, 8) samples of the validation set
+    # (else the training set), through the run's collate_fn; the start checks model, step and loss on it.
+    sample_batch: Any = None
+    collate_fn: Any = None  # data.collate resolved, or None (torch's default_collate)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (batches per epoch // train.accumulate)."""
+        return self.train_batches.steps_per_epoch
 
     def close(self) -> None:
         """End the persistent worker processes now. Left to garbage collection, an iterator caught
@@ -72,21 +86,50 @@ class DataParts:
 # --------------------------------------------------------------------------- datasets
 
 
+def mean_std(channels: int = 3, normalize: Any = "imagenet") -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """`data.normalize` for `channels`: (mean, std), or None for "none". "imagenet" with one channel
+    is the mean of ImageNet's three means and of its three stds (0.449, 0.226). A custom {mean, std}
+    must give one value per channel (PresetError key data.normalize otherwise)."""
+    if normalize == "none":
+        return None
+    if normalize == "imagenet":
+        if channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return (sum(IMAGENET_MEAN) / 3,) * channels, (sum(IMAGENET_STD) / 3,) * channels
+    mean = tuple(float(v) for v in getattr(normalize, "mean", None) or normalize["mean"])
+    std = tuple(float(v) for v in getattr(normalize, "std", None) or normalize["std"])
+    if len(mean) != channels or len(std) != channels:
+        raise PresetError(f"mean has {len(mean)} values and std {len(std)}, but data.channels = {channels};"
+                          f" give {channels} of each", key="data.normalize")
+    if any(v <= 0 for v in std):
+        raise PresetError(f"std must be positive, got {list(std)}", key="data.normalize")
+    return mean, std
+
+
 class Digits(Dataset):
     """scikit-learn's bundled handwritten digits (1797 real 8x8 scans, 10 classes; no network),
-    resized to `size`, three channels, ImageNet-normalised."""
+    resized to `size`; by default three channels and ImageNet-normalised. `channels` 1 keeps one grey
+    channel; `normalize` is "imagenet", "none" or {mean, std} (see `mean_std`); `flatten` makes
+    each input one flat contiguous vector (channels * size * size), after everything else."""
 
-    def __init__(self, size: int, augment: bool = False):
+    channels, flatten = 3, False  # class defaults: an __init__ replaced by a test (a cache) keeps working
+
+    def __init__(self, size: int, augment: bool = False, channels: int = 3, normalize: Any = "imagenet",
+                 flatten: bool = False):
         from sklearn.datasets import load_digits
 
+        stats = mean_std(channels, normalize)  # first: a bad normalize fails before the load
         bunch = load_digits()
         self.images = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
         self.targets = torch.tensor(bunch.target, dtype=torch.long)
         self.classes = [str(c) for c in bunch.target_names]
         self.size = size
         self.augment = augment
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.channels, self.flatten = channels, flatten
+        self.mean = self.std = None
+        if stats is not None:
+            self.mean = torch.tensor(stats[0]).view(channels, 1, 1)
+            self.std = torch.tensor(stats[1]).view(channels, 1, 1)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -98,19 +141,38 @@ class Digits(Dataset):
 
             x = v2.RandomAffine(degrees=10, translate=(0.1, 0.1))(x)
         x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        x = (x[0].expand(3, -1, -1) - self.mean) / self.std
+        x = x[0].expand(self.channels, -1, -1)
+        x = (x - self.mean) / self.std if self.mean is not None else x.contiguous()
+        if self.flatten:
+            x = x.reshape(-1)
         return x, self.targets[i]
 
 
-def _image_transform(size: int, augment: bool):
+class _Flatten:
+    """The last image transform with data.flatten: one flat contiguous plain tensor."""
+
+    def __call__(self, x):
+        return x.as_subclass(torch.Tensor).reshape(-1)
+
+
+def _image_transform(size: int, augment: bool, channels: int = 3, normalize: Any = "imagenet",
+                     flatten: bool = False):
     from torchvision.transforms import v2
 
+    stats = mean_std(channels, normalize)
     head = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if augment else [
         v2.Resize(size, antialias=True),
         v2.CenterCrop(size),
     ]
-    return v2.Compose([v2.RGB(), *head, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    colour = v2.RGB() if channels == 3 else v2.Grayscale(1)
+    tail = [v2.Normalize(*stats)] if stats is not None else []
+    if flatten:
+        tail.append(_Flatten())
+    return v2.Compose([colour, *head, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *tail])
+
+
+def _cfg_transform(cfg: DataSection, augment: bool):
+    return _image_transform(cfg.image_size, augment, cfg.channels, cfg.normalize, cfg.flatten)
 
 
 class NamedFiles(Dataset):
@@ -138,7 +200,7 @@ def _imagefolder(cfg: DataSection, split: str, augment: bool):
     root = Path(cfg.root or "")
     folder = root / split if (root / "train").is_dir() else root
     try:
-        return NamedFiles(ImageFolder(str(folder), transform=_image_transform(cfg.image_size, augment)))
+        return NamedFiles(ImageFolder(str(folder), transform=_cfg_transform(cfg, augment)))
     except FileNotFoundError as exc:
         raise PresetError(f"{exc}; ImageFolder wants ROOT/<class>/<image> or ROOT/train/ and ROOT/val/",
                           key="data.root") from None
@@ -152,7 +214,7 @@ def _torchvision_dataset(cfg: DataSection, name: str, train: bool, augment: bool
         raise PresetError(f'torchvision has no dataset "{name}"{did_you_mean(name, names)}', key="data.dataset")
     cls = getattr(tvd, name)
     params = inspect.signature(cls).parameters
-    kwargs: dict = {"transform": _image_transform(cfg.image_size, augment)}
+    kwargs: dict = {"transform": _cfg_transform(cfg, augment)}
     if "root" in params:
         if not cfg.root:
             raise PresetError(f'torchvision:{name} needs data.root = "path/to/data"', key="data.root")
@@ -179,11 +241,23 @@ def _torchvision_dataset(cfg: DataSection, name: str, train: bool, augment: bool
 
 
 def load_datasets(cfg: DataSection, seed: int) -> tuple[Dataset, Dataset | None, list[str]]:
-    """(train, val, class names), with `limit` and the seeded `val_fraction` split applied."""
+    """(train, val, class names), with `limit` and the seeded `val_fraction` split applied.
+
+    `data.dataset` is a built-in ("digits", "imagefolder", "torchvision:NAME") or a factory
+    "package.module:make" (see `user_datasets`)."""
     kind = cfg.dataset
+    builtin = kind in ("digits", "imagefolder", "torchvision") or kind.startswith("torchvision:")
+    if builtin and cfg.kwargs:
+        raise PresetError(f'only a factory dataset ("package.module:make") takes kwargs, not "{kind}"',
+                          key="data.kwargs")
+    if not builtin and target.is_target(kind):
+        return user_datasets(cfg, seed)
     if kind == "digits":
-        plain = Digits(cfg.image_size)
-        pool = Digits(cfg.image_size, augment=True) if cfg.augment else plain
+        # the new keys are passed only when set: Digits(size) and Digits(size, augment=True) stay the calls
+        shape = {k: getattr(cfg, k) for k, default in (("channels", 3), ("normalize", "imagenet"), ("flatten", False))
+                 if getattr(cfg, k) != default}
+        plain = Digits(cfg.image_size, **shape)
+        pool = Digits(cfg.image_size, augment=True, **shape) if cfg.augment else plain
         train, val = _split(pool, plain, cfg, seed)
         return train, val, plain.classes
     if kind in ("imagefolder", "torchvision") or kind.startswith("torchvision:"):
@@ -213,9 +287,129 @@ def load_datasets(cfg: DataSection, seed: int) -> tuple[Dataset, Dataset | None,
         return train, val, _classes_of(train_ds)
     raise PresetError(
         f'unknown dataset "{kind}"{did_you_mean(kind, ["digits", "imagefolder"])};'
-        ' use "digits", "imagefolder" (with root) or "torchvision:NAME"',
+        ' use "digits", "imagefolder" (with root), "torchvision:NAME" or "package.module:factory"',
         key="data.dataset",
     )
+
+
+_RETURN_FORMS = 'expected a Dataset, (train, val) Datasets or a dict with "train" and "val"'
+
+
+def user_datasets(cfg: DataSection, seed: int) -> tuple[Dataset, Dataset | None, list[str]]:
+    """`data.dataset = "package.module:make"`: the user's own data.
+
+    `make` (a function, or a Dataset class) is called with the [data.kwargs] table, plus `seed=`
+    when it has a `seed` parameter and the kwargs do not give one. It returns
+      - one Dataset: split into train/val by the seeded `data.val_fraction`, as the built-ins are;
+      - (train, val): a tuple or list of two; val may be None (no validation). `val_fraction` is
+        not used: the split is the factory's;
+      - a dict with "train" and "val" (val may be None) and optionally "classes" (names, or a count).
+    Datasets must be map-style (`__len__` and `__getitem__`); a sample can be any structure of
+    tensors, numbers, tuples, lists and dicts that the collate function (data.collate, else torch's
+    default_collate) makes into a batch. `data.limit` applies as for the built-ins. Class names:
+    the dict's "classes", else the train dataset's `.classes` (also looked up under a Subset),
+    else none (num_classes is then None: a regression, or a task the model's kwargs size).
+    `data.augment = true` says the train set's transforms are random: each sample then draws from
+    an RNG seeded by (seed, epoch, index), so runs and resumes repeat exactly.
+    Every failure is a one-line PresetError naming data.dataset or data.kwargs."""
+    for key, default in (("channels", 3), ("normalize", "imagenet"), ("flatten", False)):
+        if getattr(cfg, key) != default:
+            raise PresetError("applies to the built-in image data (digits, imagefolder, torchvision);"
+                              " a factory dataset shapes its own samples", key=f"data.{key}")
+    spec = cfg.dataset
+    fn = target.resolve(spec, "data.dataset")
+    if not callable(fn):
+        raise PresetError(f"{spec} is not callable ({type(fn).__name__}); name a function or a Dataset class",
+                          key="data.dataset")
+    kwargs = dict(cfg.kwargs)
+    target.check_kwargs(fn, kwargs, "data.kwargs", provided=("seed",))
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    seed_param = params.get("seed")
+    if (seed_param is not None and seed_param.kind in (seed_param.POSITIONAL_OR_KEYWORD, seed_param.KEYWORD_ONLY)
+            and "seed" not in kwargs):
+        kwargs["seed"] = seed
+    try:
+        made = fn(**kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: any failure is a preset error
+        raise PresetError(f"{spec}(...) raised {type(exc).__name__}: {_first_line(exc)}",
+                          key="data.dataset") from None
+    classes: Any = None
+    if isinstance(made, (tuple, list)):
+        if len(made) != 2:
+            raise PresetError(f"{spec}(...): {_RETURN_FORMS}; got {type(made).__name__} of {len(made)}",
+                              key="data.dataset")
+        train_ds, val_ds = made
+    elif isinstance(made, Mapping):
+        unknown = [k for k in made if k not in ("train", "val", "classes")]
+        if unknown or "train" not in made or "val" not in made:
+            what = (f'key "{unknown[0]}"{did_you_mean(str(unknown[0]), ["train", "val", "classes"])}' if unknown
+                    else f"keys {', '.join(map(str, made)) or 'none'}")
+            raise PresetError(f"{spec}(...): {_RETURN_FORMS} (and optionally \"classes\"); got a dict with {what}",
+                              key="data.dataset")
+        train_ds, val_ds, classes = made["train"], made["val"], made.get("classes")
+    elif isinstance(made, (Dataset, IterableDataset)) or (
+            not isinstance(made, (str, bytes)) and any(hasattr(type(made), m) for m in ("__len__", "__getitem__"))):
+        _check_map_style(made, spec, "the dataset")
+        train_ds, val_ds = made, False  # one pool: split below
+    else:
+        raise PresetError(f"{spec}(...): {_RETURN_FORMS}; got {type(made).__name__}", key="data.dataset")
+    _check_map_style(train_ds, spec, "the train set")
+    if val_ds is not None and val_ds is not False:
+        _check_map_style(val_ds, spec, "the val set")
+    names = _user_classes(classes, train_ds, spec)
+    if val_ds is False:
+        train, val = _split(train_ds, train_ds, cfg, seed)
+        return train, val, names
+    train = _limit(train_ds, cfg.limit, seed)
+    val = _limit(val_ds, max(1, cfg.limit // 4) if cfg.limit else 0, seed + 1)
+    return train, val, names
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _map_style(ds) -> str | None:
+    """None when `ds` is a map-style dataset, else what it lacks."""
+    if isinstance(ds, IterableDataset):
+        return f"an IterableDataset ({type(ds).__name__})"
+    if isinstance(ds, (str, bytes, Mapping)) or ds is None:
+        return f"a {type(ds).__name__}"
+    kind = type(ds)
+    missing = [m for m in ("__len__", "__getitem__") if not hasattr(kind, m)]
+    if missing:
+        return f"a {kind.__name__} without {' and '.join(missing)}"
+    return None
+
+
+def _check_map_style(ds, spec: str, which: str) -> None:
+    problem = _map_style(ds)
+    if problem is not None:
+        raise PresetError(f"{spec}(...): {which} is {problem}; a map-style Dataset (with __len__ and __getitem__)"
+                          " is needed", key="data.dataset")
+
+
+def _user_classes(classes: Any, train_ds, spec: str) -> list[str]:
+    if classes is None:
+        for ds in (train_ds, getattr(train_ds, "dataset", None)):  # a Subset (random_split) keeps .dataset
+            names = getattr(ds, "classes", None) if ds is not None else None
+            if names is not None and not isinstance(names, (str, bytes)):
+                try:
+                    return [str(c) for c in names]
+                except TypeError:
+                    pass
+        return []
+    if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 0:
+        return [str(i) for i in range(classes)]
+    if isinstance(classes, (list, tuple)):
+        return [str(c) for c in classes]
+    raise PresetError(f'{spec}(...): "classes" must be a list of names or a count, got {type(classes).__name__}',
+                      key="data.dataset")
 
 
 def _check_root(cfg: DataSection) -> None:
@@ -258,23 +452,37 @@ def _split(train_pool, val_pool, cfg: DataSection, seed: int):
 
 
 class EpochBatches(Sampler):
-    """Batches of (epoch, index) keys. The order of epoch `e` depends only on (seed, e), and
-    `set_epoch(e, start)` skips the first `start` batches: that is how a resume lands mid-epoch."""
+    """Batches of (epoch, index) keys. The order of epoch `e` depends only on (seed, e).
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool):
+    `accumulate` (train.accumulate) batches make one optimizer step: `steps_per_epoch` is
+    batches_per_epoch // accumulate, and `set_epoch(e, start)` skips the first `start` optimizer
+    steps (start * accumulate batches): that is how a resume lands mid-epoch. An epoch yields
+    exactly (steps_per_epoch - start) * accumulate batches: a leftover of fewer than `accumulate`
+    batches at the end of an epoch is dropped (it would be a partial step). The batches of one step
+    are consecutive slices of the epoch's order, so accumulate = 4 with batch_size 8 sees the same
+    samples in the same order as accumulate = 1 with batch_size 32."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool, accumulate: int = 1):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.accumulate = max(1, int(accumulate))
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch `epoch`, from optimizer step `start` of it."""
         self.epoch, self.start = epoch, start
 
     @property
     def batches_per_epoch(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch."""
+        return self.batches_per_epoch // self.accumulate
+
     def __len__(self) -> int:
-        return max(0, self.batches_per_epoch - self.start)
+        return max(0, self.steps_per_epoch - self.start) * self.accumulate
 
     def __iter__(self):
         if self.shuffle:
@@ -282,7 +490,7 @@ class EpochBatches(Sampler):
             order = torch.randperm(self.n, generator=gen).tolist()
         else:
             order = list(range(self.n))
-        for b in range(self.start, self.batches_per_epoch):
+        for b in range(self.start * self.accumulate, self.steps_per_epoch * self.accumulate):
             yield [(self.epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 
@@ -304,18 +512,92 @@ class Keyed(Dataset):
             return self.dataset[index]
 
 
+# --------------------------------------------------------------------------- sample structures
+
+
+def _tree_map(fn, tree):
+    """`fn` on every leaf of nested tuples / lists / dicts (named tuples keep their type)."""
+    if isinstance(tree, Mapping):
+        return {k: _tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_tree_map(fn, v) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_tree_map(fn, v) for v in tree)
+    return fn(tree)
+
+
+def _tree_cat(chunks: list):
+    """Leaf-wise torch.cat of collated chunks that share one structure."""
+    first = chunks[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(chunks)
+    if isinstance(first, Mapping):
+        return {k: _tree_cat([c[k] for c in chunks]) for k in first}
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(_tree_cat([c[i] for c in chunks]) for i in range(len(first))))
+    if isinstance(first, (tuple, list)):
+        return type(first)(_tree_cat([c[i] for c in chunks]) for i in range(len(first)))
+    raise PresetError(f"a preloaded sample must hold tensors and numbers only; it holds a {type(first).__name__};"
+                      " set preload = false", key="data.preload")
+
+
+def _tree_leaves(tree, path: str = ""):
+    """(path, leaf) pairs in order; path like "image" or "[0]" or "inputs.mask"."""
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _tree_leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(tree, (tuple, list)):
+        for i, v in enumerate(tree):
+            yield from _tree_leaves(v, f"{path}[{i}]")
+    else:
+        yield path, tree
+
+
+def describe_structure(batch, limit: int = 12) -> str:
+    """A batch's (or a sample's) structure in one line: "dict(image: (8, 1, 28, 28) float32, label:
+    (8,) int64)", "tuple((8, 3, 64, 64) float32, (8,) int64)"; numbers are "int"/"float", other
+    leaves their type name. Containers show their first `limit` entries, then "...". """
+    if isinstance(batch, torch.Tensor):
+        return f"{tuple(batch.shape)} {str(batch.dtype).removeprefix('torch.')}"
+    if isinstance(batch, Mapping):
+        items = [f"{k}: {describe_structure(v, limit)}" for k, v in list(batch.items())[:limit]]
+        more = ", ..." if len(batch) > limit else ""
+        return f"{type(batch).__name__ if type(batch) is not dict else 'dict'}({', '.join(items)}{more})"
+    if isinstance(batch, (tuple, list)):
+        items = [describe_structure(v, limit) for v in list(batch)[:limit]]
+        more = ", ..." if len(batch) > limit else ""
+        return f"{type(batch).__name__}({', '.join(items)}{more})"
+    if batch is None:
+        return "None"
+    return type(batch).__name__
+
+
 class PreloadedBatches:
-    """`data.preload`: every sample transformed once and kept as two tensors on the training
-    device; a batch is one index into them. Batches come in the order of `batches` (the same
-    EpochBatches a DataLoader would use), so seeding and mid-epoch resume are unchanged."""
+    """`data.preload`: every sample transformed once and kept as tensors on the training device; a
+    batch is one index into them. Any sample structure (tensors, numbers, nested tuples / lists /
+    dicts) works: the set is collated in chunks with torch's default_collate, concatenated leaf by
+    leaf, and a batch is `index_select` on each leaf, with the structure a DataLoader would give.
+    (input, target) samples keep the fast path (a tuple of two tensors). Batches come in the order
+    of `batches` (the same EpochBatches a DataLoader would use), so seeding and mid-epoch resume are
+    unchanged."""
 
     def __init__(self, dataset, batches: EpochBatches, device: torch.device, num_workers: int = 0):
-        xs, ys = [], []
-        for x, y in DataLoader(dataset, batch_size=256, num_workers=num_workers):  # index order, once
-            xs.append(x)
-            ys.append(torch.as_tensor(y))
-        self.x = torch.cat(xs).to(device)
-        self.y = torch.cat(ys).to(device)
+        chunks = list(DataLoader(dataset, batch_size=256, num_workers=num_workers))  # index order, once
+        first = chunks[0] if chunks else None
+        self.pair = (isinstance(first, (tuple, list)) and not hasattr(first, "_fields") and len(first) == 2
+                     and isinstance(first[0], torch.Tensor) and isinstance(first[1], torch.Tensor))
+        if self.pair:  # (input, target): exactly as before generalising
+            xs, ys = [], []
+            for x, y in chunks:
+                xs.append(x)
+                ys.append(torch.as_tensor(y))
+            self.x = torch.cat(xs).to(device)
+            self.y = torch.cat(ys).to(device)
+            self.data = None
+            self.device = self.x.device
+        else:
+            self.data = _tree_map(lambda t: t.to(device), _tree_cat(chunks)) if chunks else None
+            self.device = torch.device(device)
         self.batch_sampler = batches
 
     def __len__(self) -> int:
@@ -326,21 +608,42 @@ class PreloadedBatches:
         if not keys:
             return
         # one index tensor per epoch, copied to the device once; a batch is a slice of it
-        order = torch.tensor([i for batch in keys for _, i in batch]).to(self.x.device)
+        order = torch.tensor([i for batch in keys for _, i in batch]).to(self.device)
         start = 0
         for batch in keys:
             idx = order[start : start + len(batch)]
             start += len(batch)
-            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+            if self.pair:
+                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+            else:
+                yield _tree_map(lambda t: t.index_select(0, idx), self.data)
 
 
-def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts:
+def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: int = 1) -> DataParts:
+    """The run's data. `accumulate` (train.accumulate): batches per optimizer step; the training
+    batches then come in whole steps (see EpochBatches)."""
+    collate_fn = None
+    if cfg.collate:
+        if cfg.preload:
+            raise PresetError("a preloaded set is stacked sample by sample with torch's default collate, so"
+                              " data.collate cannot apply; set preload = false or remove collate",
+                              key="data.preload")
+        collate_fn = target.resolve(cfg.collate, "data.collate")
+        if not callable(collate_fn):
+            raise PresetError(f"{cfg.collate} is not callable ({type(collate_fn).__name__}); name a function",
+                              key="data.collate")
     train_ds, val_ds, classes = load_datasets(cfg, seed)
     if len(train_ds) == 0:
         raise UserError("the training set is empty; check data.root, data.limit and data.val_fraction",
                         key="data")
     drop_last = len(train_ds) > cfg.batch_size  # a last batch of 1 breaks BatchNorm
-    batches = EpochBatches(len(train_ds), cfg.batch_size, seed, shuffle=True, drop_last=drop_last)
+    batches = EpochBatches(len(train_ds), cfg.batch_size, seed, shuffle=True, drop_last=drop_last,
+                           accumulate=accumulate)
+    if batches.steps_per_epoch == 0:
+        n = batches.batches_per_epoch
+        raise UserError(f"accumulate = {accumulate} needs at least {accumulate} batches per epoch; the training set"
+                        f" gives {n} batch{'es' if n != 1 else ''} of {cfg.batch_size} (lower it, or data.batch_size)",
+                        key="train.accumulate")
     common = dict(
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
@@ -348,22 +651,34 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device) -> DataParts
         generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG untouched
         worker_init_fn=_worker_signals if cfg.num_workers > 0 else None,
     )
+    if collate_fn is not None:
+        common["collate_fn"] = collate_fn
     val_batches = None
     if val_ds is not None and len(val_ds) > 0:
         val_batches = EpochBatches(len(val_ds), cfg.val_batch_size or cfg.batch_size, seed, False, False)
+    first_of = val_ds if val_batches is not None else train_ds
+    batch = first_batch(first_of, seed, min(cfg.batch_size, 8), collate_fn, cfg.collate)
     if cfg.preload:
         train = PreloadedBatches(train_ds, batches, device, cfg.num_workers)
         val = PreloadedBatches(val_ds, val_batches, device, cfg.num_workers) if val_batches else None
     else:
         train = DataLoader(Keyed(train_ds, seed, cfg.augment), batch_sampler=batches, **common)
         val = DataLoader(Keyed(val_ds, seed, False), batch_sampler=val_batches, **common) if val_batches else None
-    sample, sample_target = _first_sample(val_ds if val is not None else train_ds)
+    sample = sample_target = None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
+        sample = batch[0]
+        sample_target = batch[1] if isinstance(batch[1], torch.Tensor) else None
     n_val = len(val_ds) if val is not None else 0
     name = cfg.dataset if cfg.dataset != "imagefolder" else f"imagefolder {cfg.root}"
-    note = f"{name}: {len(train_ds)} train / {n_val} val, {len(classes) or '?'} classes"
+    note = f"{name}: {len(train_ds)} train / {n_val} val"
+    if classes:
+        note += f", {len(classes)} classes"
+    elif not target.is_target(cfg.dataset) or cfg.dataset.startswith("torchvision:"):
+        note += ", ? classes"
     if cfg.preload:
         note += f", preloaded to {device.type}"
-    return DataParts(train, val, batches, len(classes) or None, classes, sample, note, sample_target)
+    return DataParts(train, val, batches, len(classes) or None, classes, sample, note, sample_target,
+                     sample_batch=batch, collate_fn=collate_fn)
 
 
 def _worker_signals(_worker_id: int) -> None:
@@ -384,17 +699,49 @@ def _worker_signals(_worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def _first_sample(ds) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first (input, target) as a batch of one: for the dry forward pass and loss check."""
+def first_batch(ds, seed: int, n: int = 8, collate_fn=None, collate_name: str | None = None):
+    """The first `n` samples of `ds` (through Keyed, unaugmented), collated with `collate_fn`
+    (default_collate when None), on the CPU. A sample that cannot be read, or samples that cannot be
+    collated, are a one-line UserError (key "data", or "data.collate" for the user's collate)."""
+    keyed = Keyed(ds, seed, False)
+    samples = []
+    for i in range(min(n, len(ds))):
+        try:
+            samples.append(keyed[(0, i)])
+        except DataError as exc:
+            raise UserError(str(exc), key="data") from None
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's dataset
+            raise UserError(f"cannot read sample {_own_index(ds, i)}: {type(exc).__name__}: {_first_line(exc)}",
+                            key="data") from None
     try:
-        first = ds[0]
-    except DataError as exc:
-        raise UserError(str(exc), key="data") from None
-    x = first[0]
-    if not isinstance(x, torch.Tensor):
-        raise UserError(f"samples must be tensors, got {type(x).__name__}", key="data")
-    try:
-        y = torch.as_tensor(first[1]).unsqueeze(0)
-    except (IndexError, TypeError, ValueError, RuntimeError):
-        y = None  # an unusual target: the loss is then first tried at step 1
-    return x.unsqueeze(0), y
+        return (collate_fn or default_collate)(samples)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if collate_fn is not None:
+            raise UserError(f"{collate_name or 'the collate function'} failed on the first {len(samples)} samples:"
+                            f" {type(exc).__name__}: {_first_line(exc)}", key="data.collate") from None
+        raise UserError(f"cannot collate samples into a batch: {_first_line(exc)}; {_sample_shapes(samples)};"
+                        " give data.collate", key="data") from None
+
+
+def _own_index(ds, i: int) -> int:
+    """The index the user's dataset saw for index `i` of a split (Subsets of Subsets)."""
+    while isinstance(ds, Subset):
+        ds, i = ds.dataset, ds.indices[i]
+    return int(i)
+
+
+def _sample_shapes(samples: list) -> str:
+    """The shapes that differ between samples: "sample shapes: (3, 28, 28), (3, 30, 28)" (with the
+    leaf's path when the samples are structures), else each sample's structure."""
+    leaves = [list(_tree_leaves(s)) for s in samples]
+    if leaves and all(len(ls) == len(leaves[0]) for ls in leaves):
+        for j, (path, _) in enumerate(leaves[0]):
+            column = [ls[j][1] for ls in leaves]
+            if all(isinstance(v, torch.Tensor) for v in column) and len({tuple(v.shape) for v in column}) > 1:
+                where = f" of {path}" if path else ""
+                return f"sample shapes{where}: " + ", ".join(str(tuple(v.shape)) for v in column)
+    return "samples: " + ", ".join(describe_structure(s) for s in samples)
