@@ -72,3 +72,36 @@ class ReduceLrOnSpike:
             self.recent.clear()  # the old level is no reference for the new LR
             return
         self.recent.append(loss)
+
+
+class StopAtLoss:
+    """A tutorial-style callback: plain hooks instead of on_event, no events or commands to know.
+
+        [[callbacks]]
+        target = "examples.callbacks:StopAtLoss"
+        threshold = 0.05         # stop once val_loss < 0.05
+        halve_lr_at = 5          # optional: halve every group's LR when epoch 5 (0-based) starts
+
+    How hooks work (tui_trainer/parts/callbacks.py): the trainer calls each hook a callback defines,
+    on the training thread, passing only the parameters the hook names, chosen from epoch (0-based,
+    as in `for epoch in range(epochs)`), step (optimizer steps done), model, optimizer, loss,
+    metrics (or logs: the same dict: val_loss, val_acc, train_loss and each [[metrics]] value as
+    val_<label>). Hooks: on_epoch_start, on_batch_end, on_validation_end, on_epoch_end.
+
+    - A hook that returns True stops the run, after a checkpoint is saved (as pressing q does).
+    - A hook that writes param_group["lr"] changes the LR by hand; the run adopts the change (the
+      scheduler continues from it, the UI and metrics.csv show it, a checkpoint keeps it).
+    """
+
+    def __init__(self, threshold: float, halve_lr_at: int | None = None):
+        self.threshold = threshold
+        self.halve_lr_at = halve_lr_at
+
+    def on_epoch_start(self, epoch, optimizer):
+        if epoch == self.halve_lr_at:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+
+    def on_validation_end(self, metrics):
+        val_loss = metrics.get("val_loss")
+        return val_loss is not None and val_loss < self.threshold
