@@ -92,7 +92,7 @@ def run_case(name, overrides, layer_stats, required, *, device="cuda", steps=200
         finally:
             _set_mode(device, "default")
 
-    trainer._step = lambda x, y: strict(step, x, y)
+    trainer._step = lambda batch: strict(step, batch)
     trainer._between_steps = lambda: strict(between)
     try:
         trainer.run()
@@ -111,10 +111,10 @@ def run_case(name, overrides, layer_stats, required, *, device="cuda", steps=200
     trainer = session.trainer
     step, finish = trainer._step, trainer._finish
 
-    def first_step(x, y):
+    def first_step(batch):
         _set_mode(device, "warn")
         trainer._step = step
-        return step(x, y)
+        return step(batch)
 
     def end(*args):
         _set_mode(device, "default")

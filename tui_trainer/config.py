@@ -236,13 +236,13 @@ class Preset(_Strict):
         for i, metric in enumerate(self.metrics):
             key = metric.key
             if not re.fullmatch(r"[A-Za-z0-9_]+", key):
-                raise ValueError(f'metrics.{i}.label: "{key}" names a column and a monitor (val_{key});'
+                raise ValueError(f'metrics[{i}].label: "{key}" names a column and a monitor (val_{key});'
                                  ' use letters, digits and "_"')
             if key in seen:
-                raise ValueError(f'metrics.{i}: a second metric called "{key}" (metrics.{seen[key]} is one);'
+                raise ValueError(f'metrics[{i}]: a second metric called "{key}" (metrics[{seen[key]}] is one);'
                                  ' give one of them another label = "..."')
             if key in ("loss",):
-                raise ValueError(f'metrics.{i}.label: "{key}" is taken (val_loss is the validation loss);'
+                raise ValueError(f'metrics[{i}].label: "{key}" is taken (val_loss is the validation loss);'
                                  ' choose another label')
             seen[key] = i
         for section in ("checkpoint", "early_stopping", "scheduler"):
@@ -462,7 +462,7 @@ def _explain(err: dict[str, Any]) -> tuple[str, str]:
     if typ == "value_error":
         msg = str(err.get("ctx", {}).get("error", err["msg"]))
         inner_key, _, rest = msg.partition(": ")
-        if rest and re.fullmatch(r"[\w.]+", inner_key):
+        if rest and re.fullmatch(r"[\w.\[\]]+", inner_key):
             return inner_key, rest
         return key, msg
     return key, f"{err['msg']} (got {_show(value)})"

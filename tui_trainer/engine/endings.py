@@ -38,7 +38,8 @@ def finish(t: Trainer, status: str, t0: float) -> Finished | Failed:
         "completed": f"finished {t.step} steps",
         "early_stopped": f"early stop: no {t.preset.early_stopping.monitor} improvement for"
                          f" {t.preset.early_stopping.patience} epochs",
-        "stopped": "stopped by the user after a clean save",
+        "stopped": {"callback": "stopped by a callback after a clean save", "cancelled": "stopped after a clean save"
+                    }.get(t._stop.reason if t._stop else "", "stopped by the user after a clean save"),
         "signal": f"stopped by signal {t._stop.signum if t._stop else ''} after a clean save",
     }
     code = 128 + t._stop.signum if status == "signal" and t._stop and t._stop.signum else 0

@@ -8,14 +8,18 @@ takes the trainer and uses its state and helpers (`_report`, `_save`, `_emit`) a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from tui_trainer.engine.commands import Stop
 from tui_trainer.engine.events import EpochEnd, LrChanged
-from tui_trainer.parts.layers import first_tensor
+from tui_trainer.parts.metrics import MetricSet
+from tui_trainer.parts.step import batch_size_of, default_step, loss_of, to_device
 
 if TYPE_CHECKING:
     from tui_trainer.engine.trainer import Trainer
@@ -25,14 +29,17 @@ def end_epoch(t: Trainer) -> bool:
     """Validate, track the best, step the epoch scheduler, checkpoint. True = stop early."""
     t._report()
     t0 = time.monotonic()
-    val_loss, val_acc = validate(t)
+    result = validate(t)
+    val_loss, val_acc = result.loss, result.acc
     t._val_seconds = time.monotonic() - t0
     if t._stop is not None:
         return False  # stopped during validation: this epoch is not complete
     epoch_no = t.epoch + 1
     total, count = t.epoch_loss
     train_loss = total / count if count else None
-    metrics = {"val_loss": val_loss, "val_acc": val_acc, "train_loss": train_loss}
+    metrics = {"val_loss": val_loss, "val_acc": val_acc, "train_loss": train_loss, **result.metrics}
+    if t._hook("on_validation_end", epoch=t.epoch, metrics=dict(metrics)):
+        t.control.send(Stop(reason="callback"))  # after this epoch's checkpoint, before the next step
     monitor = t.preset.checkpoint.monitor
     value = metrics[monitor] if metrics[monitor] is not None else train_loss
     improved = t.best.update(value, epoch_no)
@@ -53,7 +60,7 @@ def end_epoch(t: Trainer) -> bool:
         epoch_no, t.step, train_loss, val_loss, val_acc, time.monotonic() - t0, monitor, value,
         t.best.value, t.best.epoch, improved,
         es_state.bad_epochs if es_state else 0, t.early.patience if t.early else None,
-        t.schedule.plateau_status(),
+        t.schedule.plateau_status(), dict(result.metrics),
     ))
     cfg = t.preset.checkpoint
     tags = []
@@ -63,46 +70,71 @@ def end_epoch(t: Trainer) -> bool:
         tags.append("best")
     if tags:
         t._save(tuple(tags))
+    if t._hook("on_epoch_end", epoch=t.epoch - 1, metrics=dict(metrics)):
+        t.control.send(Stop(reason="callback"))
     t._t_report = time.monotonic()  # samples/s measures training, not validation and saving
     return stop_early
 
 
-def validate(t: Trainer) -> tuple[float | None, float | None]:
+@dataclass
+class Validation:
+    loss: float | None = None
+    acc: float | None = None  # class targets only, or an accuracy metric
+    metrics: dict[str, float | None] = field(default_factory=dict)  # val_<label> of every other [[metrics]]
+
+
+def validate(t: Trainer) -> Validation:
     """The trainer's validation pass; commands are applied between batches, and a stop ends it."""
     loader = t.parts.data.val
     if loader is None:
-        return None, None
+        return Validation(metrics={m: None for m in t.parts.metrics.monitors if m != "val_acc"}
+                          if t.parts.metrics else {})
 
     def stop() -> bool:
         t._drain_commands()
         return t._stop is not None
 
     t.model.eval()
-    result = evaluate(t.model, loader, t.parts.loss_fn, t.device, t._autocast, stop)
+    result = evaluate(t.model, loader, t.loss_fn, t.device, t._autocast, stop, step=t.step_fn,
+                      metrics=t.parts.metrics)
     t._train_mode()
     return result
 
 
 def evaluate(model: torch.nn.Module, loader: Iterable, loss_fn, device: torch.device, autocast: Callable,
-             stop: Callable[[], bool]) -> tuple[float | None, float | None]:
-    """Mean loss over `loader` and, for a classifier (N x C outputs, N targets), accuracy. `stop` is
-    asked before each batch. On the device until one host sync at the end."""
+             stop: Callable[[], bool], *, step=default_step, metrics: MetricSet | None = None) -> Validation:
+    """Mean loss over `loader` (weighted by batch size), accuracy for class targets (N x C outputs,
+    N integer targets), and `metrics` on the step's outputs and targets. `stop` is asked before each
+    batch. Everything stays on the device until one host sync at the end."""
     total = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     n, classify = 0, True
+    if metrics is not None:
+        metrics.reset()
     with torch.no_grad(), autocast():
-        for x, y in loader:
+        for batch in loader:
             if stop():
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = first_tensor(model(x))
-            total += loss_fn(out, y).float() * len(y)
-            if out.dim() == 2 and y.dim() == 1:
+            batch = to_device(batch, device)
+            result = step(model, batch, loss_fn)
+            size = batch_size_of(batch)
+            total += loss_of(result).float() * size
+            out = result.get("outputs") if type(result) is dict else None
+            y = result.get("targets") if type(result) is dict else None
+            if classify and out is not None and out.dim() == 2 and y is not None and y.dim() == 1 \
+                    and not y.is_floating_point():
                 correct += (out.argmax(dim=1) == y).sum()
             else:
                 classify = False
-            n += len(y)
+            if metrics is not None:
+                metrics.update(out, y)
+            n += size
     if n == 0:
-        return None, None
-    loss_sum, right = torch.stack([total, correct]).tolist()  # one host sync per validation
-    return loss_sum / n, (right / n if classify else None)
+        return Validation(metrics={m: None for m in metrics.monitors if m != "val_acc"} if metrics else {})
+    computed = metrics.compute() if metrics is not None else {}
+    names = list(computed)
+    values = torch.stack([total, correct, *(computed[m].float().to(device).reshape(()) for m in names)]).tolist()
+    loss_sum, right, rest = values[0], values[1], dict(zip(names, values[2:]))  # one host sync per validation
+    rest = {k: (None if math.isnan(v) else v) for k, v in rest.items()}  # NaN: the metric had nothing to measure
+    acc = rest.pop("val_acc", right / n if classify else None)
+    return Validation(loss_sum / n, acc, rest)

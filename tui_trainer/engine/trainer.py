@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from tui_trainer.parts import Parts
-from tui_trainer.parts.layers import first_tensor, matches, trainable_state
+from tui_trainer.parts.callbacks import HOOKS, hook_of, hook_parameters
+from tui_trainer.parts.layers import matches, trainable_state
 from tui_trainer.config import resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
 from tui_trainer.engine import endings, epochs
@@ -34,6 +35,7 @@ from tui_trainer.engine.events import (CheckpointSaved, Event, Failed, Finished,
                                        RunWarning, StateChanged, StepReport, TrainableChanged)
 from tui_trainer.engine.layer_stats import UpdateProbe
 from tui_trainer.engine.probes import MemoryProbe
+from tui_trainer.parts.step import loss_of, to_device
 from tui_trainer.engine.stopping import Best, EarlyStopping, NonFinite, NonFiniteGuard, check_weights_finite
 
 describe_failure = endings.describe_failure  # its import path before endings.py existed
@@ -63,25 +65,32 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.run_dir = Path(run_dir)
         self.checkpoints = ckpt.CheckpointDir(checkpoint_dir, self.preset.checkpoint.keep_last)
-        self.callbacks = list(parts.callbacks)
+        self.callbacks = [cb for cb in parts.callbacks if callable(getattr(cb, "on_event", None))]
+        # tutorial-style hooks (parts/callbacks.py): name -> [(callback, bound method, its parameters)]
+        self._hook_fns = {h: [(cb, fn, hook_parameters(fn)) for cb in parts.callbacks
+                              if (fn := hook_of(cb, h)) is not None] for h in HOOKS}
+        self._hooks = bool(self._hook_fns["on_batch_end"])  # the only one called every step
+        self.step_fn, self.loss_fn = parts.step_fn, parts.loss_fn
 
         train = self.preset.train
         self.log_every = train.log_every
         self.total_steps = parts.total_steps
-        self.batch_size = self.preset.data.batch_size
+        self.batch_size = self.preset.data.batch_size * train.accumulate  # samples per optimizer step
         self.params = list(self.model.parameters())
         self.amp_dtype = parts.amp_dtype
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
         self.needs_closure = isinstance(self.optimizer, torch.optim.LBFGS)
-        self.clip = train.grad_clip_norm
+        self.clip, self.clip_type, self.clip_value = train.grad_clip_norm, train.grad_clip_norm_type, train.grad_clip_value
+        self.accumulate = train.accumulate  # batches per optimizer step
         self.guard = NonFiniteGuard(train.nonfinite, closure=self.needs_closure, scaler=self.scaler is not None)
         self.bn_modules = [(n, m) for n, m in self.model.named_modules()
                            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
-        monitor = self.preset.checkpoint.monitor
-        self.best = Best(resolve_mode(monitor, self.preset.checkpoint.mode))
+        monitor, goals = self.preset.checkpoint.monitor, parts.goals
+        self.best = Best(resolve_mode(monitor, self.preset.checkpoint.mode, goals))
         es = self.preset.early_stopping
-        self.early = EarlyStopping(resolve_mode(es.monitor, es.mode), es.patience, es.min_delta) if es.enabled else None
+        self.early = (EarlyStopping(resolve_mode(es.monitor, es.mode, goals), es.patience, es.min_delta)
+                      if es.enabled else None)
 
         # position in the run
         self.step = 0  # optimizer steps done
@@ -91,6 +100,8 @@ class Trainer:
         self.resumed_from: str | None = None
 
         self._pending: list[torch.Tensor] = []  # device-side losses since the last report
+        self._micro = 0  # batches of the optimizer step in progress (train.accumulate)
+        self._micro_loss: torch.Tensor | None = None  # their loss so far (a device tensor)
         self._pending_first = 1  # the step number of _pending[0]
         self._paused = False
         self._stop: Stop | None = None
@@ -142,12 +153,15 @@ class Trainer:
     def _train(self) -> str:
         data = self.parts.data
         while self.epoch < self.preset.train.epochs and self.step < self.total_steps:
-            data.train_batches.set_epoch(self.epoch, self.batch_in_epoch)
+            data.train_batches.set_epoch(self.epoch, self.batch_in_epoch)  # skips the steps done (resume)
             self._train_mode()
-            for x, y in data.train:
-                if status := self._between_steps():
-                    return status
-                self._step(x, y)
+            if self.batch_in_epoch == 0 and self._hook("on_epoch_start", epoch=self.epoch):
+                self.control.send(Stop(reason="callback"))  # applied before the first step, as a key would be
+            for batch in data.train:
+                if not self._micro and (status := self._between_steps()):
+                    return status  # commands act between optimizer steps, never inside an accumulation
+                if not self._step(batch):
+                    continue  # train.accumulate: more batches before this optimizer step
                 if self.step % self.log_every == 0:
                     self._report()
                 every = self.preset.checkpoint.every_steps
@@ -167,20 +181,29 @@ class Trainer:
                 return self._stop_status()
         return "completed"
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
-        if self.schedule.needs_per_step:
+    def _step(self, batch) -> bool:
+        """Forward and backward one batch; after `train.accumulate` of them, the optimizer step.
+        True when an optimizer step was done (the step counter moved)."""
+        batch = to_device(batch, self.device)
+        if self.schedule.needs_per_step and not self._micro:
             self.schedule.before_step(self.step)
-        if self.needs_closure:
-            loss = self.optimizer.step(lambda: self._closure(x, y))
+        if self.needs_closure:  # LBFGS (accumulate is 1: checked at start)
+            loss = self.optimizer.step(lambda: self._closure(batch))
         else:
             with self._autocast():
-                loss = self.parts.loss_fn(first_tensor(self.model(x)), y)
+                loss = loss_of(self.step_fn(self.model, batch, self.loss_fn))
+            if self.accumulate > 1:
+                loss = loss / self.accumulate  # the mean over the step's batches, as one big batch would give
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
+            if self.accumulate > 1:
+                self._micro += 1
+                self._micro_loss = loss.detach() if self._micro_loss is None else self._micro_loss + loss.detach()
+                if self._micro < self.accumulate:
+                    return False
+                loss, self._micro, self._micro_loss = self._micro_loss, 0, None
             if self.guard.skips and not self.guard.update_is_finite(loss, self.params):
                 self.optimizer.zero_grad(set_to_none=True)  # no update from this batch
                 self.guard.skipped(self.step + 1)
@@ -193,6 +216,9 @@ class Trainer:
         self._pending.append(loss.detach())
         if self.schedule.needs_per_step:
             self.schedule.after_step(self.step)
+        if self._hooks and self._hook("on_batch_end", loss=loss):
+            self.control.send(Stop(reason="callback"))
+        return True
 
     def _between_steps(self) -> str | None:
         """Apply queued commands; wait while paused. Returns a status when the run must end."""
@@ -214,10 +240,12 @@ class Trainer:
     def _update(self) -> None:
         """Clip, step the optimizer, and take the layer statistics when they are due."""
         stats = self._stats_due
-        if self.scaler is not None and (self.clip or stats):
+        if self.scaler is not None and (self.clip or self.clip_value or stats):
             self.scaler.unscale_(self.optimizer)
+        if self.clip_value:
+            torch.nn.utils.clip_grad_value_(self.params, self.clip_value, foreach=True)
         if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip, norm_type=self.clip_type, foreach=True)
         if stats:
             t_stats = time.perf_counter()
             self._stats.before_step()
@@ -233,10 +261,10 @@ class Trainer:
         if stats:
             self._layer_stats()
 
-    def _closure(self, x, y):
+    def _closure(self, batch):
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.parts.loss_fn(first_tensor(self.model(x)), y)
+            loss = loss_of(self.step_fn(self.model, batch, self.loss_fn))
         loss.backward()
         return loss
 
@@ -423,11 +451,39 @@ class Trainer:
             warnings=tuple(p.warnings),
         )
 
+    def _hook(self, name: str, **given) -> bool:
+        """Call the tutorial-style hook `name` of every callback that has it, with the arguments its
+        parameters name; True when one returned True (stop). A hook that raises is disabled with a
+        warning. An LR a hook wrote into a param group is adopted as a manual change."""
+        entries = self._hook_fns[name]
+        if not entries:
+            return False
+        args = {"model": self.model, "optimizer": self.optimizer, "step": self.step, "epoch": self.epoch, **given}
+        args["logs"] = args.get("metrics")
+        stop = False
+        for entry in list(entries):
+            cb, fn, params = entry
+            try:
+                stop |= fn(**{k: args[k] for k in params if k in args}) is True
+            except Exception as exc:  # noqa: BLE001 - a broken callback must not end the run
+                entries.remove(entry)
+                self._emit(RunWarning(self.step, f"callback {type(cb).__name__}.{name} raised {type(exc).__name__}:"
+                                                 f" {exc}; it is disabled for the rest of the run"))
+        self._adopt_lr()
+        return stop
+
+    def _adopt_lr(self) -> None:
+        """A callback wrote param_group["lr"]: keep it as a manual change (shown, saved, resumed)."""
+        if self.schedule.adopt():
+            self._emit(LrChanged(self.step, tuple(self.schedule.current()), self.schedule.manual_factor, "callback"))
+
     def _set_state(self, state: str) -> None:
         self._emit(StateChanged(state, self.step))
 
     def _emit(self, event: Event) -> None:
         self.sink(event)
+        if not self.callbacks:
+            return
         for cb in list(self.callbacks):
             try:
                 cb.on_event(event, self.control)
@@ -435,3 +491,5 @@ class Trainer:
                 self.callbacks.remove(cb)
                 self.sink(RunWarning(self.step, f"callback {type(cb).__name__} raised {type(exc).__name__}: {exc};"
                                                 " it is disabled for the rest of the run"))
+        if not self._in_update:
+            self._adopt_lr()

@@ -11,9 +11,12 @@ import torch
 from torch import nn
 
 from tui_trainer.parts import target
+from tui_trainer.parts.callbacks import build_callbacks
+from tui_trainer.parts.step import dry_run, resolve_step
 from tui_trainer.parts.data import DataParts, make_loaders
-from tui_trainer.parts.layers import LayerInfo, first_tensor, layer_rows
+from tui_trainer.parts.layers import LayerInfo, layer_rows
 from tui_trainer.parts.loss import build_loss, check_loss
+from tui_trainer.parts.metrics import MetricSet, build_metrics, check_metrics
 from tui_trainer.parts.model import build_model, check_arch
 from tui_trainer.parts.optim import (
     LrPlan,
@@ -49,6 +52,9 @@ class Parts:
     weights_note: str
     warnings: list[str] = field(default_factory=list)
     callbacks: list[object] = field(default_factory=list)
+    step_fn: object = None  # fn(model, batch, loss_fn): engine/step.py default_step, or [step] fn
+    metrics: MetricSet | None = None  # [[metrics]], evaluated at each epoch end
+    goals: dict[str, str] = field(default_factory=dict)  # monitor -> "max"/"min" of the metrics
 
     @property
     def group_names(self) -> list[str]:
@@ -61,15 +67,38 @@ def check(preset: Preset) -> None:
         _check(preset)
 
 
-def _check(preset: Preset) -> None:
+def _check(preset: Preset) -> dict[str, str]:
+    """Returns the metrics' goals (monitor -> "max"/"min")."""
     check_arch(preset.model)
     check_optimizer(preset.optimizer)
-    check_scheduler(preset.scheduler)
+    check_scheduler(preset.scheduler, preset.goals)
     check_loss(preset.loss)
+    resolve_step(preset.step)
     for i, cb in enumerate(preset.callbacks):
         cls = target.resolve(cb.target, f"callbacks[{i}].target")
         target.check_kwargs(cls, cb.kwargs, f"callbacks[{i}]", skip=("self",))
+    goals = {**preset.goals, **check_metrics(preset.metrics)}
+    _require_goals(preset, goals, known_later=True)
+    if preset.train.accumulate > 1 and preset.optimizer.name == "LBFGS":
+        raise PresetError("LBFGS evaluates its closure many times per step; it cannot accumulate batches:"
+                          " set accumulate = 1", key="train.accumulate")
     resolve_device(preset.train.device)
+    return goals
+
+
+def _require_goals(preset: Preset, goals: dict[str, str], known_later: bool = False) -> None:
+    """A monitored metric needs a direction (max or min) unless the section says its mode.
+    `known_later`: torchmetrics task wrappers (F1Score(task=...)) say theirs only once built."""
+    used = {"checkpoint": preset.checkpoint.mode == "auto",
+            "early_stopping": preset.early_stopping.enabled and preset.early_stopping.mode == "auto",
+            "scheduler": "Plateau" in preset.scheduler.name and preset.scheduler.kwargs.get("mode", "auto") == "auto"}
+    for section in (s for s, needs in used.items() if needs):
+        cfg = getattr(preset, section)
+        metric = next((m for m in preset.metrics if f"val_{m.key}" == cfg.monitor), None)
+        if metric is None or cfg.monitor in goals or (known_later and metric.name.startswith("torchmetrics:")):
+            continue
+        raise PresetError(f'{cfg.monitor} comes from {metric.name}, whose direction is unknown; say which way'
+                          ' is better: mode = "max" or "min" in its [[metrics]] entry', key=f"{section}.monitor")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,24 +129,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16":
         return torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _try_loss(preset: Preset, model: nn.Module, loss_fn, data: DataParts, device: torch.device) -> None:
-    """The loss on one sample (eval mode, no grad): a bad loss setting (label_smoothing = "x") or
-    outputs that do not fit the targets fail here as a preset error, not at step 1 as a crash."""
-    if data.sample_target is None:
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            loss_fn(first_tensor(model(data.sample.to(device))), data.sample_target.to(device))
-    except Exception as exc:  # noqa: BLE001
-        text = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise PresetError(f"{preset.loss.name} failed on the model's output for one sample: {type(exc).__name__}:"
-                          f" {text}; check [loss] and that the model's outputs fit the data", key="loss") from None
-    finally:
-        model.train(was_training)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -153,12 +164,12 @@ def build(preset: Preset) -> Parts:
 
 
 def _build(preset: Preset) -> Parts:
-    _check(preset)
+    goals = _check(preset)
     device = resolve_device(preset.train.device)
     seed_everything(preset.seed, preset.train.deterministic)
     warnings: list[str] = []
 
-    data = make_loaders(preset.data, preset.seed, device)
+    data = make_loaders(preset.data, preset.seed, device, accumulate=preset.train.accumulate)
     model_cfg = preset.model
     if data.num_classes and model_cfg.num_classes and model_cfg.num_classes != data.num_classes:
         raise PresetError(
@@ -169,38 +180,44 @@ def _build(preset: Preset) -> Parts:
     built = build_model(model_cfg)
     warnings += built.warnings
     model = built.model.to(device)
-    layers = layer_rows(model, data.sample.to(device))
+    if not any(p.requires_grad for p in model.parameters()):
+        key = "model.freeze" if preset.model.freeze else "model.arch"
+        raise PresetError("nothing is trainable: every parameter is frozen (freeze = [\"\"] freezes a new head"
+                          " too); use model.freeze_backbone = true to train only the head", key=key)
+
+    loss_fn = build_loss(preset.loss)
+    step_fn = resolve_step(preset.step)
+    metrics = build_metrics(preset.metrics, device, data.num_classes) if preset.metrics else None
+    if metrics is not None:
+        goals = {**goals, **metrics.goals}
+        _require_goals(preset, goals)
+    # the step, the model, the loss and the metrics, once on a real batch: bad input fails here
+    shapes = dry_run(preset, model, step_fn, loss_fn, data.sample_batch, device, metrics)
+    layers = layer_rows(model, shapes=shapes)
 
     optimizer = build_optimizer(preset.optimizer, model)
-    steps_per_epoch = data.train_batches.batches_per_epoch
+    steps_per_epoch = data.train_batches.steps_per_epoch  # optimizer steps (train.accumulate batches each)
     total_steps = preset.train.epochs * steps_per_epoch
     if preset.train.max_steps:
         total_steps = min(total_steps, preset.train.max_steps)
     sched_cfg = preset.scheduler
     run_length = scheduler_run_length(sched_cfg, preset.train.epochs, total_steps)
-    scheduler = build_scheduler(sched_cfg, optimizer, run_length)
+    scheduler = build_scheduler(sched_cfg, optimizer, run_length, goals=goals)
     schedule = LrSchedule(optimizer, scheduler, sched_cfg.interval, sched_cfg.warmup_steps)
     group_names = [g["name"] for g in optimizer.param_groups]
     try:  # simulating the real scheduler over the run is where a bad kwarg type shows (step_size = "2")
-        plan = plan_lr(preset.optimizer, sched_cfg, group_names, steps_per_epoch, total_steps, run_length=run_length)
+        plan = plan_lr(preset.optimizer, sched_cfg, group_names, steps_per_epoch, total_steps, run_length=run_length,
+                       goals=goals)
     except PresetError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here is the schedule's settings
         raise PresetError(f"{sched_cfg.name} failed while planning the LR: {type(exc).__name__}: {exc}",
                           key="scheduler") from None
-    loss_fn = build_loss(preset.loss)
-    _try_loss(preset, model, loss_fn, data, device)
     amp_dtype = resolve_amp(preset.train.amp, device)
     if amp_dtype is torch.float16 and isinstance(optimizer, torch.optim.LBFGS):
         raise PresetError("fp16 needs a GradScaler, which LBFGS cannot use; set amp = \"bf16\" or \"off\"",
                           key="train.amp")
-    callbacks = []
-    for i, cb in enumerate(preset.callbacks):
-        cls = target.resolve(cb.target, f"callbacks[{i}].target")
-        try:
-            callbacks.append(cls(**cb.kwargs))
-        except Exception as exc:
-            raise PresetError(f"{cb.target}(...) failed: {type(exc).__name__}: {exc}", key=f"callbacks[{i}]") from None
+    callbacks = build_callbacks(preset)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return Parts(preset, model, device, name, amp_dtype, data, optimizer, schedule, loss_fn, layers, plan,
-                 steps_per_epoch, total_steps, built.weights_note, warnings, callbacks)
+                 steps_per_epoch, total_steps, built.weights_note, warnings, callbacks, step_fn, metrics, goals)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -32,12 +33,13 @@ def module_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_modules() if n]
 
 
-def layer_rows(model: nn.Module, sample: torch.Tensor | None = None) -> tuple[LayerInfo, ...]:
-    """Every module whose subtree holds parameters, in registration order, with output shapes
-    from one dry forward pass (eval mode, no grad, so BatchNorm statistics do not move)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    if sample is not None:
-        shapes = output_shapes(model, sample)
+def layer_rows(model: nn.Module, sample: torch.Tensor | None = None, *,
+               shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[LayerInfo, ...]:
+    """Every module whose subtree holds parameters, in registration order, with output shapes:
+    `shapes` as `recording_shapes` collected them, or from one dry forward pass of `sample` (eval
+    mode, no grad, so BatchNorm statistics do not move)."""
+    if shapes is None:
+        shapes = output_shapes(model, sample) if sample is not None else {}
     rows = []
     for name, module in model.named_modules():
         if not name:
@@ -52,7 +54,9 @@ def layer_rows(model: nn.Module, sample: torch.Tensor | None = None) -> tuple[La
     return tuple(rows)
 
 
-def output_shapes(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[int, ...]]:
+@contextlib.contextmanager
+def recording_shapes(model: nn.Module):
+    """While inside, every named module's first output shape is recorded into the yielded dict."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def hook(name):
@@ -64,15 +68,22 @@ def output_shapes(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[int
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(sample)
+        yield shapes
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
+
+
+def output_shapes(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    was_training = model.training
+    with recording_shapes(model) as shapes:
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(sample)
+        finally:
+            model.train(was_training)
     return shapes
 
 
