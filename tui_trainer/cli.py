@@ -96,7 +96,7 @@ def _preview_parser() -> argparse.ArgumentParser:
 def _export_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tui-trainer export",
                 description="Write a run's model weights as a plain state_dict, loadable as tutorials do it:"
-                            ' model.load_state_dict(torch.load("model.pt")). A "module." (DDP) or "_orig_mod."'
+                            ' model.load_state_dict(torch.load("model.pt", weights_only=True)). A "module." (DDP) or "_orig_mod."'
                             " (torch.compile) prefix on every key is removed.")
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT",
                    help="a run directory (its checkpoints/best.pt, else last.pt) or one checkpoint file")

@@ -117,13 +117,9 @@ NEITHER = ("has neither on_event(event, control) nor a hook (on_epoch_start, on_
 @pytest.mark.parametrize("target, expect", [
     ("Plain", f"callbacks[0].target: Plain {NEITHER}"),
     ("MisspeltHook", f'callbacks[0].target: MisspeltHook {NEITHER}; did you mean "on_batch_end"?'),
-    pytest.param("NoHooks", f'callbacks[0].target: NoHooks {NEITHER}; did you mean "on_epoch_start"?',
-                 marks=pytest.mark.xfail(strict=True, reason="parts/callbacks.py check_callback: the hint is by"
-                                         " spelling, so Keras's on_epoch_begin gets \"on_epoch_end\", the opposite"
-                                         " hook; it should map known aliases (on_epoch_begin -> on_epoch_start)")),
     ("UnknownParam", 'callbacks[0].target: UnknownParam.on_epoch_end takes "stats"; a hook\'s parameters are'
                      ' named from: epoch, step, model, optimizer, loss, metrics, logs'),
-], ids=["no-methods", "misspelt-hook", "keras-name", "unknown-parameter"])
+], ids=["no-methods", "misspelt-hook", "unknown-parameter"])
 def test_a_callback_without_a_usable_hook_is_bad_input(tmp_path, target, expect):
     preset = write_preset(tmp_path / "p.toml", callbacks=[{"target": f"{UC}:{target}"}])
     with pytest.raises(UserError) as info:
@@ -131,3 +127,12 @@ def test_a_callback_without_a_usable_hook_is_bad_input(tmp_path, target, expect)
     assert info.value.exit_code == 2
     assert str(info.value) == f"{preset}: {expect}"
     assert not (tmp_path / "runs").exists()
+
+
+def test_keras_hook_names_are_the_same_hooks(tmp_path):
+    preset = write_preset(tmp_path / "p.toml", callbacks=[{"target": f"{UC}:KerasNames"}])
+    out = run(preset)
+    assert out.final.status == "completed"
+    (cb,) = out.session.trainer.parts.callbacks
+    assert cb.epochs == list(range(len(out.of(EpochEnd))))  # 0-based, once per epoch
+    assert cb.batches == out.final.step

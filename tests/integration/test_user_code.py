@@ -281,8 +281,6 @@ def test_inception_v3_at_64_pixels_fails_in_the_start_up_check(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="parts/model.py _torchvision_model: tvm.get_model('inception_v3') emits"
-                   " torchvision's FutureWarning about init_weights to stderr, so bad input prints two lines")
 def test_inception_v3_at_64_pixels_is_one_line_from_the_cli(tmp_path):
     from tests.conftest import run_cli
 
@@ -296,9 +294,6 @@ def test_inception_v3_at_64_pixels_is_one_line_from_the_cli(tmp_path):
     assert proc.stderr.splitlines() == [f"tui-trainer: error: {preset}: {INCEPTION_SAYS}"]
 
 
-@pytest.mark.xfail(strict=True, reason="parts/data.py user_datasets/_map_style: a list of two samples is taken as"
-                   " (train, val) because a tuple sample has __len__ and __getitem__; the error then blames the"
-                   " collate (key data) instead of the factory's return value (key data.dataset)")
 def test_a_list_of_two_samples_is_not_taken_for_train_and_val(tmp_path):
     from tui_trainer.errors import UserError
     from tui_trainer.run.launch import prepare

@@ -380,6 +380,9 @@ def _map_style(ds) -> str | None:
         return f"an IterableDataset ({type(ds).__name__})"
     if isinstance(ds, (str, bytes, Mapping)) or ds is None:
         return f"a {type(ds).__name__}"
+    if type(ds) in (tuple, list):  # samples, not a dataset: (train, val) of two samples would look like one
+        return (f"a {type(ds).__name__} of {len(ds)} (samples? wrap them in a Dataset, e.g."
+                " torch.utils.data.TensorDataset)")
     kind = type(ds)
     missing = [m for m in ("__len__", "__getitem__") if not hasattr(kind, m)]
     if missing:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings as pywarnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,9 @@ def _torchvision_model(cfg: ModelSection, warnings: list[str]) -> tuple[nn.Modul
         if weights is None and file_weights is None and cfg.num_classes is not None:
             kwargs.setdefault("num_classes", cfg.num_classes)  # COCO weights (a file too): 21, then swapped
     try:
-        model = tvm.get_model(cfg.arch, weights=weights, **kwargs)
+        with pywarnings.catch_warnings():  # inception_v3/googlenet warn about init_weights: not the user's doing
+            pywarnings.simplefilter("ignore", FutureWarning)
+            model = tvm.get_model(cfg.arch, weights=weights, **kwargs)
     except TypeError as exc:
         raise PresetError(f"{cfg.arch} does not take these kwargs: {exc}", key="model.kwargs") from None
     except ValueError as exc:

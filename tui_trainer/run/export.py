@@ -1,7 +1,7 @@
 """`tui-trainer export RUN_DIR|CHECKPOINT --out model.pt`: the model's weights as a plain state_dict.
 
 A checkpoint holds the whole trainer state (optimizer, RNG, config...); the export is only
-`state["model"]`, so `model.load_state_dict(torch.load("model.pt"))` works as tutorials do it,
+`state["model"]`, so `model.load_state_dict(torch.load("model.pt", weights_only=True))` works as tutorials do it,
 without tui-trainer installed. A "module." (DistributedDataParallel) or "_orig_mod."
 (torch.compile) prefix that every key has is removed. The file is written atomically (temp file,
 fsync, rename), and an existing file is only replaced with --force.
@@ -47,7 +47,7 @@ def export(source: str | Path, out: str | Path | None = None, *, force: bool = F
     print(f"exported {ckpt} ({describe(state)})\n"
           f"  to {dest}: {len(weights)} tensors, {human_bytes(dest.stat().st_size)}"
           + (f", key prefix {stripped!r} removed" if stripped else "")
-          + f'\n  load: model.load_state_dict(torch.load("{dest}"))')
+          + f'\n  load: model.load_state_dict(torch.load("{dest}", weights_only=True))')
     return 0
 
 
