@@ -250,9 +250,9 @@ class Preset(_Strict):
             if cfg.monitor == "val_accuracy":  # accuracy's monitor is val_acc; take the obvious spelling too
                 cfg.monitor = "val_acc"
             if cfg.monitor not in self.monitors:
-                hint = did_you_mean(cfg.monitor, list(self.monitors)) or (
-                    f'; monitors are {", ".join(self.monitors)} (add a [[metrics]] entry for another)')
-                raise ValueError(f'{section}.monitor: no metric produces "{cfg.monitor}"{hint}')
+                hint = did_you_mean(cfg.monitor, list(self.monitors))
+                raise ValueError(f'{section}.monitor: no metric produces "{cfg.monitor}"; this run has'
+                                 f' {", ".join(self.monitors)} (a [[metrics]] entry adds val_<its label>){hint}')
         for section in ("checkpoint", "early_stopping"):
             cfg = getattr(self, section)
             known = cfg.monitor in BUILTIN_MONITORS or cfg.monitor in self.goals

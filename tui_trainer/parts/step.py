@@ -150,8 +150,9 @@ def _default_checked(preset: Preset, model, loss_fn, batch) -> dict[str, torch.T
     try:
         out = first_tensor(model(x))
     except Exception as exc:  # noqa: BLE001
-        raise PresetError(f"the model cannot take a batch of {describe(x)}: {_first_line(exc)}; check model.arch and"
-                          " the input size (data.image_size, data.channels, data.flatten)", key="model.arch") from None
+        raise PresetError(f"the model cannot take a batch of {describe(x)}: {_first_line(exc)}; "
+                          + (_input_hint(model, x) or "check model.arch and the input size (data.image_size,"
+                             " data.channels, data.flatten)"), key="model.arch") from None
     if out is None:
         raise PresetError("the model returned no tensor; the default step needs one (or write a [step] fn)",
                           key="model.arch")
@@ -162,6 +163,32 @@ def _default_checked(preset: Preset, model, loss_fn, batch) -> dict[str, torch.T
                           f" {describe(y)}: {_first_line(exc)}; check [loss] and that the outputs fit the targets",
                           key="loss") from None
     return {"loss": loss, "outputs": out, "targets": y}
+
+
+def _input_hint(model: torch.nn.Module, x) -> str | None:
+    """What to set when the model's first layer plainly wants another input than image batches:
+    a flat vector (an MLP: data.flatten, data.channels, data.image_size) or another channel count."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return None
+    first = next((m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))), None)
+    n, c, h, w = x.shape
+    if isinstance(first, torch.nn.Conv2d) and first.in_channels != c and first.in_channels in (1, 3):
+        return (f"the first Conv2d takes {first.in_channels} channels and the batch has {c}: set data.channels ="
+                f" {first.in_channels}")
+    if not isinstance(first, torch.nn.Linear):
+        return None
+    want = first.in_features
+    for channels in (c, 1, 3):
+        side = round((want / channels) ** 0.5)
+        if side * side * channels == want:
+            sets = ["data.flatten = true"]
+            if channels != c:
+                sets.insert(0, f"data.channels = {channels}")
+            if side != h or side != w:
+                sets.insert(0, f"data.image_size = {side}")
+            return (f"the first Linear takes {want} = {channels}x{side}x{side} values per sample and the batch is"
+                    f" {c}x{h}x{w} images: set {', '.join(sets)}")
+    return f"the first Linear takes {want} values per sample: set data.flatten = true and an input size that gives {want}"
 
 
 def _check_loss(preset: Preset, result, where: str, trainable: bool) -> None:
