@@ -343,3 +343,19 @@ def write_preset(path, replace: tuple[str, ...] = (), **sections):
     base = {k: v for k, v in BASE.items() if k not in replace}
     path.write_text(tomli_w.dumps(merge(base, sections)), encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------- tutorial models
+
+
+class ViewFlatten(nn.Module):
+    """A tutorial CNN head that flattens with `.view`: it needs a contiguous batch. digits' samples
+    are expanded grey images (not contiguous), so a check on one unsqueezed sample failed where a
+    real collated batch (stacked, contiguous) works."""
+
+    def __init__(self, num_classes: int = 10, size: int = 8):
+        super().__init__()
+        self.fc = nn.Linear(3 * size * size, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.view(x.size(0), -1))
