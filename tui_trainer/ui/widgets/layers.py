@@ -21,6 +21,7 @@ from tui_trainer.text.format import human_count
 from tui_trainer.ui.messages import SendCommand
 from tui_trainer.ui.view import RunView
 
+TYPE_WIDTH = 12  # "ConvTranspose2d" -> "ConvTranspo…": the statistics columns stay in a 120-column pane
 COLUMNS = (("layer", "name"), ("type", "type"), ("output", "shape"), ("params", "params"), ("train", "train"),
            ("‖grad‖", "grad"), ("Δw/w", "upd"))  # (label, key)
 
@@ -129,7 +130,7 @@ class LayerTable(ScrollView, can_focus=True):
 
     def _measure(self, rows) -> tuple[int, ...]:
         label = max([len("  " * r.depth + "▸ " + r.name.split(".")[-1]) for r in rows] + [5])
-        kind = max([len(r.type) for r in rows] + [4])
+        kind = min(TYPE_WIDTH, max([len(r.type) for r in rows] + [4]))
         shape = max([len(_shape(r)) for r in rows] + [6])
         params = max([len(human_count(r.params)) for r in rows] + [6])
         return (label, kind, shape, params, 5, 8, 8)
@@ -141,7 +142,8 @@ class LayerTable(ScrollView, can_focus=True):
         grad, ratio = self.stats
         g = grad[i] if i < len(grad) else None
         u = ratio[i] if i < len(ratio) else None
-        return (self._label(name), row.type, _shape(row), human_count(row.params), on,
+        kind = row.type if len(row.type) <= TYPE_WIDTH else row.type[: TYPE_WIDTH - 1] + "…"
+        return (self._label(name), kind, _shape(row), human_count(row.params), on,
                 "-" if g is None else f"{g:.1e}", "-" if u is None else f"{u:.1e}", u)
 
     def render_line(self, y: int) -> Strip:
