@@ -1,9 +1,11 @@
 """The training loop. It knows no screen: it emits events to `sink` and applies commands from a
-queue between steps. The loop reads top to bottom: `run` -> `_train` (epochs) -> `_step` (one batch)
--> `_between_steps` (commands); below it, what they call.
+queue between steps. The loop reads top to bottom: `run` -> `_train` (epochs) -> `_step` (one batch;
+`train.accumulate` batches make one optimizer step) -> `_between_steps` (commands); below it, what
+they call. The step itself is `parts.step_fn(model, batch, loss_fn)` (parts/step.py: the default
+classifier step or the user's), called here under autocast.
 
-What runs every step stays in this file (the loop, the update, the commands, the report: about 430
-lines) so that a step can be followed without leaving it. What runs rarely lives next to it:
+What runs every step stays in this file (the loop, the update, the commands, the report, the
+callbacks' hooks: about 500 lines) so that a step can be followed without leaving it. What runs rarely lives next to it:
 `epochs.py` the end of an epoch (validation, best, early stopping, the epoch checkpoint),
 `checkpoint.py` what a checkpoint holds (`state_dict`) and how it is written, `stopping.py` early
 stopping and the non-finite guard, `endings.py` how a run ends (Finished or Failed).
@@ -27,6 +29,7 @@ import torch
 from tui_trainer.parts import Parts
 from tui_trainer.parts.callbacks import HOOKS, hook_of, hook_parameters
 from tui_trainer.parts.layers import matches, trainable_state
+from tui_trainer.parts.step import loss_of, to_device
 from tui_trainer.config import resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
 from tui_trainer.engine import endings, epochs
@@ -35,7 +38,6 @@ from tui_trainer.engine.events import (CheckpointSaved, Event, Failed, Finished,
                                        RunWarning, StateChanged, StepReport, TrainableChanged)
 from tui_trainer.engine.layer_stats import UpdateProbe
 from tui_trainer.engine.probes import MemoryProbe
-from tui_trainer.parts.step import loss_of, to_device
 from tui_trainer.engine.stopping import Best, EarlyStopping, NonFinite, NonFiniteGuard, check_weights_finite
 
 describe_failure = endings.describe_failure  # its import path before endings.py existed

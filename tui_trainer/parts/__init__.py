@@ -52,7 +52,7 @@ class Parts:
     weights_note: str
     warnings: list[str] = field(default_factory=list)
     callbacks: list[object] = field(default_factory=list)
-    step_fn: object = None  # fn(model, batch, loss_fn): engine/step.py default_step, or [step] fn
+    step_fn: object = None  # fn(model, batch, loss_fn): parts/step.py default_step, or [step] fn
     metrics: MetricSet | None = None  # [[metrics]], evaluated at each epoch end
     goals: dict[str, str] = field(default_factory=dict)  # monitor -> "max"/"min" of the metrics
 
