@@ -24,7 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.workloads import TINY  # noqa: E402
+from benchmarks.workloads import DIGITS_DICTS, TINY  # noqa: E402
+
+# A user step on dict batches {"image", "label"} from a dataset factory (workloads.py): to_device
+# walks the dict, the step returns {"loss", "outputs", "targets"}.
+DICT_BATCHES = [f'data.dataset="{DIGITS_DICTS}"', "data.kwargs.size=8", 'step.fn="benchmarks.workloads:dict_step"']
 
 # (name, preset overrides, layer stats on, must pass). fp16 is informational: torch's GradScaler.step
 # reads found_inf with .item() every step unless the optimizer is fused, so that sync is torch's.
@@ -32,6 +36,11 @@ CASES = [
     ("fp32, DataLoader (pinned, non_blocking)", ["train.amp=\"off\"", "data.preload=false"], False, True),
     ("bf16 autocast + grad clipping, preloaded", ["train.amp=\"bf16\"", "train.grad_clip_norm=1.0"], False, True),
     ("bf16 + layer stats (as the app runs it)", ["train.amp=\"bf16\""], True, True),
+    ("custom step + dict batches, DataLoader (pinned)", [*DICT_BATCHES, "data.preload=false"], False, True),
+    ("custom step + dict batches, preloaded, bf16", [*DICT_BATCHES, "train.amp=\"bf16\""], False, True),
+    # two micro-batches of 16 per optimizer step: the same 56 optimizer steps per epoch as batch 32
+    ("accumulate = 2 (batch 16), bf16 + grad clipping",
+     ["train.accumulate=2", "data.batch_size=16", "train.amp=\"bf16\"", "train.grad_clip_norm=1.0"], False, True),
     ("fp16 + GradScaler (informational)", ["train.amp=\"fp16\""], False, False),
 ]
 

@@ -7,7 +7,9 @@ import json
 
 import torch
 
-from benchmarks import footprint, run_all, step_costs, sync_check, throughput, ui_latency
+import pytest
+
+from benchmarks import footprint, run_all, step_costs, step_forms, sync_check, throughput, ui_latency
 from tests.conftest import tiny_preset_text
 
 
@@ -48,6 +50,29 @@ def test_hog_starts_one_busy_process_per_cpu_and_stops_them():
     assert all(p.poll() is not None for p in procs)
 
 
+def test_step_forms_reports_cost_ratios_with_spreads(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    result = step_forms.main(["--quick", "--windows", "2", "--json", str(out)])
+    assert result["forms"] == ["default", "dict", "dict_loss"] and result["windows"] == 2
+    for f in ("dict", "dict_loss"):  # CPU-time and wall ratios to the default step, each with its spread
+        cost = result["cost"][f]
+        assert cost["cpu"] > 0 and cost["wall"] > 0 and cost["cpu_spread"] >= 0 and cost["wall_spread"] >= 0, cost
+        assert len(result["cost_per_window"][f]) == 2 and cost["same_work"]
+        assert cost["verdict"].startswith("too few windows")  # two windows never give a verdict
+        # same model, seed, optimizer and data: the dict forms train exactly like the default step
+        assert result["same_losses"][f] is True
+    text = capsys.readouterr().out
+    assert "dict/default per step: CPU" in text and "goal <= 1.01" in text and "load average" in text
+    assert json.loads(out.read_text())["cost"]["dict"]["cpu"] == result["cost"]["dict"]["cpu"]
+
+
+def test_step_forms_accumulation_is_reported_apart(capsys):
+    result = step_forms.main(["--quick", "--windows", "1", "--forms", "default,acc2"])
+    acc = result["cost"]["acc2"]
+    assert acc["cpu"] > 0 and not acc["same_work"] and acc["verdict"].startswith("not the same work")
+    assert result["accumulate"] == {"default": 1, "acc2": 2} and result["batch_size"]["acc2"] == 16
+
+
 def test_step_costs_reports_each_part():
     result = step_costs.main(["--quick", "--steps", "60"])
     assert result["steps"] == 60
@@ -60,6 +85,17 @@ def test_sync_check_plumbing(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert "no GPU: skipped" in capsys.readouterr().out
     r = sync_check.run_case(*sync_check.CASES[0], device="cpu", steps=20, log_every=10, scratch=tmp_path)
+    assert r.steps == 20 and r.reports == 2 and r.strict_error is None and r.passed
+
+
+@pytest.mark.parametrize("name", ["custom step + dict batches, DataLoader (pinned)",
+                                  "custom step + dict batches, preloaded, bf16",
+                                  "accumulate = 2 (batch 16), bf16 + grad clipping"])
+def test_sync_check_new_cases_are_required_and_run_on_cpu(name, tmp_path):
+    # on CPU the plumbing only (no sync mode): the presets load, train and report; a GPU session checks the syncs
+    case = next(c for c in sync_check.CASES if c[0] == name)
+    assert case[3], "required to pass"
+    r = sync_check.run_case(*case, device="cpu", steps=20, log_every=10, scratch=tmp_path)
     assert r.steps == 20 and r.reports == 2 and r.strict_error is None and r.passed
 
 
