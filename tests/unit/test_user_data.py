@@ -10,13 +10,12 @@ import torch
 from tests.fixtures import user_data
 from tui_trainer import config
 from tui_trainer.errors import PresetError, UserError
+from tui_trainer.parts.batches import EpochBatches, describe_structure
 from tui_trainer.parts.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Digits,
-    EpochBatches,
     _image_transform,
-    describe_structure,
     make_loaders,
 )
 

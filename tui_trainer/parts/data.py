@@ -10,7 +10,6 @@ So a run resumed in the middle of an epoch sees exactly the batches it would hav
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
 
 from tui_trainer.config import DataSection
 from tui_trainer.errors import PresetError, UserError, did_you_mean
 from tui_trainer.parts import target
+from tui_trainer.parts.batches import EpochBatches, Keyed, PreloadedBatches, _tree_leaves, describe_structure
 from tui_trainer.signals import reset_inherited_signals
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -449,183 +449,6 @@ def _split(train_pool, val_pool, cfg: DataSection, seed: int):
         n_val = 1
     val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
     return Subset(train_pool, train_idx), (Subset(val_pool, val_idx) if val_idx else None)
-
-
-# --------------------------------------------------------------------------- batching
-
-
-class EpochBatches(Sampler):
-    """Batches of (epoch, index) keys. The order of epoch `e` depends only on (seed, e).
-
-    `accumulate` (train.accumulate) batches make one optimizer step: `steps_per_epoch` is
-    batches_per_epoch // accumulate, and `set_epoch(e, start)` skips the first `start` optimizer
-    steps (start * accumulate batches): that is how a resume lands mid-epoch. An epoch yields
-    exactly (steps_per_epoch - start) * accumulate batches: a leftover of fewer than `accumulate`
-    batches at the end of an epoch is dropped (it would be a partial step). The batches of one step
-    are consecutive slices of the epoch's order, so accumulate = 4 with batch_size 8 sees the same
-    samples in the same order as accumulate = 1 with batch_size 32."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool, accumulate: int = 1):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.accumulate = max(1, int(accumulate))
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Epoch `epoch`, from optimizer step `start` of it."""
-        self.epoch, self.start = epoch, start
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch."""
-        return self.batches_per_epoch // self.accumulate
-
-    def __len__(self) -> int:
-        return max(0, self.steps_per_epoch - self.start) * self.accumulate
-
-    def __iter__(self):
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=gen).tolist()
-        else:
-            order = list(range(self.n))
-        for b in range(self.start * self.accumulate, self.steps_per_epoch * self.accumulate):
-            yield [(self.epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
-
-
-class Keyed(Dataset):
-    """Serve (epoch, index) keys; random transforms of a sample draw from an RNG seeded by the key."""
-
-    def __init__(self, dataset, seed: int, random: bool):
-        self.dataset, self.seed, self.random = dataset, seed, random
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        if not self.random:
-            return self.dataset[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-            return self.dataset[index]
-
-
-# --------------------------------------------------------------------------- sample structures
-
-
-def _tree_map(fn, tree):
-    """`fn` on every leaf of nested tuples / lists / dicts (named tuples keep their type)."""
-    if isinstance(tree, Mapping):
-        return {k: _tree_map(fn, v) for k, v in tree.items()}
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_tree_map(fn, v) for v in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_tree_map(fn, v) for v in tree)
-    return fn(tree)
-
-
-def _tree_cat(chunks: list):
-    """Leaf-wise torch.cat of collated chunks that share one structure."""
-    first = chunks[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(chunks)
-    if isinstance(first, Mapping):
-        return {k: _tree_cat([c[k] for c in chunks]) for k in first}
-    if isinstance(first, tuple) and hasattr(first, "_fields"):
-        return type(first)(*(_tree_cat([c[i] for c in chunks]) for i in range(len(first))))
-    if isinstance(first, (tuple, list)):
-        return type(first)(_tree_cat([c[i] for c in chunks]) for i in range(len(first)))
-    raise PresetError(f"a preloaded sample must hold tensors and numbers only; it holds a {type(first).__name__};"
-                      " set preload = false", key="data.preload")
-
-
-def _tree_leaves(tree, path: str = ""):
-    """(path, leaf) pairs in order; path like "image" or "[0]" or "inputs.mask"."""
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _tree_leaves(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(tree, (tuple, list)):
-        for i, v in enumerate(tree):
-            yield from _tree_leaves(v, f"{path}[{i}]")
-    else:
-        yield path, tree
-
-
-def describe_structure(batch, limit: int = 12) -> str:
-    """A batch's (or a sample's) structure in one line: "dict(image: (8, 1, 28, 28) float32, label:
-    (8,) int64)", "tuple((8, 3, 64, 64) float32, (8,) int64)"; numbers are "int"/"float", other
-    leaves their type name. Containers show their first `limit` entries, then "...". """
-    if isinstance(batch, torch.Tensor):
-        return f"{tuple(batch.shape)} {str(batch.dtype).removeprefix('torch.')}"
-    if isinstance(batch, Mapping):
-        items = [f"{k}: {describe_structure(v, limit)}" for k, v in list(batch.items())[:limit]]
-        more = ", ..." if len(batch) > limit else ""
-        return f"{type(batch).__name__ if type(batch) is not dict else 'dict'}({', '.join(items)}{more})"
-    if isinstance(batch, (tuple, list)):
-        items = [describe_structure(v, limit) for v in list(batch)[:limit]]
-        more = ", ..." if len(batch) > limit else ""
-        return f"{type(batch).__name__}({', '.join(items)}{more})"
-    if batch is None:
-        return "None"
-    return type(batch).__name__
-
-
-class PreloadedBatches:
-    """`data.preload`: every sample transformed once and kept as tensors on the training device; a
-    batch is one index into them. Any sample structure (tensors, numbers, nested tuples / lists /
-    dicts) works: the set is collated in chunks with torch's default_collate, concatenated leaf by
-    leaf, and a batch is `index_select` on each leaf, with the structure a DataLoader would give.
-    (input, target) samples keep the fast path (a tuple of two tensors). Batches come in the order
-    of `batches` (the same EpochBatches a DataLoader would use), so seeding and mid-epoch resume are
-    unchanged."""
-
-    def __init__(self, dataset, batches: EpochBatches, device: torch.device, num_workers: int = 0):
-        chunks = list(DataLoader(dataset, batch_size=256, num_workers=num_workers))  # index order, once
-        first = chunks[0] if chunks else None
-        self.pair = (isinstance(first, (tuple, list)) and not hasattr(first, "_fields") and len(first) == 2
-                     and isinstance(first[0], torch.Tensor) and isinstance(first[1], torch.Tensor))
-        if self.pair:  # (input, target): exactly as before generalising
-            xs, ys = [], []
-            for x, y in chunks:
-                xs.append(x)
-                ys.append(torch.as_tensor(y))
-            self.x = torch.cat(xs).to(device)
-            self.y = torch.cat(ys).to(device)
-            self.data = None
-            self.device = self.x.device
-        else:
-            self.data = _tree_map(lambda t: t.to(device), _tree_cat(chunks)) if chunks else None
-            self.device = torch.device(device)
-        # a flat dict of tensors ({"image": ..., "label": ...}), the common non-pair sample: a
-        # comprehension over its items, without the tree walk (about 1.7 us a batch saved)
-        self.flat = (list(self.data.items()) if type(self.data) is dict
-                     and all(isinstance(v, torch.Tensor) for v in self.data.values()) else None)
-        self.batch_sampler = batches
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-    def __iter__(self):
-        keys = list(self.batch_sampler)
-        if not keys:
-            return
-        # one index tensor per epoch, copied to the device once; a batch is a slice of it
-        order = torch.tensor([i for batch in keys for _, i in batch]).to(self.device)
-        start = 0
-        for batch in keys:
-            idx = order[start : start + len(batch)]
-            start += len(batch)
-            if self.pair:
-                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
-            elif self.flat is not None:
-                yield {k: v.index_select(0, idx) for k, v in self.flat}
-            else:
-                yield _tree_map(lambda t: t.index_select(0, idx), self.data)
 
 
 def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: int = 1) -> DataParts:

@@ -26,7 +26,7 @@ import torch
 from tui_trainer.config import StepSection
 from tui_trainer.errors import PresetError
 from tui_trainer.parts import target
-from tui_trainer.parts.data import describe_structure as describe
+from tui_trainer.parts.batches import describe_structure as describe
 from tui_trainer.parts.layers import first_tensor, recording_shapes
 
 if TYPE_CHECKING:
