@@ -146,3 +146,26 @@ def test_freeze_backbone_without_a_head_says_so():
     assert info.value.key == "model.freeze_backbone"
     assert str(info.value) == ("model.freeze_backbone: model has no Linear or 1x1 Conv2d head to leave trainable;"
                                " use model.freeze to name what to freeze instead")
+
+
+def test_a_backbone_that_cannot_be_downloaded_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))  # an empty cache: the download is attempted
+    try:
+        cfg = ModelSection(arch="lraspp_mobilenet_v3_large", num_classes=2,
+                           kwargs={"weights_backbone": "IMAGENET1K_V1"})
+        with pytest.raises(PresetError) as info:
+            build_model(cfg)
+    finally:
+        torch.hub.set_dir(old)
+    message = str(info.value)
+    assert info.value.key == "model.kwargs" and "\n" not in message
+    assert "weights_backbone IMAGENET1K_V1 cannot be downloaded" in message
+    assert "mobilenet_v3_large" in message and str(tmp_path) in message  # the file and where to put it
+    assert "Downloading" not in capsys.readouterr().out  # torch.hub's line does not leak to the terminal

@@ -15,7 +15,10 @@ Linear or 1x1 conv; a segmentation model's final classifier convs). It only free
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import socket
 import warnings as pywarnings
 from dataclasses import dataclass
@@ -134,10 +137,17 @@ def _torchvision_model(cfg: ModelSection, warnings: list[str]) -> tuple[nn.Modul
         kwargs.setdefault("weights_backbone", None)  # no ImageNet download unless asked for
         if weights is None and file_weights is None and cfg.num_classes is not None:
             kwargs.setdefault("num_classes", cfg.num_classes)  # COCO weights (a file too): 21, then swapped
+    said = io.StringIO()  # torch.hub prints "Downloading: URL to PATH" (a backbone): kept for the error
     try:
-        with pywarnings.catch_warnings():  # inception_v3/googlenet warn about init_weights: not the user's doing
-            pywarnings.simplefilter("ignore", FutureWarning)
+        with pywarnings.catch_warnings(), contextlib.redirect_stdout(said):
+            pywarnings.simplefilter("ignore", FutureWarning)  # inception_v3/googlenet on init_weights: not the user's
             model = tvm.get_model(cfg.arch, weights=weights, **kwargs)
+    except OSError as exc:  # a download (weights_backbone) that failed: offline
+        where = re.search(r'Downloading: "([^"]+)" to (\S+)', said.getvalue())
+        fix = f"put {where[1]} into {os.path.dirname(where[2])}/, or " if where else ""
+        raise PresetError(f"{cfg.arch}: weights_backbone {kwargs.get('weights_backbone')} cannot be downloaded"
+                          f" ({getattr(exc, 'reason', exc)}); {fix}remove weights_backbone from [model.kwargs]",
+                          key="model.kwargs") from None
     except TypeError as exc:
         raise PresetError(f"{cfg.arch} does not take these kwargs: {exc}", key="model.kwargs") from None
     except ValueError as exc:
