@@ -1,0 +1,96 @@
+"""Rank functions for tests that start real processes through torch's elastic launcher
+(`launch`). Each runs in its own spawned process with RANK / WORLD_SIZE set, on gloo (CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+
+def launch(fn, *args, n: int = 2, log_dir: str | None = None) -> dict:
+    """Run `fn(*args)` on `n` ranks of one node; {rank: return value}. The launcher as the CLI
+    uses it: no restarts, spawn."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+                       rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={}, max_restarts=0, monitor_interval=0.1,
+                       start_method="spawn",
+                       logs_specs=DefaultLogsSpecs(log_dir=log_dir, redirects=Std.NONE, tee=Std.NONE))
+    return elastic_launch(cfg, fn)(*args)
+
+
+def _dist():
+    import torch
+
+    torch.set_num_threads(1)
+    from tui_trainer.engine.distributed import Dist
+
+    return Dist.from_env("cpu")
+
+
+def share_commands(steps: int, at: int) -> list:
+    """Rank 0 has commands at step `at`; every rank records what it applies at which step."""
+    from tui_trainer.engine.commands import ScaleLr, SetTrainable, Stop
+
+    d = _dist()
+    seen = []
+    for step in range(steps):
+        mine = [ScaleLr(0.5), SetTrainable(("fc",), False), Stop(reason="test")] if d.writer and step == at else []
+        for cmd in d.share(mine):
+            seen.append((step, cmd.to_json()))
+    d.close()
+    return [d.rank, d.world, seen]
+
+
+def sum_exact() -> list:
+    import torch
+
+    d = _dist()
+    a = torch.tensor([float(d.rank + 1), 1.0])
+    b = torch.tensor([10 * (d.rank + 1)], dtype=torch.int64)
+    d.sum_([a, b])
+    d.close()
+    return [a.tolist(), b.tolist()]
+
+
+def freeze_under_ddp(steps: int = 3) -> dict:
+    """Train, freeze layer 0 (rewrap), train, unfreeze (rewrap), train: per-phase weights."""
+    import torch
+    from torch import nn
+
+    d = _dist()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    net = d.wrap(model, torch.device("cpu"))
+    g = torch.Generator().manual_seed(100 + d.rank)  # each rank its own data
+    out = {}
+
+    def train():
+        for _ in range(steps):
+            x, y = torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    train()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    net = d.wrap(model, torch.device("cpu"))
+    frozen_before = [p.clone() for p in model[0].parameters()]
+    train()
+    out["frozen_kept"] = all(torch.equal(a, b) for a, b in zip(frozen_before, model[0].parameters()))
+    for p in model[0].parameters():
+        p.requires_grad_(True)
+    net = d.wrap(model, torch.device("cpu"))
+    train()
+    out["moved_after_unfreeze"] = not all(torch.equal(a, b) for a, b in zip(frozen_before, model[0].parameters()))
+    out["weights"] = [p.detach().tolist() for p in model.parameters()]
+    d.close()
+    return out
