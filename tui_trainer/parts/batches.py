@@ -24,21 +24,71 @@ class EpochBatches(Sampler):
     exactly (steps_per_epoch - start) * accumulate batches: a leftover of fewer than `accumulate`
     batches at the end of an epoch is dropped (it would be a partial step). The batches of one step
     are consecutive slices of the epoch's order, so accumulate = 4 with batch_size 8 sees the same
-    samples in the same order as accumulate = 1 with batch_size 32."""
+    samples in the same order as accumulate = 1 with batch_size 32.
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool, accumulate: int = 1):
+    Sharding (DistributedDataParallel): `world` ranks, this one `rank`. `batch_size` is the
+    PER-RANK batch; the global batch is batch_size * world. The epoch's order (the same permutation
+    whatever `world` is) is cut into global batches, and rank r takes the r-th contiguous slice of
+    each, so the union of the ranks' batch b is the single-process batch b of batch_size * world,
+    in the same order. Every rank builds the same order, so no communication is needed, and
+    `batches_per_epoch`, `steps_per_epoch`, `len` and `set_epoch(e, start)` (start in optimizer
+    steps, the same number on every rank) count this rank's batches, which are the global ones.
+    world = 1 is exactly the unsharded sampler.
+
+    A trailing partial global batch (n not a multiple of batch_size * world):
+      * drop_last: dropped (any world).
+      * even = True (the default; training): with world > 1 it is dropped WHATEVER drop_last says.
+        DDP averages the ranks' mean gradients, which is the global mean only when every rank's
+        batch has the same size, and every rank must make the same number of steps (each step
+        is a collective). Every rank then yields the same number of batches, all of batch_size.
+      * even = False (validation: shuffle=False, drop_last=False): kept, and split as evenly as
+        possible in contiguous slices (ranks 0..m % world - 1 get one sample more), so every sample
+        goes to exactly one rank and sums / counts all-reduced across ranks are exact. A rank
+        whose share is empty yields no batch for it (never an empty batch), so ranks may make
+        different numbers of batches (by one at most): fine for validation, which has no
+        collective per batch, only one all_reduce at the end. Training must not use it; uneven
+        shards with accumulate > 1 are refused (steps would differ between ranks).
+    With world = 1, `even` changes nothing: the partial batch is kept unless drop_last."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool, accumulate: int = 1,
+                 rank: int = 0, world: int = 1, even: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} of world {world}: need world >= 1 and 0 <= rank < world")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
         self.accumulate = max(1, int(accumulate))
+        self.rank, self.world, self.even = rank, world, even
+        if world > 1 and not even and not drop_last and self.accumulate > 1:
+            raise ValueError("uneven shards (even = False) are for validation; with accumulate > 1 the ranks"
+                             " could make different numbers of optimizer steps")
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Epoch `epoch`, from optimizer step `start` of it."""
+        """Epoch `epoch`, from optimizer step `start` of it (the same `start` on every rank)."""
         self.epoch, self.start = epoch, start
 
     @property
+    def global_batch_size(self) -> int:
+        """Samples per batch over all ranks: batch_size * world."""
+        return self.batch_size * self.world
+
+    def _tail(self) -> tuple[int, int, int]:
+        """(full global batches, this rank's first index and size of the kept partial last batch);
+        size 0 when there is none or it is dropped."""
+        full, left = divmod(self.n, self.global_batch_size)
+        if left == 0 or self.drop_last or (self.even and self.world > 1):
+            return full, 0, 0
+        q, r = divmod(left, self.world)
+        lo = full * self.global_batch_size + self.rank * q + min(self.rank, r)
+        return full, lo, q + (1 if self.rank < r else 0)
+
+    @property
     def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        """This rank's batches per epoch (with even shards, the number of global batches)."""
+        full, _, size = self._tail()
+        return full + (1 if size > 0 else 0)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -54,8 +104,12 @@ class EpochBatches(Sampler):
             order = torch.randperm(self.n, generator=gen).tolist()
         else:
             order = list(range(self.n))
+        full, tail_lo, tail_size = self._tail()
+        step = self.global_batch_size
+        offset = self.rank * self.batch_size
         for b in range(self.start * self.accumulate, self.steps_per_epoch * self.accumulate):
-            yield [(self.epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+            lo, size = (b * step + offset, self.batch_size) if b < full else (tail_lo, tail_size)
+            yield [(self.epoch, i) for i in order[lo : lo + size]]
 
 
 class Keyed(Dataset):
