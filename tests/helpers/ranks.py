@@ -94,3 +94,24 @@ def freeze_under_ddp(steps: int = 3) -> dict:
     out["weights"] = [p.detach().tolist() for p in model.parameters()]
     d.close()
     return out
+
+
+def train_run(preset: str, run_dir: str, overrides: list) -> dict:
+    """One rank of a real run through `prepare` (as `torchrun -m tui_trainer PRESET --no-ui` does)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from tui_trainer.engine.events import Finished
+    from tui_trainer.run.launch import prepare
+
+    events = []
+    session = prepare(preset, list(overrides), run_dir=run_dir, sinks=[events.append])
+    try:
+        final = session.trainer.run()
+    finally:
+        session.close()
+    return {"rank": session.trainer.dist.rank, "status": getattr(final, "status", type(final).__name__),
+            "step": final.step, "error": getattr(final, "error", None),
+            "weights": [p.detach().double().sum().item() for p in session.trainer.model.parameters()],
+            "state": {n: p.detach().clone() for n, p in session.trainer.model.named_parameters()},
+            "events": len(events), "finished": isinstance(final, Finished)}

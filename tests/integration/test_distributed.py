@@ -28,3 +28,23 @@ def test_freezing_under_ddp_rebuilds_the_wrapper_and_keeps_the_ranks_identical()
     assert result[0]["frozen_kept"] and result[1]["frozen_kept"]
     assert result[0]["moved_after_unfreeze"]
     assert result[0]["weights"] == result[1]["weights"]  # every rank the same parameters, bit for bit
+
+
+def test_two_ranks_of_16_train_as_one_process_of_32(tmp_path):
+    import torch
+
+    from tests.helpers.engine import run
+    from tests.helpers.user_code import write_preset
+
+    overrides = ["train.epochs=1", "checkpoint.every_epochs=0", "checkpoint.save_best=false"]
+    preset = write_preset(tmp_path / "p.toml")
+    result = ranks.launch(ranks.train_run, str(preset), str(tmp_path / "ddp"), [*overrides, "data.batch_size=16"])
+    assert result[0]["finished"] and result[1]["finished"], result[0]["error"] or result[1]["error"]
+    assert result[0]["step"] == result[1]["step"] > 0
+    for name, value in result[0]["state"].items():  # every rank the same weights
+        assert torch.equal(value, result[1]["state"][name])
+    single = run(preset, *overrides, "data.batch_size=32", run_dir=tmp_path / "one")
+    assert single.final.step == result[0]["step"]
+    for name, p in single.model.named_parameters():
+        assert torch.allclose(p.detach(), result[0]["state"][name], atol=1e-6), name
+    assert (tmp_path / "ddp" / "events.jsonl").is_file()  # rank 0 wrote the run directory

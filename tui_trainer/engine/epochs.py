@@ -91,18 +91,21 @@ def validate(t: Trainer) -> Validation:
                           if t.parts.metrics else {})
 
     def stop() -> bool:
+        if t.dist.active:  # ranks validate different numbers of batches: commands wait for the next step
+            return False
         t._drain_commands()
         return t._stop is not None
 
     t.model.eval()
     result = evaluate(t.model, loader, t.loss_fn, t.device, t._autocast, stop, step=t.step_fn,
-                      metrics=t.parts.metrics)
+                      metrics=t.parts.metrics, reduce=t.dist.sum_ if t.dist.active else None)
     t._train_mode()
     return result
 
 
 def evaluate(model: torch.nn.Module, loader: Iterable, loss_fn, device: torch.device, autocast: Callable,
-             stop: Callable[[], bool], *, step=default_step, metrics: MetricSet | None = None) -> Validation:
+             stop: Callable[[], bool], *, step=default_step, metrics: MetricSet | None = None,
+             reduce: Callable[[list[torch.Tensor]], None] | None = None) -> Validation:
     """Mean loss over `loader` (weighted by batch size), accuracy for class targets (N x C outputs,
     N integer targets), and `metrics` on the step's outputs and targets. `stop` is asked before each
     batch. Everything stays on the device until one host sync at the end."""
@@ -129,6 +132,11 @@ def evaluate(model: torch.nn.Module, loader: Iterable, loss_fn, device: torch.de
             if metrics is not None:
                 metrics.update(out, y)
             n += size
+    if reduce is not None:  # many ranks: sums and counts over all of them, then divided once (exact)
+        count = torch.tensor([float(n), float(classify), 1.0], device=device)  # samples, ranks classifying, ranks
+        reduce([total, correct, count, *(metrics.state_tensors() if metrics is not None else [])])
+        ranks_n, ranks_classify, ranks = count.tolist()
+        n, classify = int(ranks_n), ranks_classify == ranks
     if n == 0:
         return Validation(metrics={m: None for m in metrics.monitors if m != "val_acc"} if metrics else {})
     computed = metrics.compute() if metrics is not None else {}

@@ -33,6 +33,7 @@ from tui_trainer.parts.step import loss_of, to_device
 from tui_trainer.config import resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
 from tui_trainer.engine import endings, epochs
+from tui_trainer.engine.distributed import Dist
 from tui_trainer.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.events import (CheckpointSaved, Event, Failed, Finished, LayerStats, LrChanged, RunStarted,
                                        RunWarning, StateChanged, StepReport, TrainableChanged)
@@ -57,10 +58,13 @@ class Trainer:
         control: Control | None = None,
         should_stop: Callable[[], bool] | None = None,
         layer_stats_every_s: float | None = None,
+        dist: Dist | None = None,
     ):
         self.parts, self.sink = parts, sink
+        self.dist = dist or Dist()  # one process: every distributed call is a no-op
         self.preset = parts.preset
         self.model, self.optimizer, self.schedule = parts.model, parts.optimizer, parts.schedule
+        self.net = self.dist.wrap(self.model, parts.device)  # what forward passes run through (DDP on many ranks)
         self.device = parts.device
         self.control = control or Control()
         self.commands: queue.SimpleQueue = self.control.queue
@@ -193,7 +197,7 @@ class Trainer:
             loss = self.optimizer.step(lambda: self._closure(batch))
         else:
             with self._autocast():
-                loss = loss_of(self.step_fn(self.model, batch, self.loss_fn))
+                loss = loss_of(self.step_fn(self.net, batch, self.loss_fn))
             if self.accumulate > 1:
                 loss = loss / self.accumulate  # the mean over the step's batches, as one big batch would give
             if self.scaler is not None:
@@ -224,6 +228,8 @@ class Trainer:
 
     def _between_steps(self) -> str | None:
         """Apply queued commands; wait while paused. Returns a status when the run must end."""
+        if self.dist.active:
+            return self._between_steps_shared()
         if self.commands.empty() and not self.should_stop() and not self._paused:
             return None  # the fast path of every step
         while True:
@@ -236,6 +242,27 @@ class Trainer:
                 self._apply(self.commands.get(timeout=0.1))
             except queue.Empty:
                 pass
+
+    def _between_steps_shared(self) -> str | None:
+        """Many ranks: rank 0's commands (its queue, a stop it was asked for) reach every rank before
+        the same step (Dist.share, every step, on every rank); while paused, every rank waits here."""
+        while True:
+            mine: list[Command] = []
+            if self.dist.writer:
+                try:
+                    while True:
+                        mine.append(self.commands.get_nowait())
+                except queue.Empty:
+                    pass
+                if self.should_stop() and self._stop is None:
+                    mine.append(Stop(reason="cancelled"))
+            for cmd in self.dist.share(mine):
+                self._apply(cmd)
+            if self._stop is not None:
+                return self._stop_status()
+            if not self._paused:
+                return None
+            time.sleep(0.1)  # paused: every rank asks again in a moment
 
     # ------------------------------------------------------------------ one batch
 
@@ -266,7 +293,7 @@ class Trainer:
     def _closure(self, batch):
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = loss_of(self.step_fn(self.model, batch, self.loss_fn))
+            loss = loss_of(self.step_fn(self.net, batch, self.loss_fn))
         loss.backward()
         return loss
 
@@ -326,6 +353,8 @@ class Trainer:
             self.optimizer.state.clear()
         if self.model.training:
             self._train_mode()
+        if self.dist.active:  # DDP buckets the parameters that required grad when built: build it again
+            self.net = self.dist.wrap(self.model, self.device)
         self._emit(self._trainable_event(prefixes, trainable, source))
 
     def _trainable_event(self, prefixes, trainable, source) -> TrainableChanged:
@@ -352,7 +381,11 @@ class Trainer:
     def _report(self) -> None:
         if not self._pending:
             return
-        values = torch.stack(self._pending).float().tolist()  # the one host sync per report
+        stacked = torch.stack(self._pending).float()
+        if self.dist.active:  # every rank's mean loss of each step, averaged: the global batch's loss
+            self.dist.sum_([stacked])
+            stacked /= self.dist.world
+        values = stacked.tolist()  # the one host sync per report
         first = self._pending_first
         self._pending.clear()
         values, warnings, nonfinite = self.guard.check_losses(values, first)
@@ -402,6 +435,9 @@ class Trainer:
         check_weights_finite(self.params, self.step)
         t0 = time.monotonic()
         name = ckpt.file_name(tags, self.step, self.epoch)
+        if not self.dist.writer:  # rank 0 writes; the others hold the same state
+            self._saved_step = self.step
+            return self.checkpoints.root / name
         try:
             path, size = self.checkpoints.save(name, tags, self.state_dict())
         except OSError as exc:  # the write's CheckpointWriteError, or mkdir / link / rotate failing

@@ -158,18 +158,28 @@ def _named_source(preset: Preset):
         raise
 
 
-def build(preset: Preset) -> Parts:
+def build(preset: Preset, *, rank: int = 0, world: int = 1, local_rank: int = 0) -> Parts:
+    """`rank`/`world`: this process's place in a distributed run (its shard of the batches, and on
+    CUDA the GPU `local_rank`)."""
     with _named_source(preset):
-        return _build(preset)
+        return _build(preset, rank, world, local_rank)
 
 
-def _build(preset: Preset) -> Parts:
+def device_type(preset: Preset) -> str:
+    """"cuda", "mps" or "cpu": what `train.device` resolves to (which backend the ranks join)."""
+    return resolve_device(preset.train.device).type
+
+
+def _build(preset: Preset, rank: int = 0, world: int = 1, local_rank: int = 0) -> Parts:
     goals = _check(preset)
     device = resolve_device(preset.train.device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # one GPU per rank
+        torch.cuda.set_device(device)
     seed_everything(preset.seed, preset.train.deterministic)
     warnings: list[str] = []
 
-    data = make_loaders(preset.data, preset.seed, device, accumulate=preset.train.accumulate)
+    data = make_loaders(preset.data, preset.seed, device, accumulate=preset.train.accumulate, rank=rank, world=world)
     model_cfg = preset.model
     if data.num_classes and model_cfg.num_classes and model_cfg.num_classes != data.num_classes:
         raise PresetError(

@@ -451,9 +451,11 @@ def _split(train_pool, val_pool, cfg: DataSection, seed: int):
     return Subset(train_pool, train_idx), (Subset(val_pool, val_idx) if val_idx else None)
 
 
-def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: int = 1) -> DataParts:
+def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: int = 1, rank: int = 0,
+                 world: int = 1) -> DataParts:
     """The run's data. `accumulate` (train.accumulate): batches per optimizer step; the training
-    batches then come in whole steps (see EpochBatches)."""
+    batches then come in whole steps (see EpochBatches). `rank`/`world`: this process's shard of
+    every global batch (batch_size per rank) in a distributed run."""
     collate_fn = None
     if cfg.collate:
         if cfg.preload:
@@ -470,7 +472,7 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: 
                         key="data")
     drop_last = len(train_ds) > cfg.batch_size  # a last batch of 1 breaks BatchNorm
     batches = EpochBatches(len(train_ds), cfg.batch_size, seed, shuffle=True, drop_last=drop_last,
-                           accumulate=accumulate)
+                           accumulate=accumulate, rank=rank, world=world)
     if batches.steps_per_epoch == 0:
         n = batches.batches_per_epoch
         raise UserError(f"accumulate = {accumulate} needs at least {accumulate} batches per epoch; the training set"
@@ -487,7 +489,8 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: 
         common["collate_fn"] = collate_fn
     val_batches = None
     if val_ds is not None and len(val_ds) > 0:
-        val_batches = EpochBatches(len(val_ds), cfg.val_batch_size or cfg.batch_size, seed, False, False)
+        val_batches = EpochBatches(len(val_ds), cfg.val_batch_size or cfg.batch_size, seed, False, False,
+                                   rank=rank, world=world, even=False)  # every sample on exactly one rank
     first_of = val_ds if val_batches is not None else train_ds
     batch = first_batch(first_of, seed, min(cfg.batch_size, 8), collate_fn, cfg.collate)
     if cfg.preload:

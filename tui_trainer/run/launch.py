@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tui_trainer import config
 from tui_trainer.engine.commands import Control
+from tui_trainer.engine.distributed import Dist
 from tui_trainer.engine.events import EpochEnd, Event, Failed, Finished, RunWarning, StepReport
 from tui_trainer.engine.trainer import Trainer
 from tui_trainer.errors import UserError
@@ -63,7 +64,7 @@ def prepare(
     serve: bool = False,
 ) -> Session:
     """`serve`: open the run's control socket (run/server.py) so `tui-trainer attach` can steer it."""
-    from tui_trainer.parts import build, check
+    from tui_trainer.parts import build, check, device_type
     from tui_trainer.engine import checkpoint
 
     protect_forked_children()  # DataLoader workers must never run this process's terminal signal handlers
@@ -77,14 +78,15 @@ def prepare(
     state = checkpoint.load(resume_path) if resume_path is not None else None
     tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
 
-    parts = build(preset)
+    dist = Dist.from_env(device_type(preset))  # one process unless torchrun / devices > 1 started ranks
+    parts = build(preset, rank=dist.rank, world=dist.world, local_rank=dist.local_rank)
 
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
     all_sinks: list[Callable[[Event], None]] = []
     fan_out = FanOut(all_sinks)
     control = Control()
     trainer = Trainer(parts, fan_out, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
-                      should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None)
+                      should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None, dist=dist)
     if state is not None:  # a checkpoint that does not fit fails here, before anything is written
         try:
             trainer.load_state_dict(state, source=str(resume_path))
@@ -93,6 +95,8 @@ def prepare(
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint is bad input
             raise UserError(f"{resume_path} cannot be resumed with this preset ({type(exc).__name__}:"
                             f" {str(exc)[:160]})", source="--resume") from None
+    if not dist.writer:  # rank 0 alone writes the run directory, records and serves; the others only train
+        return Session(preset, rd, trainer, control, [dist.close], [], None, fan_out)
     if serve and not fresh:
         refuse_if_live(rd, "--run-dir" if run_dir is not None else "--resume")
 
@@ -112,6 +116,7 @@ def prepare(
         server.start()
         all_sinks.append(server)
         closers.insert(0, server.close)  # viewers get the final events before the socket goes
+    closers.append(dist.close)
     return Session(preset, rd, trainer, control, closers, all_sinks, server, fan_out)
 
 
