@@ -146,15 +146,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _check_preset(path: str, overrides: list[str]) -> None:
+def _check_preset(path: str, overrides: list[str]):
     """Validate the preset before torch is imported: a typo costs milliseconds, not seconds."""
     from tui_trainer import config
 
-    config.load(path, overrides)
+    return config.load(path, overrides)
 
 
 def _train(opts: argparse.Namespace) -> int:
-    _check_preset(opts.preset, opts.overrides)
+    import os
+
+    preset = _check_preset(opts.preset, opts.overrides)
+    if preset.train.devices != 1 and "WORLD_SIZE" not in os.environ:  # not already a rank (torchrun, SLURM)
+        if not opts.no_ui and not opts.detach:
+            print("tui-trainer: devices > 1 runs headless for now (--no-ui); watch it with `tui-trainer attach`",
+                  file=sys.stderr)
+        from tui_trainer.run.ranks import launch
+
+        return launch(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
     if opts.detach:
         from tui_trainer.run.detach import detach
 

@@ -117,6 +117,8 @@ class TrainSection(_Strict):
     device: str = "auto"
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     accumulate: int = Field(default=1, gt=0)  # batches per optimizer step
+    devices: int | list[int] | Literal["all"] = 1  # ranks of a DistributedDataParallel run (one per GPU on CUDA)
+    sync_bn: bool = False  # SyncBatchNorm across the ranks
     grad_clip_norm: float = Field(default=0.0, ge=0)
     grad_clip_norm_type: float = Field(default=2.0, gt=0, allow_inf_nan=True)  # 2, 1, inf
     grad_clip_value: float = Field(default=0.0, ge=0)  # clip_grad_value_; 0 = off

@@ -81,7 +81,8 @@ class Trainer:
         train = self.preset.train
         self.log_every = train.log_every
         self.total_steps = parts.total_steps
-        self.batch_size = self.preset.data.batch_size * train.accumulate  # samples per optimizer step
+        # samples per optimizer step, over every rank (the global batch)
+        self.batch_size = self.preset.data.batch_size * train.accumulate * self.dist.world
         self.params = list(self.model.parameters())
         self.amp_dtype = parts.amp_dtype
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None

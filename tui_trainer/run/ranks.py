@@ -1,0 +1,114 @@
+"""`train.devices > 1`: the ranks of a DistributedDataParallel run, started on this machine through
+torch's elastic launcher (`torch.distributed.launcher.api.elastic_launch`, what torchrun uses).
+Every rank is a `--no-ui` run of the same preset into the same run directory, which this process
+chooses before it starts them; rank 0 alone writes it, prints the log lines and serves the control
+socket (so `tui-trainer attach` steers all ranks: its commands are shared at step boundaries).
+
+Started by torchrun or SLURM instead (WORLD_SIZE set), `tui-trainer PRESET --no-ui` is one rank.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+from tui_trainer import config
+from tui_trainer.errors import UserError
+
+
+def device_count(preset: config.Preset) -> tuple[int, str | None]:
+    """(ranks, CUDA_VISIBLE_DEVICES for them or None); a UserError (exit 2) for what cannot run here."""
+    import torch
+
+    devices, key = preset.train.devices, "train.devices"
+    on_cuda = preset.train.device.startswith("cuda") or (preset.train.device == "auto" and torch.cuda.is_available())
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if devices == "all":
+        if not on_cuda:
+            raise preset.error(key, '"all" means every CUDA device, and there is none here; give a number of'
+                                    ' processes (with device = "cpu") or run on a GPU machine')
+        return have, None
+    if isinstance(devices, list):
+        if not on_cuda:
+            raise preset.error(key, f"{devices} names CUDA devices, and this machine has none; use a number with"
+                                    ' device = "cpu" (DDP over gloo)')
+        bad = [d for d in devices if not 0 <= d < have]
+        if bad or len(set(devices)) != len(devices):
+            raise preset.error(key, f"{devices}: this machine has CUDA devices 0 to {have - 1}; name each once")
+        return len(devices), ",".join(map(str, devices))
+    if devices < 1:
+        raise preset.error(key, f"got {devices}; must be at least 1")
+    if on_cuda and devices > have:
+        raise preset.error(key, f"is {devices} but this machine has {have} CUDA device(s)")
+    return devices, None
+
+
+def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_dir: str) -> int:
+    """One rank (module level: the launcher starts it in a fresh interpreter and finds it by name)."""
+    from tui_trainer.run.headless import run_headless
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank:  # stops come from rank 0, shared at a step boundary: a signal here must not end this rank alone
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+    try:
+        code = run_headless(preset_path, overrides, resume=resume, run_dir=run_dir, serve=rank == 0)
+    except UserError as err:
+        if rank == 0:
+            print(f"tui-trainer: error: {err}", file=sys.stderr)
+        code = err.exit_code
+    if code != 0:
+        # Leave now: a returned rank waits for the launcher, which after another rank's failure has sent
+        # its one SIGTERM already (handled above as a stop) and would wait 30 s before SIGKILL.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def launch(preset_path: str, overrides: list[str], *, resume: str | None, run_dir: str | None) -> int:
+    """Start the ranks, wait for them, and say in one line how a failed one ended."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from tui_trainer.parts import check
+    from tui_trainer.run.rundir import choose_run_dir, resume_checkpoint
+
+    preset = config.load(preset_path, overrides)
+    check(preset)
+    n, visible = device_count(preset)
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    resume_path = resume_checkpoint(preset.name, resume)
+    rd, _ = choose_run_dir(preset.name, run_dir, resume_path)  # one directory for every rank
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+                       rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={}, max_restarts=0, monitor_interval=0.1,
+                       start_method="spawn", logs_specs=DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE))
+    resume_arg = str(resume_path) if resume_path is not None else None
+    try:
+        results = elastic_launch(cfg, rank_main)(str(Path(preset_path).resolve()), list(overrides), resume_arg,
+                                                 str(rd.path))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode < 0:
+            why = f"killed by {failure.signal_name()}"
+        elif isinstance(failure.message, dict):
+            why = str(failure.message.get("message", "")).strip().splitlines()[-1][:300]
+        else:
+            why = f"exit {failure.exitcode}"
+        print(f"tui-trainer: rank {rank} of {n} failed ({why}); the other ranks were stopped; run dir {rd.path}",
+              file=sys.stderr)
+        return 1
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return int(results.get(0, 1))
