@@ -115,3 +115,42 @@ def train_run(preset: str, run_dir: str, overrides: list) -> dict:
             "weights": [p.detach().double().sum().item() for p in session.trainer.model.parameters()],
             "state": {n: p.detach().clone() for n, p in session.trainer.model.named_parameters()},
             "events": len(events), "finished": isinstance(final, Finished)}
+
+
+class SteerAt:
+    """A callback on every rank; only rank 0's commands count (they are shared). At report `at` it
+    cuts the LR and freezes layer "0"; it records, per step, the LR and whether "0" trains."""
+
+    def __init__(self, at: int = 3):
+        self.at, self.sent, self.seen = at, False, []
+
+    def on_event(self, event, control) -> None:
+        from tui_trainer.engine.commands import ScaleLr, SetTrainable
+        from tui_trainer.engine.events import StepReport, TrainableChanged
+
+        if isinstance(event, StepReport):
+            self.seen.append(("report", event.step, event.lrs))
+            if event.step >= self.at and not self.sent:
+                self.sent = True
+                control.send(ScaleLr(0.5))
+                control.send(SetTrainable(("0",), False))
+        elif isinstance(event, TrainableChanged):
+            self.seen.append(("trainable", event.step, event.prefixes))
+
+
+def steered_run(preset: str, run_dir: str) -> dict:
+    """train_run, and what the SteerAt callback saw on this rank."""
+    import torch
+
+    torch.set_num_threads(1)
+    from tui_trainer.run.launch import prepare
+
+    session = prepare(preset, [], run_dir=run_dir)
+    try:
+        final = session.trainer.run()
+    finally:
+        session.close()
+    (cb,) = session.trainer.callbacks
+    return {"status": getattr(final, "status", None), "error": getattr(final, "error", None), "seen": cb.seen,
+            "frozen": [n for n, p in session.trainer.model.named_parameters() if not p.requires_grad],
+            "state": {n: p.detach().clone() for n, p in session.trainer.model.named_parameters()}}

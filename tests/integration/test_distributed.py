@@ -48,3 +48,20 @@ def test_two_ranks_of_16_train_as_one_process_of_32(tmp_path):
     for name, p in single.model.named_parameters():
         assert torch.allclose(p.detach(), result[0]["state"][name], atol=1e-6), name
     assert (tmp_path / "ddp" / "events.jsonl").is_file()  # rank 0 wrote the run directory
+
+
+def test_commands_from_rank_0_act_on_every_rank_at_the_same_step(tmp_path):
+    import torch
+
+    from tests.helpers.user_code import write_preset
+
+    preset = write_preset(tmp_path / "p.toml", callbacks=[{"target": "tests.helpers.ranks:SteerAt", "at": 3}],
+                          train={"epochs": 1})
+    result = ranks.launch(ranks.steered_run, str(preset), str(tmp_path / "run"))
+    r0, r1 = result[0], result[1]
+    assert r0["status"] == r1["status"] == "completed", (r0["error"], r1["error"])
+    assert r0["seen"] == r1["seen"]  # the same LR at every report, the freeze at the same step
+    assert [s for kind, s, _ in r0["seen"] if kind == "trainable"] == [3]
+    assert r0["frozen"] == r1["frozen"] == ["0.weight", "0.bias"]
+    for name, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][name]), name  # DDP rebuilt after the freeze: ranks identical

@@ -99,7 +99,10 @@ def launch(preset_path: str, overrides: list[str], *, resume: str | None, run_di
         results = elastic_launch(cfg, rank_main)(str(Path(preset_path).resolve()), list(overrides), resume_arg,
                                                  str(rd.path))
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        # The cause first: a rank killed by a signal; the others then fail on the dead peer (exit 1), and
+        # one of them may be noticed before it
+        killed = sorted((r, f) for r, f in exc.failures.items() if f.exitcode < 0)
+        rank, failure = killed[0] if killed else exc.get_first_failure()
         if failure.exitcode < 0:
             why = f"killed by {failure.signal_name()}"
         elif isinstance(failure.message, dict):

@@ -1,0 +1,96 @@
+"""`train.devices = 2` through the real CLI: ranks started by torch's elastic launcher, DDP over gloo
+on CPU. One run directory written by rank 0; a killed rank and SIGTERM to the launcher end cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ONE_THREAD_ENV, cli_env, run_cli
+from tests.helpers.user_code import write_preset
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_two_ranks_train_one_run_with_one_voice(tmp_path):
+    preset = write_preset(tmp_path / "p.toml", train={"devices": 2, "epochs": 2})
+    proc = run_cli(str(preset), "--no-ui", "--run-dir", str(tmp_path / "run"), cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("completed:") == 1  # rank 1 prints nothing
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events].count("RunStarted") == 1
+    assert events[-1]["kind"] == "Finished" and events[-1]["status"] == "completed"
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def _long_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    preset = write_preset(tmp_path / "p.toml", train={"devices": 2, "epochs": 500},
+                          checkpoint={"every_epochs": 1, "keep_last": 1})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tui_trainer", str(preset), "--no-ui", "--run-dir", str(run_dir)],
+                            cwd=tmp_path, env={**cli_env(), **ONE_THREAD_ENV}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # training: a StepReport is in the log
+        log = run_dir / "events.jsonl"
+        if log.is_file() and '"kind":"EpochEnd"' in log.read_text():
+            return proc, run_dir
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("the 2-rank run did not start training")
+
+
+def _rank_1_pid(launcher: int, run_dir: Path) -> int:
+    """Rank 1: the launcher's spawned rank that is not rank 0 (control.json names rank 0, which serves)."""
+    import psutil
+
+    rank0 = json.loads((run_dir / "control.json").read_text())["pid"]
+    ranks = [c.pid for c in psutil.Process(launcher).children(recursive=True)
+             if "multiprocessing.spawn" in " ".join(c.cmdline()) and "spawn_main" in " ".join(c.cmdline())]
+    assert rank0 in ranks and len(ranks) == 2, (rank0, ranks)
+    return next(pid for pid in ranks if pid != rank0)
+
+
+def test_a_killed_rank_ends_the_run_in_seconds_naming_it(tmp_path):
+    import psutil
+
+    proc, run_dir = _long_run(tmp_path)
+    victim = _rank_1_pid(proc.pid, run_dir)
+    psutil.Process(victim).kill()
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 20
+    assert proc.returncode == 1
+    assert "rank 1 of 2 failed (killed by SIGKILL)" in err.splitlines()[-1]
+    assert not psutil.Process().children(recursive=True)  # no rank left behind
+
+
+def test_sigterm_to_the_launcher_saves_once_and_exits_143(tmp_path):
+    import torch
+
+    proc, run_dir = _long_run(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert out.count("stopped by signal 15") == 1
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] > 0
+
+
+@pytest.mark.parametrize("devices, expect", [
+    ("[0, 1]", "train.devices: [0, 1] names CUDA devices, and this machine has none"),
+    ('"all"', 'train.devices: "all" means every CUDA device, and there is none here'),
+])
+def test_devices_that_cannot_run_here_are_one_line_and_exit_2(tmp_path, devices, expect):
+    preset = write_preset(tmp_path / "p.toml")
+    proc = run_cli(str(preset), "--no-ui", "--set", f"train.devices={devices}", cwd=tmp_path,
+                   env_extra={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and expect in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
