@@ -64,6 +64,8 @@ class Trainer:
         self.dist = dist or Dist()  # one process: every distributed call is a no-op
         self.preset = parts.preset
         self.model, self.optimizer, self.schedule = parts.model, parts.optimizer, parts.schedule
+        if self.dist.active and self.preset.train.sync_bn:  # BatchNorm statistics over the global batch
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # same parameters, in place
         self.net = self.dist.wrap(self.model, parts.device)  # what forward passes run through (DDP on many ranks)
         self.device = parts.device
         self.control = control or Control()

@@ -82,7 +82,10 @@ def _check(preset: Preset) -> dict[str, str]:
     if preset.train.accumulate > 1 and preset.optimizer.name == "LBFGS":
         raise PresetError("LBFGS evaluates its closure many times per step; it cannot accumulate batches:"
                           " set accumulate = 1", key="train.accumulate")
-    resolve_device(preset.train.device)
+    device = resolve_device(preset.train.device)
+    if preset.train.sync_bn and device.type != "cuda":
+        raise PresetError("SyncBatchNorm works on CUDA only; set it to false here (each rank then keeps its own"
+                          " BatchNorm statistics)", key="train.sync_bn")
     return goals
 
 
