@@ -157,17 +157,18 @@ def _train(opts: argparse.Namespace) -> int:
     import os
 
     preset = _check_preset(opts.preset, opts.overrides)
-    if preset.train.devices != 1 and "WORLD_SIZE" not in os.environ:  # not already a rank (torchrun, SLURM)
-        if not opts.no_ui and not opts.detach:
-            print("tui-trainer: devices > 1 runs headless for now (--no-ui); watch it with `tui-trainer attach`",
-                  file=sys.stderr)
-        from tui_trainer.run.ranks import launch
-
-        return launch(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
     if opts.detach:
         from tui_trainer.run.detach import detach
 
         return detach(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
+    if preset.train.devices != 1 and "WORLD_SIZE" not in os.environ:  # not already a rank (torchrun, SLURM)
+        if not opts.no_ui and sys.stdin.isatty() and sys.stderr.isatty():
+            from tui_trainer.ui.launch import run_ranks_app
+
+            return run_ranks_app(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
+        from tui_trainer.run.ranks import launch
+
+        return launch(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if not opts.no_ui and not interactive:
         print("tui-trainer: no terminal on stdin/stderr; running headless (--no-ui)", file=sys.stderr)

@@ -73,7 +73,16 @@ def _serving(path: Path, pid: int) -> bool:
         info = json.loads((path / INFO).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and info.get("pid") == pid and live_socket(path) is not None
+    if not isinstance(info, dict) or live_socket(path) is None:
+        return False
+    if info.get("pid") == pid:
+        return True
+    try:  # devices > 1: rank 0, a process under the child, serves
+        import psutil
+
+        return info.get("pid") in {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except Exception:  # noqa: BLE001 - the child is gone: not serving
+        return False
 
 
 def _ended(code: int, rd: RunDir, fresh: bool, log: Path, start: int) -> int:

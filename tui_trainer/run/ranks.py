@@ -58,9 +58,8 @@ def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_di
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         code = run_headless(preset_path, overrides, resume=resume, run_dir=run_dir, serve=rank == 0)
-    except UserError as err:
-        if rank == 0:
-            print(f"tui-trainer: error: {err}", file=sys.stderr)
+    except UserError as err:  # the other ranks print nothing but errors
+        print(f"tui-trainer: error: {'' if rank == 0 else f'rank {rank}: '}{err}", file=sys.stderr)
         code = err.exit_code
     if code != 0:
         # Leave now: a returned rank waits for the launcher, which after another rank's failure has sent
@@ -71,47 +70,76 @@ def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_di
     return code
 
 
+class Launch:
+    """The ranks of one run: checked and given a run directory by `Launch.check` (bad input: exit 2
+    before any rank starts), started and waited for by `run`."""
+
+    def __init__(self, preset_path: str, overrides: list[str], n: int, resume: str | None, run_dir: Path):
+        self.preset_path, self.overrides, self.n, self.resume, self.run_dir = preset_path, overrides, n, resume, run_dir
+        self.code: int | None = None
+        self.log_dir: str | None = None  # quiet: where the ranks' stdout and stderr went
+
+    @classmethod
+    def check(cls, preset_path: str, overrides: list[str], *, resume: str | None, run_dir: str | None) -> Launch:
+        from tui_trainer.parts import check
+        from tui_trainer.run.rundir import choose_run_dir, resume_checkpoint
+
+        preset = config.load(preset_path, overrides)
+        check(preset)
+        n, visible = device_count(preset)
+        if visible is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+        resume_path = resume_checkpoint(preset.name, resume)
+        rd, _ = choose_run_dir(preset.name, run_dir, resume_path)  # one directory for every rank
+        return cls(str(Path(preset_path).resolve()), list(overrides), n,
+                   str(resume_path) if resume_path is not None else None, rd.path)
+
+    def run(self, quiet: bool = False) -> int:
+        """Start the ranks and wait. `quiet` (a screen is drawn here): the ranks' output goes to files
+        under the run directory's ranks/ and the launcher's own log lines are silenced."""
+        import logging
+
+        from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        logs = DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE)
+        if quiet:
+            logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+            import tempfile
+
+            self.log_dir = tempfile.mkdtemp(prefix="tui-trainer-ranks-")  # not in the run dir: rank 0 makes that
+            logs = DefaultLogsSpecs(log_dir=self.log_dir, redirects=Std.ALL, tee=Std.NONE)
+        cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=self.n, run_id=uuid.uuid4().hex,
+                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={}, max_restarts=0,
+                           monitor_interval=0.1, start_method="spawn", logs_specs=logs)
+        try:
+            results = elastic_launch(cfg, rank_main)(self.preset_path, self.overrides, self.resume, str(self.run_dir))
+            self.code = int(results.get(0, 1))
+        except ChildFailedError as exc:
+            # The cause first: a rank killed by a signal; the others then fail on the dead peer (exit 1), and
+            # one of them may be noticed before it
+            killed = sorted((r, f) for r, f in exc.failures.items() if f.exitcode < 0)
+            rank, failure = killed[0] if killed else exc.get_first_failure()
+            if failure.exitcode < 0:
+                why = f"killed by {failure.signal_name()}"
+            elif isinstance(failure.message, dict):
+                why = str(failure.message.get("message", "")).strip().splitlines()[-1][:300]
+            else:
+                why = f"exit {failure.exitcode}"
+            logs_at = f"; their output: {self.log_dir}" if self.log_dir else ""
+            print(f"tui-trainer: rank {rank} of {self.n} failed ({why}); the other ranks were stopped; run dir"
+                  f" {self.run_dir}{logs_at}", file=sys.stderr)
+            self.code = 2 if failure.exitcode == 2 else 1  # bad input found while a rank built its parts: exit 2
+        except SignalException as exc:
+            self.code = 128 + int(exc.sigval)
+        return self.code
+
+
 def launch(preset_path: str, overrides: list[str], *, resume: str | None, run_dir: str | None) -> int:
-    """Start the ranks, wait for them, and say in one line how a failed one ended."""
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from tui_trainer.parts import check
-    from tui_trainer.run.rundir import choose_run_dir, resume_checkpoint
-
-    preset = config.load(preset_path, overrides)
-    check(preset)
-    n, visible = device_count(preset)
-    if visible is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    resume_path = resume_checkpoint(preset.name, resume)
-    rd, _ = choose_run_dir(preset.name, run_dir, resume_path)  # one directory for every rank
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
-                       rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={}, max_restarts=0, monitor_interval=0.1,
-                       start_method="spawn", logs_specs=DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE))
-    resume_arg = str(resume_path) if resume_path is not None else None
-    try:
-        results = elastic_launch(cfg, rank_main)(str(Path(preset_path).resolve()), list(overrides), resume_arg,
-                                                 str(rd.path))
-    except ChildFailedError as exc:
-        # The cause first: a rank killed by a signal; the others then fail on the dead peer (exit 1), and
-        # one of them may be noticed before it
-        killed = sorted((r, f) for r, f in exc.failures.items() if f.exitcode < 0)
-        rank, failure = killed[0] if killed else exc.get_first_failure()
-        if failure.exitcode < 0:
-            why = f"killed by {failure.signal_name()}"
-        elif isinstance(failure.message, dict):
-            why = str(failure.message.get("message", "")).strip().splitlines()[-1][:300]
-        else:
-            why = f"exit {failure.exitcode}"
-        print(f"tui-trainer: rank {rank} of {n} failed ({why}); the other ranks were stopped; run dir {rd.path}",
-              file=sys.stderr)
-        return 1
-    except SignalException as exc:
-        return 128 + int(exc.sigval)
-    return int(results.get(0, 1))
+    """`--no-ui` with devices > 1: start the ranks here and wait (their log lines are rank 0's)."""
+    return Launch.check(preset_path, overrides, resume=resume, run_dir=run_dir).run()

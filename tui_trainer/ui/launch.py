@@ -154,6 +154,30 @@ def _wait_for_engine(link: LocalLink) -> None:
         os._exit(130)  # the engine thread is mid-step; on_abort already cleaned up
 
 
+def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None) -> int:
+    """`train.devices > 1` in a terminal: the ranks train in processes of their own (started by the
+    launcher in a thread here; their output goes to files), and this process is the monitor of rank
+    0, exactly as `attach` is: every pane and key, the keys shared with every rank at a step."""
+    import threading
+    import time
+
+    from tui_trainer.run.ranks import Launch
+
+    launch = Launch.check(preset_path, list(overrides), resume=resume, run_dir=run_dir)  # bad input: exit 2 here
+    ranks = threading.Thread(target=launch.run, kwargs={"quiet": True}, name="ranks", daemon=True)
+    ranks.start()
+    sock = launch.run_dir / "control.sock"
+    while ranks.is_alive() and not sock.exists():  # building data and model on every rank
+        time.sleep(0.1)
+    if ranks.is_alive():
+        code = run_attach(launch.run_dir)
+        if ranks.is_alive():
+            _tell(f"tui-trainer: the run goes on ({launch.n} ranks); `tui-trainer attach {launch.run_dir}` to watch"
+                  " it, Ctrl+C to stop it after a save")
+    ranks.join()
+    return launch.code if launch.code is not None else code
+
+
 def run_attach(run_dir=None, base="runs") -> int:
     """`tui-trainer attach`: the same app on a run in another process (or, finished, read-only)."""
     app = make_attach_app(run_dir, base)
