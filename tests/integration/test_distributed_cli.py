@@ -94,3 +94,34 @@ def test_devices_that_cannot_run_here_are_one_line_and_exit_2(tmp_path, devices,
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and expect in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("tmux") is None, reason="tmux is not installed")
+def test_the_monitor_of_two_ranks_in_tmux_steers_both(tmp_path):
+    import torch
+
+    from tests.integration.test_e2e_tmux import Tmux
+
+    preset = write_preset(tmp_path / "p.toml", train={"devices": 2, "epochs": 5000},
+                          checkpoint={"every_epochs": 0})
+    run_dir = tmp_path / "run"
+    tty = Tmux("tui-trainer-ddp", f"OMP_NUM_THREADS=1 {sys.executable} -m tui_trainer {preset} --run-dir {run_dir}",
+               cwd=tmp_path)
+    try:
+        tty.wait_for("RUNNING", limit_s=90)
+        tty.keys("l")
+        tty.wait_for("LR ×0.5 by hand")
+        tty.keys("Space")  # freeze the first layer: both ranks rebuild DDP at the same step, or the next step fails
+        tty.wait_for("○ off")  # confirmed by rank 0's TrainableChanged (the log pane scrolls too fast to read)
+        tty.keys("q")
+        screen = tty.wait_for("q or Enter to leave")
+        assert "STOPPED" in screen
+        tty.keys("q")
+        tty.wait_for("EXIT=0")
+    finally:
+        tty.close()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["trainable"]["0.weight"] is False
+    assert state["schedule"]["manual_factor"] == 0.5
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "Finished" and events[-1]["status"] == "stopped"
