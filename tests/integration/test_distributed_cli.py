@@ -29,13 +29,13 @@ def test_two_ranks_train_one_run_with_one_voice(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
-def _long_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def _long_run(tmp_path: Path, new_session: bool = False) -> tuple[subprocess.Popen, Path]:
     preset = write_preset(tmp_path / "p.toml", train={"devices": 2, "epochs": 500},
                           checkpoint={"every_epochs": 1, "keep_last": 1})
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "tui_trainer", str(preset), "--no-ui", "--run-dir", str(run_dir)],
                             cwd=tmp_path, env={**cli_env(), **ONE_THREAD_ENV}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=new_session)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # training: a StepReport is in the log
         log = run_dir / "events.jsonl"
@@ -62,13 +62,14 @@ def test_a_killed_rank_ends_the_run_in_seconds_naming_it(tmp_path):
 
     proc, run_dir = _long_run(tmp_path)
     victim = _rank_1_pid(proc.pid, run_dir)
+    started = psutil.Process(proc.pid).children(recursive=True)
     psutil.Process(victim).kill()
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < 20
     assert proc.returncode == 1
     assert "rank 1 of 2 failed (killed by SIGKILL)" in err.splitlines()[-1]
-    assert not psutil.Process().children(recursive=True)  # no rank left behind
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # no rank left
 
 
 def test_sigterm_to_the_launcher_saves_once_and_exits_143(tmp_path):
@@ -81,6 +82,21 @@ def test_sigterm_to_the_launcher_saves_once_and_exits_143(tmp_path):
     assert out.count("stopped by signal 15") == 1
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] > 0
+
+
+def test_ctrl_c_to_the_terminal_stops_every_rank_after_one_save(tmp_path):
+    import os
+
+    import psutil
+
+    proc, run_dir = _long_run(tmp_path, new_session=True)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C does: the launcher and every rank get it
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.count("stopped by the user after a clean save") == 1
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # no rank left
 
 
 @pytest.mark.parametrize("devices, expect", [

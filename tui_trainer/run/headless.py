@@ -202,7 +202,8 @@ def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream
     reporter = LineReporter(stream)
     session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[reporter], serve=serve)
     handlers = SignalHandlers(session.control, on_abort=session.abort)
-    handlers.install()
+    if session.trainer.dist.writer:  # many ranks: rank 0 stops them all; the others keep ignoring signals
+        handlers.install()
     try:
         final = session.trainer.run()
     finally:

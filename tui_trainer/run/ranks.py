@@ -108,6 +108,9 @@ class Launch:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         logs = DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE)
+        # the launcher's own log lines (a rank's traceback, "terminating process ...") are noise next to
+        # the one line below and the rank's events.jsonl, which holds any traceback
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
         if quiet:
             logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
             import tempfile
@@ -118,9 +121,14 @@ class Launch:
                            rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={}, max_restarts=0,
                            monitor_interval=0.1, start_method="spawn", logs_specs=logs)
         try:
-            results = elastic_launch(cfg, rank_main)(self.preset_path, self.overrides, self.resume, str(self.run_dir))
+            results = _in_thread(lambda: elastic_launch(cfg, rank_main)(self.preset_path, self.overrides, self.resume,
+                                                                        str(self.run_dir)))
             self.code = int(results.get(0, 1))
         except ChildFailedError as exc:
+            codes = {f.exitcode for f in exc.failures.values()}
+            if codes <= {129, 130, 143}:  # stopped by a signal after rank 0's save: not a failure
+                self.code = max(codes)
+                return self.code
             # The cause first: a rank killed by a signal; the others then fail on the dead peer (exit 1), and
             # one of them may be noticed before it
             killed = sorted((r, f) for r, f in exc.failures.items() if f.exitcode < 0)
@@ -138,6 +146,49 @@ class Launch:
         except SignalException as exc:
             self.code = 128 + int(exc.sigval)
         return self.code
+
+
+def _in_thread(start):
+    """Run the launcher in a thread: on the main thread elastic_launch would install its own signal
+    handlers (and keep them), which forward a Ctrl+C the ranks already got from the terminal and then
+    wait 30 s for ranks that are done. Here a Ctrl+C is left to the ranks (they share the terminal's
+    process group; rank 0 turns it into a stop for all), and SIGTERM or SIGHUP sent to this process
+    alone is passed on to them."""
+    import threading
+
+    import psutil
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = start()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="launcher", daemon=True)
+    thread.start()
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        def forward(signum, frame) -> None:
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    os.kill(child.pid, signum)
+                except OSError:
+                    pass
+
+        saved[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            saved[sig] = signal.signal(sig, forward)
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def launch(preset_path: str, overrides: list[str], *, resume: str | None, run_dir: str | None) -> int:
