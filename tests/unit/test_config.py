@@ -112,9 +112,9 @@ def test_override_paths_that_do_not_exist(raw, item, message):
          'unknown key in [early_stopping]; did you mean "patience"?'),
         ({"Train": {}}, "Train", 'unknown key in the top level; did you mean "train"?'),  # case only
         ({"train": {"zzzqqq": 1}}, "train.zzzqqq", "unknown key in [train]; known keys: accumulate, amp, deterministic,"
-                                                   " device, epochs, freeze_bn_stats, grad_clip_norm,"
+                                                   " device, devices, epochs, freeze_bn_stats, grad_clip_norm,"
                                                    " grad_clip_norm_type, grad_clip_value, log_every, max_steps,"
-                                                   " nonfinite"),
+                                                   " nonfinite, sync_bn"),
         ({"data": {"image_size": 0}}, "data.image_size", "got 0; must be greater than 0"),
         ({"ui": {"refresh_hz": 61}}, "ui.refresh_hz", "got 61; must be at most 60.0"),
         ({"data": {"val_fraction": -0.1}}, "data.val_fraction", "got -0.1; must be at least 0.0"),
