@@ -252,11 +252,7 @@ class Trainer:
         while True:
             mine: list[Command] = []
             if self.dist.writer:
-                try:
-                    while True:
-                        mine.append(self.commands.get_nowait())
-                except queue.Empty:
-                    pass
+                mine = self._queued()
                 if self.should_stop() and self._stop is None:
                     mine.append(Stop(reason="cancelled"))
             for cmd in self.dist.share(mine):
@@ -369,13 +365,19 @@ class Trainer:
     def _stop_status(self) -> str:
         return "signal" if self._stop is not None and self._stop.signum else "stopped"
 
-    def _drain_commands(self) -> None:
-        """Apply every queued command now; a cancelled worker counts as a stop."""
+    def _queued(self) -> list[Command]:
+        """Every command queued now, in order (taken off the queue)."""
+        out: list[Command] = []
         try:
             while True:
-                self._apply(self.commands.get_nowait())
+                out.append(self.commands.get_nowait())
         except queue.Empty:
-            pass
+            return out
+
+    def _drain_commands(self) -> None:
+        """Apply every queued command now; a cancelled worker counts as a stop."""
+        for cmd in self._queued():
+            self._apply(cmd)
         if self.should_stop() and self._stop is None:
             self._stop = Stop(reason="cancelled")
 
