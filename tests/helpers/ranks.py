@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -154,3 +155,81 @@ def steered_run(preset: str, run_dir: str) -> dict:
     return {"status": getattr(final, "status", None), "error": getattr(final, "error", None), "seen": cb.seen,
             "frozen": [n for n, p in session.trainer.model.named_parameters() if not p.requires_grad],
             "state": {n: p.detach().clone() for n, p in session.trainer.model.named_parameters()}}
+
+
+# --------------------------------------------------------------------------- faults and edge cases
+
+_step_calls = {"n": 0}
+
+
+def step_failing_on_rank_1(model, batch, loss_fn):
+    """A user step that raises on rank 1 alone, at its 6th call (the start-up check is the 1st):
+    a failure the other rank does not have."""
+    x, y = batch
+    _step_calls["n"] += 1
+    if os.environ.get("RANK") == "1" and _step_calls["n"] >= 6:
+        raise RuntimeError("boom on rank 1 alone")
+    return loss_fn(model(x), y)
+
+
+class StopOnRank0:
+    """A tutorial hook that asks for a stop on rank 0 alone (at step `at`): commands enter on rank 0,
+    so every rank must stop at the same step, without a collective that only rank 0 reaches."""
+
+    def __init__(self, at: int = 4):
+        self.at = at
+
+    def on_batch_end(self, step):
+        return os.environ.get("RANK") == "0" and step >= self.at
+
+
+def evaluate_with_an_empty_shard() -> dict:
+    """Validation where rank 1's shard is empty: the lazily sized metric sums (classes, values per
+    sample) exist on rank 0 only. Returns the reduced result and rank 0's one-process result."""
+    import torch
+
+    from tui_trainer.config import MetricSection
+    from tui_trainer.engine.epochs import evaluate
+    from tui_trainer.parts.metrics import build_metrics
+
+    d = _dist()
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(12, 4, generator=g), torch.arange(12) % 3
+    model = torch.nn.Linear(4, 3)
+    torch.nn.init.constant_(model.weight, 0.1)
+    model.weight.data[0, 0] = 1.0
+
+    def step(m, batch, loss_fn):
+        a, b = batch
+        out = m(a)
+        return {"loss": loss_fn(out, b), "outputs": out, "targets": b}
+
+    def metrics():
+        return build_metrics([MetricSection(name=n) for n in ("f1", "dice", "accuracy")], "cpu")
+
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 12, 4)] if d.rank == 0 else []
+    cls = evaluate(model, batches, torch.nn.functional.cross_entropy, torch.device("cpu"),
+                   contextlib.nullcontext, lambda: False, step=step, metrics=metrics(), reduce=d.sum_)
+    reg = torch.nn.Linear(4, 2)
+    torch.nn.init.constant_(reg.weight, 0.2)
+    torch.nn.init.zeros_(reg.bias)
+    yr = torch.randn(12, 2, generator=g)
+
+    def rstep(m, batch, loss_fn):
+        a, b = batch
+        out = m(a)
+        return {"loss": torch.nn.functional.mse_loss(out, b), "outputs": out, "targets": b}
+
+    rmetrics = lambda: build_metrics([MetricSection(name=n) for n in ("mae", "r2")], "cpu")  # noqa: E731
+    rbatches = [(x[i:i + 4], yr[i:i + 4]) for i in range(0, 12, 4)] if d.rank == 0 else []
+    rr = evaluate(reg, rbatches, None, torch.device("cpu"), contextlib.nullcontext, lambda: False,
+                  step=rstep, metrics=rmetrics(), reduce=d.sum_)
+    out = {"cls": [cls.loss, cls.acc, cls.metrics], "reg": [rr.loss, rr.metrics]}
+    if d.rank == 0:  # the same batches in one process, no reduction
+        one = evaluate(model, batches, torch.nn.functional.cross_entropy, torch.device("cpu"),
+                       contextlib.nullcontext, lambda: False, step=step, metrics=metrics())
+        rone = evaluate(reg, rbatches, None, torch.device("cpu"), contextlib.nullcontext,
+                        lambda: False, step=rstep, metrics=rmetrics())
+        out["one"] = {"cls": [one.loss, one.acc, one.metrics], "reg": [rone.loss, rone.metrics]}
+    d.close()
+    return out

@@ -134,12 +134,14 @@ def evaluate(model: torch.nn.Module, loader: Iterable, loss_fn, device: torch.de
             n += size
     if reduce is not None:  # many ranks: sums and counts over all of them, then divided once (exact)
         count = torch.tensor([float(n), float(classify), 1.0], device=device)  # samples, ranks classifying, ranks
+        if metrics is not None:
+            metrics.align(reduce)  # a rank whose shard was empty has no class / width-sized sums yet
         reduce([total, correct, count, *(metrics.state_tensors() if metrics is not None else [])])
         ranks_n, ranks_classify, ranks = count.tolist()
         n, classify = int(ranks_n), ranks_classify == ranks
     if n == 0:
         return Validation(metrics={m: None for m in metrics.monitors if m != "val_acc"} if metrics else {})
-    computed = metrics.compute() if metrics is not None else {}
+    computed = metrics.compute(synced=reduce is not None) if metrics is not None else {}
     names = list(computed)
     values = torch.stack([total, correct, *(computed[m].float().to(device).reshape(()) for m in names)]).tolist()
     loss_sum, right, rest = values[0], values[1], dict(zip(names, values[2:]))  # one host sync per validation

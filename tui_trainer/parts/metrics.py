@@ -264,6 +264,14 @@ class _Metric:
     def state(self) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def width(self) -> int | None:
+        """The size of a state sized at the first update (classes, values per sample); None before it
+        and for a metric without one."""
+        return None
+
+    def allocate(self, width: int) -> None:
+        """Make the state `width` wide, zero, as the first update would (a rank that saw no data)."""
+
     def update(self, outputs, targets) -> None:
         raise NotImplementedError
 
@@ -316,11 +324,18 @@ class _ClassCounts(_Metric):
     def state(self):
         return [] if self.counts is None else [self.counts]
 
+    def width(self):
+        return None if self.counts is None else self.counts.shape[1]
+
+    def allocate(self, width):
+        self.counts = torch.zeros(3, width, dtype=torch.long, device=self.device)
+
     def update(self, outputs, targets):
         pred, t, c, binary = _classes(self.name, outputs, targets)
+        if self.binary is None:
+            self.binary = binary
         if self.counts is None:
             self.counts = torch.zeros(3, c, dtype=torch.long, device=self.device)
-            self.binary = binary
         elif self.counts.shape[1] != c or self.binary != binary:
             raise ValueError(f"{self.name}: outputs {tuple(outputs.shape)} give {c} classes; earlier batches"
                              f" gave {self.counts.shape[1]}")
@@ -358,6 +373,12 @@ class _Regression(_Metric):
 
     def state(self):
         return [self.n] if self.sums is None else [self.n, self.sums]
+
+    def width(self):
+        return None if self.sums is None else self.sums.shape[1]
+
+    def allocate(self, width):
+        self.sums = torch.zeros(4, width, dtype=self.dtype, device=self.device)
 
     def update(self, outputs, targets):
         n = outputs.shape[0] if outputs.dim() else 1
@@ -434,8 +455,8 @@ class _Torchmetric(_Metric):
         self.metric.update(outputs, targets)
         self.seen = True
 
-    def compute(self):
-        if not self.seen:
+    def compute(self, synced: bool = False):
+        if not self.seen and not synced:  # `synced`: some rank saw data; compute() gathers every rank's state
             return self.nan()
         value = torch.as_tensor(self.metric.compute())
         if value.numel() != 1:
@@ -470,13 +491,33 @@ class MetricSet:
             metric.update(outputs, targets)
 
     @torch.no_grad()
-    def compute(self) -> dict[str, torch.Tensor]:
-        """monitor -> 0-d tensor on the device, all of one dtype; NaN for a metric that saw no data."""
-        return {monitor: metric.compute() for monitor, metric in self._metrics}
+    def compute(self, synced: bool = False) -> dict[str, torch.Tensor]:
+        """monitor -> 0-d tensor on the device, all of one dtype; NaN for a metric that saw no data.
+        `synced` (many ranks, after `state_tensors()` were reduced, when some rank saw data): every
+        metric computes, also on a rank that saw nothing, because a torchmetrics metric gathers the
+        ranks' states inside compute() and every rank must take part."""
+        return {monitor: (metric.compute(synced) if isinstance(metric, _Torchmetric) else metric.compute())
+                for monitor, metric in self._metrics}
+
+    def align(self, reduce: Callable[[list[torch.Tensor]], None]) -> None:
+        """Many ranks, before `state_tensors()` are reduced: a state sized at the first update (classes,
+        values per sample) is missing on a rank that saw no validation batch (its shard was empty).
+        One small reduction of (width, ranks that have it) per metric gives every rank the width, and
+        the ranks without the state make it, zero, so that every rank reduces the same tensors."""
+        lazy = [m for _, m in self._metrics if type(m).width is not _Metric.width]
+        if not lazy:
+            return
+        sizes = torch.tensor([[float(m.width() or 0), float(m.width() is not None)] for m in lazy],
+                             dtype=torch.float64, device=self.device)  # NCCL reduces device tensors
+        reduce([sizes])
+        for metric, (total, have) in zip(lazy, sizes.tolist()):
+            if have and metric.width() is None:
+                metric.allocate(round(total / have))
 
     def state_tensors(self) -> list[torch.Tensor]:
         """The built-ins' and user functions' running sums and counts, to all_reduce(SUM) in place
-        before compute(). Class and regression sums are sized at the first update (absent before)."""
+        before compute(). Class and regression sums are sized at the first update (absent before:
+        `align` first)."""
         return [t for _, metric in self._metrics for t in metric.state()]
 
 
