@@ -30,10 +30,20 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     control: Any = None  # the gloo process group commands travel on
+    alone: bool = False  # this rank failed: the others will not meet it in any collective again
 
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    def go_alone(self) -> None:
+        """This rank failed on its own (an exception the others did not have). From now on it calls no
+        collective: the others are at another point of the loop, and a collective that only this rank
+        enters (a barrier, the loss reduction of its emergency save) would block it until the
+        backend's timeout, or pair with the others' next collective of another size. Sums stay this
+        rank's own and commands its own; it writes what it can and exits, and the others then fail
+        on the lost connection (the launcher stops them)."""
+        self.alone = True
 
     @property
     def writer(self) -> bool:
@@ -57,7 +67,7 @@ class Dist:
     def share(self, commands: list[Command]) -> list[Command]:
         """Rank 0's `commands` on every rank, in order (the other ranks pass their own, ignored:
         commands never enter there). Every rank must call it at the same step boundary."""
-        if not self.active:
+        if not self.active or self.alone:
             return commands
         import torch.distributed as dist
 
@@ -71,7 +81,7 @@ class Dist:
 
     def sum_(self, tensors: list[torch.Tensor]) -> None:
         """Sum each tensor over the ranks, in place, in one collective (sums and counts: exact)."""
-        if not self.active or not tensors:
+        if not self.active or self.alone or not tensors:
             return
         import torch.distributed as dist
 

@@ -77,6 +77,7 @@ def end_nonfinite(t: Trainer, exc: NonFinite, t0: float) -> Finished:
 
 def fail(t: Trainer, exc: BaseException) -> Failed:
     tb = traceback.format_exc()
+    t.dist.go_alone()  # no collective from here on: the other ranks are elsewhere (Dist.go_alone)
     emergency = None
     if not t._in_update:  # the weights are as the last completed step left them
         # _save reports the pending losses first (completed steps: keep them); a non-finite

@@ -6,7 +6,11 @@ preset leaves nothing behind.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +99,10 @@ def prepare(
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint is bad input
             raise UserError(f"{resume_path} cannot be resumed with this preset ({type(exc).__name__}:"
                             f" {str(exc)[:160]})", source="--resume") from None
+    if dist.active:
+        all_sinks.append(RankFailure(dist.rank))
     if not dist.writer:  # rank 0 alone writes the run directory, records and serves; the others only train
-        return Session(preset, rd, trainer, control, [dist.close], [], None, fan_out)
+        return Session(preset, rd, trainer, control, [dist.close], all_sinks, None, fan_out)
     if serve and not fresh:
         refuse_if_live(rd, "--run-dir" if run_dir is not None else "--resume")
 
@@ -118,6 +124,30 @@ def prepare(
         closers.insert(0, server.close)  # viewers get the final events before the socket goes
     closers.append(dist.close)
     return Session(preset, rd, trainer, control, closers, all_sinks, server, fan_out)
+
+
+class RankFailure:
+    """Many ranks: a rank's failure reaches the person. The launcher's one line names the rank and
+    says why (torch's elastic launcher reads it from the file its TORCHELASTIC_ERROR_FILE names:
+    the rank's process ends with os._exit, so no exception carries it there), and a rank other than
+    0, which prints nothing else, prints it on stderr."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, Failed):
+            return
+        if self.rank:
+            print(f"tui-trainer: error: rank {self.rank}: {event.error}", file=sys.stderr, flush=True)
+        path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+        if path:  # the format torch.distributed.elastic's ErrorHandler.record_exception writes
+            record = {"message": {"message": event.error,
+                                  "extraInfo": {"py_callstack": event.traceback, "timestamp": str(int(time.time()))}}}
+            try:
+                Path(path).write_text(json.dumps(record), encoding="utf-8")
+            except OSError:
+                pass
 
 
 class FanOut:

@@ -129,14 +129,11 @@ class Launch:
             if codes <= {129, 130, 143}:  # stopped by a signal after rank 0's save: not a failure
                 self.code = max(codes)
                 return self.code
-            # The cause first: a rank killed by a signal; the others then fail on the dead peer (exit 1), and
-            # one of them may be noticed before it
-            killed = sorted((r, f) for r, f in exc.failures.items() if f.exitcode < 0)
-            rank, failure = killed[0] if killed else exc.get_first_failure()
+            rank, failure = _cause(exc.failures)
             if failure.exitcode < 0:
                 why = f"killed by {failure.signal_name()}"
-            elif isinstance(failure.message, dict):
-                why = str(failure.message.get("message", "")).strip().splitlines()[-1][:300]
+            elif _message(failure).strip():
+                why = _message(failure).strip().splitlines()[-1][:300]
             else:
                 why = f"exit {failure.exitcode}"
             logs_at = f"; their output: {self.log_dir}" if self.log_dir else ""
@@ -146,6 +143,25 @@ class Launch:
         except SignalException as exc:
             self.code = 128 + int(exc.sigval)
         return self.code
+
+
+def _message(failure) -> str:
+    return str(failure.message.get("message", "")) if isinstance(failure.message, dict) else ""
+
+
+LOST_PEER = ("connection closed by peer", "connection reset", "broken pipe", "socket closed", "nccl communicator was aborted")
+
+
+def _cause(failures: dict):
+    """(rank, failure) to name: the cause, not its echo. A rank killed by a signal first; then one
+    that failed on its own (its error file says why); last, one that failed because a peer was
+    gone (the others fail on the lost connection, and may be noticed before the cause)."""
+    def rank_of(item) -> tuple:
+        rank, f = item
+        lost = any(s in _message(f).lower() for s in LOST_PEER)
+        return (f.exitcode >= 0, not _message(f) or lost, rank)
+
+    return min(failures.items(), key=rank_of)
 
 
 def _in_thread(start):
