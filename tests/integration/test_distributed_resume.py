@@ -80,3 +80,37 @@ def test_two_ranks_cut_mid_epoch_and_resumed_end_bit_identical_to_one_go(tmp_pat
             assert torch.equal(a, b), r
     for name, value in resumed[0]["state"].items():  # the ranks identical
         assert torch.equal(value, resumed[1]["state"][name]), name
+
+
+def test_a_checkpoint_resumed_on_another_number_of_ranks_keeps_its_global_batch_or_is_refused(tmp_path):
+    import json
+
+    from tests.conftest import ONE_THREAD_ENV, run_cli
+    from tests.helpers.user_code import write_preset
+
+    preset = str(write_preset(tmp_path / "p.toml", data={"batch_size": 32}, train={"epochs": 2},
+                              checkpoint={"every_epochs": 1, "save_best": False}))
+    one = run_cli(preset, "--no-ui", "--run-dir", str(tmp_path / "run"), "--set", "train.max_steps=2", cwd=tmp_path,
+                  env_extra=ONE_THREAD_ENV)
+    assert one.returncode == 0, one.stderr[-1500:]
+    last = str(tmp_path / "run" / "checkpoints" / "last.pt")
+
+    # 2 ranks x 32 = 64 per step, the checkpoint's 32: one line, exit 2, before any rank starts
+    refused = run_cli(preset, "--no-ui", "--resume", last, "--set", "train.devices=2", cwd=tmp_path,
+                      env_extra=ONE_THREAD_ENV)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert "was saved by 1 rank with 32 samples per step, and this run takes 64 (2 ranks x 32)" in line
+    assert "set data.batch_size = 16 (keeps 32 per step on 2 ranks)" in line
+
+    # 2 ranks x 16: the same 32 samples per step; it continues, and says so
+    went_on = run_cli(preset, "--no-ui", "--resume", last, "--set", "train.devices=2", "--set", "data.batch_size=16",
+                      cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert went_on.returncode == 0, went_on.stderr[-1500:]
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    started = [i for i, e in enumerate(events) if e["kind"] == "RunStarted"]
+    resumed = events[started[-1]:]
+    assert resumed[0]["start_step"] == 2
+    assert any(e["kind"] == "RunWarning" and "resumed on 2 ranks from a checkpoint of 1 rank" in e["message"]
+               for e in resumed)
+    assert resumed[-1]["kind"] == "Finished" and resumed[-1]["status"] == "completed"

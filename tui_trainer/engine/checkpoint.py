@@ -239,8 +239,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
-    """Load one of our checkpoints safely (weights_only: no code runs). Bad files are UserErrors."""
+def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load one of our checkpoints safely (weights_only: no code runs). Bad files are UserErrors.
+    `mmap`: map the tensors instead of reading them (a look at the metadata of a large file)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give a .pt file from runs/*/checkpoints/ or --resume auto",
@@ -248,7 +249,7 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: noise here
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         why = describe_load_error(exc)
         raise UserError(f"cannot load {path}: {why}", source="--resume") from None
@@ -292,7 +293,53 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
         "best": t.best.state_dict(),
         "early_stopping": t.early.best.state_dict() if t.early else None,
         "config": t.preset.to_dict(),
+        "world": t.dist.world,  # ranks, and samples per optimizer step over all of them: what a resume must keep
+        "global_batch": t.batch_size,
+        "steps_per_epoch": t.parts.steps_per_epoch,
     }
+
+
+def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None) -> str | None:
+    """Whether a checkpoint can continue exactly in a run of `world` ranks with `preset`. The position
+    it holds (step, epoch, batch in epoch) counts optimizer steps of its global batch (per-rank batch
+    x accumulate x ranks), so that must be the same: a UserError (exit 2, before anything starts)
+    that says what would go wrong and how to keep it. Another number of ranks with the same global
+    batch is fine (every step takes the same samples in the same order; sums differ by float
+    rounding only): the note to show, else None. With the run's `parts` built, their steps per
+    epoch must match too (a partial last batch is kept by one process and dropped by several)."""
+    saved_world = int(state.get("world", 1))  # older checkpoints: one process
+    cfg = state.get("config") or {}
+    saved_global = int(state.get("global_batch") or 0) or (
+        int((cfg.get("data") or {}).get("batch_size") or 0) * int((cfg.get("train") or {}).get("accumulate") or 1))
+    per_rank = preset.data.batch_size * preset.train.accumulate
+    now_global = per_rank * world
+
+    def ranks(n: int) -> str:
+        return f"{n} rank{'s' if n != 1 else ''}"
+
+    if saved_global and saved_global != now_global:
+        fixes = []
+        if saved_global % (world * preset.train.accumulate) == 0:
+            fixes.append(f"set data.batch_size = {saved_global // (world * preset.train.accumulate)}"
+                         f" (keeps {saved_global} per step on {ranks(world)})")
+        if saved_world != world and saved_global % saved_world == 0 \
+                and saved_global // saved_world == per_rank:
+            fixes.append(f"run on {ranks(saved_world)} (train.devices = {saved_world})")
+        fixes.append(f'start a new run from its weights (model.weights = "{path}")')
+        raise UserError(f"{path} was saved by {ranks(saved_world)} with {saved_global} samples per step, and this run"
+                        f" takes {now_global} ({ranks(world)} x {per_rank}): its step and epoch count would not"
+                        f" continue where it stopped, so it is not resumed; {', or '.join(fixes)}",
+                        source="--resume")
+    saved_steps, steps = state.get("steps_per_epoch"), getattr(parts, "steps_per_epoch", None)
+    if saved_world != world and saved_steps is not None and steps is not None and int(saved_steps) != steps:
+        raise UserError(f"{path} was saved with {saved_steps} steps per epoch and this run makes {steps} (with several"
+                        " ranks a last partial batch is dropped, so every rank steps alike): its epoch position would"
+                        f" not fit, so it is not resumed; resume on {ranks(saved_world)}, set data.drop_last = true in"
+                        f' both, or start a new run from its weights (model.weights = "{path}")', source="--resume")
+    if saved_world != world:
+        return (f"resumed on {ranks(world)} from a checkpoint of {ranks(saved_world)}: the same {now_global}"
+                " samples per step in the same order (the sums differ from an uninterrupted run by float rounding)")
+    return None
 
 
 def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> None:

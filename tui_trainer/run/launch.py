@@ -83,7 +83,11 @@ def prepare(
     tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
 
     dist = Dist.from_env(device_type(preset))  # one process unless torchrun / devices > 1 started ranks
+    if state is not None:  # another global batch cannot continue exactly: exit 2 before anything is built
+        checkpoint.resume_fit(state, preset, dist.world, resume_path)
     parts = build(preset, rank=dist.rank, world=dist.world, local_rank=dist.local_rank)
+    if state is not None and (note := checkpoint.resume_fit(state, preset, dist.world, resume_path, parts)):
+        parts.warnings.append(note)
 
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
     all_sinks: list[Callable[[Event], None]] = []
