@@ -12,6 +12,9 @@ Conventions, the same in every event:
   (Failed.step is the last step done, not the one that failed: what the emergency checkpoint holds).
 - `RunStarted.start_epoch` is not an `epoch` in this sense: it is the epoch of the run's next step.
 - `best_epoch`: the 1-based number of the completed epoch that set the best value.
+
+Fields added later have defaults, so an older events.jsonl still loads: RunStarted's `world`,
+`nodes` and `hosts` (a run of many ranks), StepReport's `ranks` (every rank's memory).
 """
 
 from __future__ import annotations
@@ -88,6 +91,12 @@ class RunStarted(Event):
     monitor: str
     resumed_from: str | None = None
     warnings: tuple[str, ...] = ()
+    # Many ranks (DDP): how many processes train (`batch_size` is already the global batch), on how
+    # many distinct hosts, and each rank's host name in rank order (gathered once at start; () in
+    # one process). The screen labels each rank's memory with its host when nodes > 1.
+    world: int = 1
+    nodes: int = 1
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,12 @@ class StateChanged(Event):
 
 @dataclass(frozen=True)
 class StepReport(Event):
-    """Sent every `log_every` steps: the loss of each step since the last report (one host sync)."""
+    """Sent every `log_every` steps: the loss of each step since the last report (one host sync).
+
+    `memory` (at most every 0.5 s, else None) is this process's device: rank 0's in a run of many
+    ranks. `ranks` comes with it there: every rank's sample in rank order (`ranks[0]` is `memory`),
+    read by each rank at the report and gathered in the same all_reduce as the losses (one slot of
+    numbers per rank: engine/probes.py `pack`); () in one process and between memory samples."""
 
     step: int  # the last step reported (first_step + len(losses) - 1)
     epoch: int  # the epoch of `step` (module docstring)
@@ -108,6 +122,7 @@ class StepReport(Event):
     samples_per_s: float
     eta_s: float | None
     memory: MemorySample | None = None
+    ranks: tuple[MemorySample, ...] = ()
 
     @property
     def loss(self) -> float:
@@ -240,6 +255,8 @@ def from_json(data: dict[str, Any]) -> Event:
                                 tuple(tuple(g) for g in plan["lrs"]), plan["total_steps"], plan["adaptive"])
     if cls is StepReport and data.get("memory"):
         kwargs["memory"] = MemorySample(**data["memory"])
+    if cls is StepReport and data.get("ranks"):
+        kwargs["ranks"] = tuple(MemorySample(**d) for d in data["ranks"])
     return cls(**kwargs)
 
 

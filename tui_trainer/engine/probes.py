@@ -1,7 +1,17 @@
-"""Memory probes: one `torch.cuda.memory_stats()` per read; NVML utilisation at most once a second."""
+"""Memory probes: one `torch.cuda.memory_stats()` per read; NVML utilisation at most once a second.
+
+Many ranks: every rank reads its own memory at every report (host-side calls: no CUDA sync) and
+writes it into its own slot of a vector of `world` slots, zeros elsewhere (`pack`); the trainer sums
+that vector in the all_reduce that already sums the losses, so every slot reaches every rank with
+no collective of its own, and `unpack` turns the sum back into one MemorySample per rank. The
+decision to gather is the same on every rank (every report, never a per-rank clock). Host names,
+which do not change, are gathered once at start (`hosts`).
+"""
 
 from __future__ import annotations
 
+import math
+import socket
 import time
 
 import torch
@@ -60,3 +70,59 @@ class MemoryProbe:
             total=self._total,
             utilization=self._util,
         )
+
+
+# One rank's slot: a presence mark (1: after the sum, 1 in every slot means every rank wrote its
+# own), the device (kind, index), then the sample's numbers. None is -1 (every number is >= 0).
+# Bytes are integers below 2**53: exact in float64, and so is their sum with zeros.
+SLOT = ("present", "kind", "index", "rss", "allocated", "reserved", "peak", "total", "utilization")
+KINDS = ("cpu", "cuda", "mps", "xpu")
+_NONE = -1.0
+
+
+def pack(sample: MemorySample, rank: int, world: int) -> list[float]:
+    """`sample` in slot `rank` of `world` slots, zeros in the others."""
+    kind, _, index = sample.device.partition(":")
+    mine = [1.0, float(KINDS.index(kind)) if kind in KINDS else _NONE, float(index) if index.isdigit() else _NONE]
+    for name in SLOT[3:]:
+        value = getattr(sample, name)
+        mine.append(_NONE if value is None else float(value))
+    out = [0.0] * (len(SLOT) * world)
+    out[rank * len(SLOT):(rank + 1) * len(SLOT)] = mine
+    return out
+
+
+def unpack(vector: list[float], world: int) -> tuple[MemorySample, ...]:
+    """The samples of the ranks, in rank order, from the sum of every rank's `pack`; () unless every
+    rank wrote its slot exactly once (a sum that did not happen, a rank that sent nothing)."""
+    n = len(SLOT)
+    if len(vector) != n * world or any(vector[r * n] != 1.0 for r in range(world)):
+        return ()
+    out = []
+    for r in range(world):
+        _, kind, index, *numbers = vector[r * n:(r + 1) * n]
+        name = KINDS[int(kind)] if 0 <= kind < len(KINDS) else "?"
+        fields = dict(zip(SLOT[3:], (None if v < 0 or not math.isfinite(v) else v for v in numbers)))
+        util = fields.pop("utilization")
+        out.append(MemorySample(device=name if index < 0 else f"{name}:{int(index)}", rss=int(fields.pop("rss") or 0),
+                                **{k: None if v is None else int(v) for k, v in fields.items()}, utilization=util))
+    return tuple(out)
+
+
+def packed(sample: MemorySample, rank: int, world: int, device: torch.device) -> torch.Tensor:
+    """`pack` as a float64 tensor on `device` (where the losses are, to share their all_reduce). The
+    copy to a GPU is non_blocking: CUDA stages the few bytes and returns, no wait for the stream."""
+    vector = torch.tensor(pack(sample, rank, world), dtype=torch.float64)
+    return vector if device.type == "cpu" else vector.to(device, non_blocking=True)
+
+
+def hosts(dist) -> tuple[str, ...]:
+    """Every rank's host name in rank order (one all_gather_object on the gloo control group, at
+    start: every rank calls it at the same point); () in one process."""
+    if not dist.active:
+        return ()
+    import torch.distributed
+
+    names: list = [None] * dist.world
+    torch.distributed.all_gather_object(names, socket.gethostname(), group=dist.control)
+    return tuple(str(n) for n in names)

@@ -32,7 +32,7 @@ from tui_trainer.parts.layers import matches, trainable_state
 from tui_trainer.parts.step import loss_of, to_device
 from tui_trainer.config import resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
-from tui_trainer.engine import endings, epochs
+from tui_trainer.engine import endings, epochs, probes
 from tui_trainer.engine.distributed import Dist
 from tui_trainer.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.events import (CheckpointSaved, Event, Failed, Finished, LayerStats, LrChanged, RunStarted,
@@ -387,10 +387,18 @@ class Trainer:
         if not self._pending:
             return
         stacked = torch.stack(self._pending).float()
-        if self.dist.active:  # every rank's mean loss of each step, averaged: the global batch's loss
-            self.dist.sum_([stacked])
-            stacked /= self.dist.world
-        values = stacked.tolist()  # the one host sync per report
+        ranks = ()  # every rank's memory (many ranks)
+        if self.dist.active:
+            # One all_reduce: every rank's mean loss of each step, averaged (the global batch's
+            # loss), and every rank's memory, read now by each rank into its own slot (probes.pack).
+            mine = self._memory.read()  # host-side calls on every rank at every report: no CUDA sync
+            slots = probes.packed(mine, self.dist.rank, self.dist.world, stacked.device)
+            self.dist.sum_([stacked, slots])
+            stacked /= slots[::len(probes.SLOT)].sum()  # how many ranks the sum holds (presence marks): world
+            read = torch.cat([stacked.double(), slots]).tolist()  # the one host sync per report
+            values, ranks = read[:len(stacked)], probes.unpack(read[len(stacked):], self.dist.world)
+        else:
+            values = stacked.tolist()  # the one host sync per report
         first = self._pending_first
         self._pending.clear()
         values, warnings, nonfinite = self.guard.check_losses(values, first)
@@ -408,11 +416,14 @@ class Trainer:
         epochs_left = max(0, math.ceil(self.total_steps / self.parts.steps_per_epoch) - self.epoch - 1)
         eta = remaining * self._step_time + epochs_left * self._val_seconds
         memory = None
-        if now - self._mem_at >= 0.5:
+        if now - self._mem_at >= 0.5:  # what rank 0 emits: at most every 0.5 s (the others emit nothing)
             self._mem_at = now
-            memory = self._memory.read()
+            memory = mine if self.dist.active else self._memory.read()
+        else:
+            ranks = ()
         self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values),
-                              tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory))
+                              tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory,
+                              ranks))
         if nonfinite is not None:
             raise nonfinite
         if self._stats is not None and now - self._stats_at >= self._stats_every:
@@ -482,6 +493,7 @@ class Trainer:
 
     def _run_started(self) -> RunStarted:
         p = self.parts
+        hosts = probes.hosts(self.dist)  # many ranks: one gather at start, on every rank
         return RunStarted(
             run_name=self.preset.name, run_dir=str(self.run_dir), device=str(self.device), device_name=p.device_name,
             amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
@@ -491,7 +503,7 @@ class Trainer:
             params_trainable=sum(q.numel() for q in self.params if q.requires_grad), plan=p.plan,
             lrs=tuple(self.schedule.current()), manual_factor=self.schedule.manual_factor, weights=p.weights_note,
             data=p.data.note, monitor=self.preset.checkpoint.monitor, resumed_from=self.resumed_from,
-            warnings=tuple(p.warnings),
+            warnings=tuple(p.warnings), world=self.dist.world, nodes=len(set(hosts)) or 1, hosts=hosts,
         )
 
     def _hook(self, name: str, **given) -> bool:

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from tui_trainer.engine.commands import Control, SaveCheckpoint, Stop
 from tui_trainer.engine.events import Event, Failed, Finished, RunStarted, StepReport
-from tui_trainer.text.format import duration, event_line, human_count, lrs_text
+from tui_trainer.text.format import duration, event_line, human_count, lrs_text, short_bytes
 from tui_trainer.signals import point_at_devnull
 
 _STYLES = {"info": "", "good": "green", "warn": "yellow", "error": "bold red"}
@@ -80,7 +80,7 @@ class LineReporter:
                 epochs = self.started.epochs if self.started else "?"
                 eta = f" ETA {duration(event.eta_s)}" if event.eta_s is not None else ""
                 text = (f"epoch {event.epoch}/{epochs} step {event.step}/{total} loss {event.loss:.4f}"
-                        f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{eta}")
+                        f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{eta}{fullest_rank(event)}")
                 if self._progress is not None:
                     self._write(lambda: self._progress.update(self._task, completed=event.step,
                                                               status=f"loss {event.loss:.4f}"))
@@ -89,7 +89,10 @@ class LineReporter:
             case RunStarted():
                 self.started = event
                 frozen = event.params_total - event.params_trainable
-                self.line(f"{event.run_name} | {event.device_name} | amp {event.amp} | weights {event.weights}"
+                ranks = ""
+                if event.world > 1:
+                    ranks = f" | {event.world} ranks" + (f" on {event.nodes} nodes" if event.nodes > 1 else "")
+                self.line(f"{event.run_name} | {event.device_name}{ranks} | amp {event.amp} | weights {event.weights}"
                           f" | {event.data}")
                 self.line(f"model: {human_count(event.params_total)} params, {human_count(event.params_trainable)}"
                           f" trainable, {human_count(frozen)} frozen | {event.total_steps} steps"
@@ -130,6 +133,17 @@ class LineReporter:
         if self._progress is not None:
             self._write(self._progress.stop)
             self._progress = None
+
+
+def fullest_rank(event: StepReport) -> str:
+    """Many ranks, at a memory sample: " | mem max 12.3G/79.6G (rank 3)", the rank with the most
+    allocated on its GPU (or the largest RSS); "" otherwise."""
+    if not event.ranks:
+        return ""
+    rank, m = max(enumerate(event.ranks), key=lambda rm: rm[1].allocated if rm[1].allocated is not None else rm[1].rss)
+    if m.allocated is not None and m.total:
+        return f" | mem max {short_bytes(m.allocated)}/{short_bytes(m.total)} (rank {rank})"
+    return f" | RSS max {short_bytes(m.rss)} (rank {rank})"
 
 
 def innermost_frame(traceback_text: str) -> str:

@@ -37,6 +37,25 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def short_bytes(n: int | None) -> str:
+    """At most 5 characters, for table columns: 512B, 98.1K, 1.23G, 12.3G, 123G (powers of 1024)."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1000 or unit == "T":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{value:.0f}B"
+    text = f"{value:.0f}"
+    for digits in (2, 1):
+        if len(f"{value:.{digits}f}") <= 4:
+            text = f"{value:.{digits}f}"
+            break
+    return text + unit
+
+
 def human_count(n: int) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:

@@ -88,6 +88,9 @@ class RunView:
         self.grad_norm: tuple[float | None, ...] = ()
         self.update_ratio: tuple[float | None, ...] = ()
         self.memory: MemorySample | None = None
+        self.ranks: tuple[MemorySample, ...] = ()  # many ranks: each rank's memory, rank order (StepReport.ranks)
+        # used bytes (allocated on a GPU, else RSS) at each sample: this process's device, or with
+        # many ranks the fullest rank's (the one nearest to running out)
         self.memory_history: deque[float] = deque(maxlen=300)
         self.badges: list[str] = []
         self.log: deque[tuple[float, str, str]] = deque(maxlen=2000)
@@ -164,8 +167,8 @@ class RunView:
             series.add(e.step, lr)
         if e.memory is not None:
             self.memory = e.memory
-            used = e.memory.allocated if e.memory.allocated is not None else e.memory.rss
-            self.memory_history.append(float(used))
+            self.ranks = e.ranks
+            self.memory_history.append(float(max(map(used_bytes, e.ranks or (e.memory,)))))
             self.dirty.add("memory")
         self.dirty |= {"header", "loss", "lr"}
 
@@ -213,6 +216,20 @@ class RunView:
         return self.started.total_steps if self.started else 0
 
     @property
+    def world(self) -> int:
+        """Ranks of the run (1: one process)."""
+        return self.started.world if self.started else 1
+
+    @property
+    def nodes(self) -> int:
+        return self.started.nodes if self.started else 1
+
+    def host_of(self, rank: int) -> str:
+        """The host of `rank` ("" when unknown)."""
+        hosts = self.started.hosts if self.started else ()
+        return hosts[rank] if 0 <= rank < len(hosts) else ""
+
+    @property
     def last_epoch(self) -> EpochEnd | None:
         return self.epochs[-1] if self.epochs else None
 
@@ -227,3 +244,8 @@ class RunView:
     def take_dirty(self) -> set[str]:
         dirty, self.dirty = self.dirty, set()
         return dirty
+
+
+def used_bytes(m: MemorySample) -> int:
+    """What a memory sample uses: allocated bytes on a GPU, the process's RSS elsewhere."""
+    return m.allocated if m.allocated is not None else m.rss

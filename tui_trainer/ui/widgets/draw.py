@@ -16,6 +16,18 @@ def bar(fraction: float, width: int) -> Text:
     return text
 
 
+def bar2(inner: float, outer: float, width: int) -> Text:
+    """A bar of two fractions of one whole, `inner` <= `outer` (allocated within reserved memory):
+    `inner` bright, the rest of `outer` dim, the rest of the whole grey."""
+    clamp = lambda f: min(max(f, 0.0), 1.0)  # noqa: E731
+    first = int(clamp(inner) * width)
+    second = max(first, int(clamp(outer) * width))
+    text = Text("━" * first, style="green3")
+    text.append("━" * (second - first), style="dark_olive_green3")
+    text.append("━" * (width - second), style="grey30")
+    return text
+
+
 def spark(values: list[float], width: int, top: float | None = None) -> str:
     """The last `width` values as one line of blocks, 0 at the bottom, `top` (or the max) at the top.
     (Textual's Sparkline scales from the minimum, which makes a steady memory line look like a cliff.)"""

@@ -1,4 +1,8 @@
-"""Header: run name, device, state, epoch/step with a bar, samples/s, ETA, loud warning badges."""
+"""Header: run name, device, state, epoch/step with a bar, samples/s, ETA, loud warning badges.
+
+A run of many ranks says how many beside the device ("NVIDIA H200 · 16 ranks on 2 nodes"; samples/s
+count the global batch), in a shorter form ("×16 on 2 nodes", "×16") when the long one would push
+the state off a narrow screen."""
 
 from __future__ import annotations
 
@@ -22,16 +26,26 @@ STATE_STYLE = {
 
 
 class RunHeader(Static):
+    def on_resize(self) -> None:
+        if getattr(self, "_view", None) is not None:  # what fits depends on the width
+            self.draw(self._view, "header")
+
     def draw(self, view: RunView, what: str) -> None:
+        self._view = view
         s = view.started
         top = Text()
         top.append(" tui-trainer ", style="bold reverse")
         top.append(f" {s.run_name if s else '…'} ", style="bold")
-        if s:
-            top.append(f" {s.device_name} · amp {s.amp} ", style="cyan")
         state = view.final.status if view.final is not None and hasattr(view.final, "status") else view.state
+        badge = f" {state.upper().replace('_', ' ')} "
+        if s:
+            forms = world_forms(s.world, s.nodes)
+            room = self.size.width - top.cell_len - len(badge) - 1  # the badge whole, before any "…"
+            device = next((d for d in (f" {s.device_name}{w} · amp {s.amp} " for w in forms) if len(d) <= room),
+                          f" {s.device_name}{forms[-1]} · amp {s.amp} ")
+            top.append(device, style="cyan")
         label = view.state if view.state in STATE_STYLE else "running"
-        top.append(f" {state.upper().replace('_', ' ')} ", style=STATE_STYLE.get(label, ""))
+        top.append(badge, style=STATE_STYLE.get(label, ""))
         if view.samples_per_s:
             top.append(f"  {view.samples_per_s:,.0f} samples/s", style="bold")
         if view.eta_s is not None and view.state in ("running", "paused"):
@@ -51,3 +65,11 @@ class RunHeader(Static):
         joined = Text("\n").join([top, line])
         joined.no_wrap, joined.overflow = True, "ellipsis"  # crop at draw time, whatever the width
         self.update(joined, layout=False)  # fixed size: no layout pass for a new number
+
+
+def world_forms(world: int, nodes: int) -> list[str]:
+    """What follows the device name, longest first: nothing in one process."""
+    if world <= 1:
+        return [""]
+    on = f" on {nodes} nodes" if nodes > 1 else ""
+    return [f" · {world} ranks{on}", f" ×{world}{on}", f" ×{world}"]
