@@ -165,7 +165,8 @@ def _train(opts: argparse.Namespace) -> int:
         if not opts.no_ui and sys.stdin.isatty() and sys.stderr.isatty():
             from tui_trainer.ui.launch import run_ranks_app
 
-            return run_ranks_app(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)
+            return run_ranks_app(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir,
+                                 on_hangup=opts.on_hangup)
         from tui_trainer.run.ranks import launch
 
         return launch(opts.preset, opts.overrides, resume=opts.resume, run_dir=opts.run_dir)

@@ -159,3 +159,54 @@ def test_the_monitor_of_two_ranks_in_tmux_steers_both(tmp_path):
     assert state["schedule"]["manual_factor"] == 0.5
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert events[-1]["kind"] == "Finished" and events[-1]["status"] == "stopped"
+
+
+@pytest.mark.parametrize("on_hangup", ["stop", "detach"])
+def test_the_terminal_going_away_does_what_on_hangup_says_to_every_rank(tmp_path, on_hangup):
+    """The monitor of 2 ranks in tmux; the terminal closes (SIGHUP to the monitor and, through the
+    process group, to the ranks). stop: rank 0 saves once and every rank ends (129). detach: the ranks
+    go on and stay attachable; a stop through the control socket later ends them with a save."""
+    import torch
+
+    from tests.integration.test_e2e_tmux import Tmux
+    from tui_trainer.run.server import live_socket
+
+    preset = write_preset(tmp_path / "p.toml", train={"devices": 2, "epochs": 5000}, checkpoint={"every_epochs": 0})
+    run_dir = tmp_path / "run"
+    tty = Tmux(f"tui-trainer-ddp-hup-{on_hangup}", f"OMP_NUM_THREADS=1 {sys.executable} -m tui_trainer {preset}"
+               f" --run-dir {run_dir} --on-hangup {on_hangup}", cwd=tmp_path)
+    try:
+        tty.wait_for("RUNNING", limit_s=90)
+        launcher = json.loads((run_dir / "control.json").read_text())["pid"]  # rank 0
+        started = _ranks_of_rank0(launcher)
+    finally:
+        tty.close()  # the terminal goes away
+    if on_hangup == "detach":
+        time.sleep(2.0)
+        assert live_socket(run_dir) is not None  # still training, still attachable
+        assert _final(run_dir)["kind"] != "Finished"
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # what `attach` then `q` sends
+            s.connect(str(live_socket(run_dir)))
+            s.sendall(b'{"kind": "Stop", "reason": "user"}\n')
+            time.sleep(0.5)
+        expect = ("stopped", 0)
+    else:
+        expect = ("signal", 129)
+    assert not _left(started, within_s=60)  # every rank ended, none left behind
+    final = _final(run_dir)
+    assert (final["kind"], final["status"], final["exit_code"]) == ("Finished", *expect)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == final["step"]
+
+
+def _final(run_dir: Path) -> dict:
+    return json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+
+
+def _ranks_of_rank0(rank0: int) -> list:
+    """Rank 0 and its sibling ranks (children of the same launcher)."""
+    import psutil
+
+    parent = psutil.Process(rank0).parent()
+    return [p for p in parent.children() if "spawn_main" in " ".join(p.cmdline())]

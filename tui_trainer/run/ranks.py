@@ -47,8 +47,11 @@ def device_count(preset: config.Preset) -> tuple[int, str | None]:
     return devices, None
 
 
-def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_dir: str) -> int:
-    """One rank (module level: the launcher starts it in a fresh interpreter and finds it by name)."""
+def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_dir: str,
+              on_hangup: str = "stop") -> int:
+    """One rank (module level: the launcher starts it in a fresh interpreter and finds it by name).
+    `on_hangup` "detach": the terminal going away does not stop rank 0 either (they share its
+    process group, so the hang-up reaches every rank)."""
     from tui_trainer.run.headless import run_headless
 
     rank = int(os.environ.get("RANK", "0"))
@@ -56,6 +59,8 @@ def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_di
         for name in ("SIGINT", "SIGTERM", "SIGHUP"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
+    elif on_hangup == "detach":
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the headless handlers keep an ignored SIGHUP ignored
     try:
         code = run_headless(preset_path, overrides, resume=resume, run_dir=run_dir, serve=rank == 0)
     except UserError as err:  # the other ranks print nothing but errors
@@ -77,6 +82,7 @@ class Launch:
     def __init__(self, preset_path: str, overrides: list[str], n: int, resume: str | None, run_dir: Path):
         self.preset_path, self.overrides, self.n, self.resume, self.run_dir = preset_path, overrides, n, resume, run_dir
         self.code: int | None = None
+        self.on_hangup = "stop"  # what rank 0 does when the terminal goes away (--on-hangup)
         self.log_dir: str | None = None  # quiet: where the ranks' stdout and stderr went
 
     @classmethod
@@ -126,7 +132,7 @@ class Launch:
                            monitor_interval=0.1, start_method="spawn", logs_specs=logs)
         try:
             results = _in_thread(lambda: elastic_launch(cfg, rank_main)(self.preset_path, self.overrides, self.resume,
-                                                                        str(self.run_dir)))
+                                                                        str(self.run_dir), self.on_hangup))
             self.code = int(results.get(0, 1))
         except ChildFailedError as exc:
             codes = {f.exitcode for f in exc.failures.values()}
@@ -168,6 +174,18 @@ def _cause(failures: dict):
     return min(failures.items(), key=rank_of)
 
 
+def signal_ranks(signum: int) -> None:
+    """Pass a signal to the ranks this process started (rank 0 turns it into a stop for all; the
+    others ignore it)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            os.kill(child.pid, signum)
+        except OSError:
+            pass
+
+
 def _in_thread(start):
     """Run the launcher in a thread: on the main thread elastic_launch would install its own signal
     handlers (and keep them), which forward a Ctrl+C the ranks already got from the terminal and then
@@ -175,8 +193,6 @@ def _in_thread(start):
     process group; rank 0 turns it into a stop for all), and SIGTERM or SIGHUP sent to this process
     alone is passed on to them."""
     import threading
-
-    import psutil
 
     out: dict = {}
 
@@ -190,16 +206,9 @@ def _in_thread(start):
     thread.start()
     saved = {}
     if threading.current_thread() is threading.main_thread():
-        def forward(signum, frame) -> None:
-            for child in psutil.Process().children(recursive=True):
-                try:
-                    os.kill(child.pid, signum)
-                except OSError:
-                    pass
-
         saved[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            saved[sig] = signal.signal(sig, forward)
+            saved[sig] = signal.signal(sig, lambda signum, frame: signal_ranks(signum))
     try:
         while thread.is_alive():
             thread.join(0.2)

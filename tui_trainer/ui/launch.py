@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from tui_trainer.engine.events import Failed, Finished, RunWarning, StateChanged
-from tui_trainer.signals import TERMINAL_SIGNALS
+from tui_trainer.signals import TERMINAL_SIGNALS, point_at_devnull
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.link import LocalLink
 
@@ -154,27 +154,58 @@ def _wait_for_engine(link: LocalLink) -> None:
         os._exit(130)  # the engine thread is mid-step; on_abort already cleaned up
 
 
-def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None) -> int:
+def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_hangup: str = "stop") -> int:
     """`train.devices > 1` in a terminal: the ranks train in processes of their own (started by the
     launcher in a thread here; their output goes to files), and this process is the monitor of rank
-    0, exactly as `attach` is: every pane and key, the keys shared with every rank at a step."""
+    0, exactly as `attach` is: every pane and key, the keys shared with every rank at a step.
+
+    The terminal going away (SIGHUP; the SSH session dropped) ends the monitor and then, as
+    `--on-hangup` says: "stop" passes the hang-up to the ranks (rank 0 saves once and every rank
+    ends: exit 129); "detach" leaves them training (rank 0 ignores the hang-up too) and this
+    process waits for them without a terminal, so `tui-trainer attach` can steer them later."""
     import threading
     import time
 
-    from tui_trainer.run.ranks import Launch
+    from tui_trainer.run.ranks import Launch, signal_ranks
 
     launch = Launch.check(preset_path, list(overrides), resume=resume, run_dir=run_dir)  # bad input: exit 2 here
+    launch.on_hangup = on_hangup
+    early: list[int] = []  # a hang-up while the ranks build their data and model
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
     ranks = threading.Thread(target=launch.run, kwargs={"quiet": True}, name="ranks", daemon=True)
     ranks.start()
     sock = launch.run_dir / "control.sock"
-    while ranks.is_alive() and not sock.exists():  # building data and model on every rank
+    while ranks.is_alive() and not sock.exists() and not early:
         time.sleep(0.1)
-    if ranks.is_alive():
-        code = run_attach(launch.run_dir)
-        if ranks.is_alive():
+    hung_up = bool(early)
+    code = 0
+    if ranks.is_alive() and not hung_up:
+        app = make_attach_app(launch.run_dir)
+        try:
+            app.run(mouse=False)
+        finally:
+            app.link.close()  # a viewer leaving never stops the run by itself
+        hung_up = app.hung_up
+        crash = None if hung_up else ui_crash(app)
+        if crash is not None:
+            _tell(f"tui-trainer: the viewer crashed ({type(crash).__name__}: {crash}); the run goes on without it")
+        code = 1 if crash is not None else app.exit_code
+        if ranks.is_alive() and not hung_up:
             _tell(f"tui-trainer: the run goes on ({launch.n} ranks); `tui-trainer attach {launch.run_dir}` to watch"
                   " it, Ctrl+C to stop it after a save")
-    ranks.join()
+    # From here this process only waits for the ranks: a Ctrl+C reaches them from the terminal (rank 0
+    # stops them all after a save), a SIGTERM sent here alone is passed on, and a hang-up now is
+    # what --on-hangup says, as it was for the monitor.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal_ranks(signum))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN if on_hangup == "detach" else lambda signum, frame: signal_ranks(signum))
+    if hung_up:
+        point_at_devnull()  # nothing may write to the terminal that went away
+        if on_hangup == "stop":
+            signal_ranks(signal.SIGHUP)  # rank 0 saves once and stops them all (the others ignore it)
+    while ranks.is_alive():
+        ranks.join(0.2)  # a timed join: the signal handlers above run between waits
     return launch.code if launch.code is not None else code
 
 
