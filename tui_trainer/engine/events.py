@@ -252,7 +252,8 @@ def from_json(data: dict[str, Any]) -> Event:
         kwargs["layers"] = tuple(LayerInfo(**_untuple_shape(d)) for d in data["layers"])
         plan = dict(data["plan"])
         kwargs["plan"] = LrPlan(tuple(plan["groups"]), tuple(plan["steps"]),
-                                tuple(tuple(g) for g in plan["lrs"]), plan["total_steps"], plan["adaptive"])
+                                tuple(tuple(g) for g in plan["lrs"]), plan["total_steps"], plan["adaptive"],
+                                plan.get("note", ""))
     if cls is StepReport and data.get("memory"):
         kwargs["memory"] = MemorySample(**data["memory"])
     if cls is StepReport and data.get("ranks"):

@@ -474,6 +474,10 @@ class Trainer:
         self._emit(CheckpointSaved(self.step, self.epoch_of_step, str(path), tags, time.monotonic() - t0, size))
         return path
 
+    def kill_workers(self) -> None:
+        """SIGKILL the data loader's worker processes now (an abort: Session.abort)."""
+        self.parts.data.kill_workers()
+
     def state_dict(self) -> dict:
         return ckpt.trainer_state(self)
 

@@ -452,10 +452,11 @@ def _split(train_pool, val_pool, cfg: DataSection, seed: int):
 
 
 def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: int = 1, rank: int = 0,
-                 world: int = 1) -> DataParts:
+                 world: int = 1, datasets: tuple | None = None) -> DataParts:
     """The run's data. `accumulate` (train.accumulate): batches per optimizer step; the training
     batches then come in whole steps (see EpochBatches). `rank`/`world`: this process's shard of
-    every global batch (batch_size per rank) in a distributed run."""
+    every global batch (batch_size per rank) in a distributed run. `datasets`: (train, val or None,
+    class names) given as objects (tui_trainer.fit) instead of `cfg.dataset`."""
     collate_fn = None
     if cfg.collate:
         if cfg.preload:
@@ -466,7 +467,13 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: 
         if not callable(collate_fn):
             raise PresetError(f"{cfg.collate} is not callable ({type(collate_fn).__name__}); name a function",
                               key="data.collate")
-    train_ds, val_ds, classes = load_datasets(cfg, seed)
+    if datasets is not None:
+        train_ds, val_ds, classes = datasets
+        for ds, which in ((train_ds, "the train set"), (val_ds, "the val set")):
+            if ds is not None:
+                _check_map_style(ds, "your Dataset", which)
+    else:
+        train_ds, val_ds, classes = load_datasets(cfg, seed)
     if len(train_ds) == 0:
         raise UserError("the training set is empty; check data.root, data.limit and data.val_fraction",
                         key="data")
@@ -504,11 +511,12 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: 
         sample = batch[0]
         sample_target = batch[1] if isinstance(batch[1], torch.Tensor) else None
     n_val = len(val_ds) if val is not None else 0
-    name = cfg.dataset if cfg.dataset != "imagefolder" else f"imagefolder {cfg.root}"
+    name = "your Dataset" if datasets is not None else cfg.dataset if cfg.dataset != "imagefolder" else \
+        f"imagefolder {cfg.root}"
     note = f"{name}: {len(train_ds)} train / {n_val} val"
     if classes:
         note += f", {len(classes)} classes"
-    elif not target.is_target(cfg.dataset) or cfg.dataset.startswith("torchvision:"):
+    elif datasets is None and (not target.is_target(cfg.dataset) or cfg.dataset.startswith("torchvision:")):
         note += ", ? classes"
     if cfg.preload:
         note += f", preloaded to {device.type}"

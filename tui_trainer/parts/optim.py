@@ -476,6 +476,7 @@ class LrPlan:
     lrs: tuple[tuple[float, ...], ...]  # lrs[g][i] at steps[i]
     total_steps: int
     adaptive: bool  # ReduceLROnPlateau: no future can be planned, only the current value
+    note: str = ""  # why there is no plan when it is not ReduceLROnPlateau ("not plannable: ...")
 
 
 def plan_lr(opt_cfg: OptimizerSection, sched_cfg: SchedulerSection, group_names: list[str],

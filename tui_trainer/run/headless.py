@@ -209,12 +209,17 @@ class SignalHandlers:
         self.control.send(SaveCheckpoint(tag="manual"))
 
 
-def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream=None, serve=False) -> int:
-    """`serve`: open the control socket so `tui-trainer attach` can steer this run."""
+def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream=None, serve=False,
+                 opener=None) -> int:
+    """`serve`: open the control socket so `tui-trainer attach` can steer this run. `opener`: what
+    opens the run instead of a preset file (see ui/launch.make_app)."""
+    import functools
+
     from tui_trainer.run.launch import prepare
 
     reporter = LineReporter(stream)
-    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[reporter], serve=serve)
+    opener = opener or functools.partial(prepare, preset_path, list(overrides), resume=resume, run_dir=run_dir)
+    session = opener(sinks=[reporter], serve=serve)
     handlers = SignalHandlers(session.control, on_abort=session.abort)
     if session.trainer.dist.writer:  # many ranks: rank 0 stops them all; the others keep ignoring signals
         handlers.install()

@@ -53,7 +53,9 @@ class Session:
         signal handler: no lock is taken, nothing is joined."""
         if self.server is not None:
             self.server.remove_files()
-        self.trainer.parts.data.kill_workers()
+        kill = getattr(self.trainer, "kill_workers", None)
+        if kill is not None:
+            kill()
 
 
 def prepare(
@@ -69,7 +71,6 @@ def prepare(
 ) -> Session:
     """`serve`: open the run's control socket (run/server.py) so `tui-trainer attach` can steer it."""
     from tui_trainer.parts import build, check, device_type
-    from tui_trainer.engine import checkpoint
 
     protect_forked_children()  # DataLoader workers must never run this process's terminal signal handlers
     preset = config.load(preset_path, overrides or [])
@@ -78,20 +79,52 @@ def prepare(
     except UserError as err:
         err.source = err.source or preset.key_source(err.key or "")
         raise
-    resume_path = resume_checkpoint(preset.name, resume)
-    state = checkpoint.load(resume_path) if resume_path is not None else None
+    tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
+    return _assemble(preset, lambda dist: build(preset, rank=dist.rank, world=dist.world, local_rank=dist.local_rank),
+                     device_type(preset), tensorboard, resume=resume, run_dir=run_dir, sinks=sinks,
+                     should_stop=should_stop, layer_stats=layer_stats, serve=serve)
+
+
+def prepare_objects(preset: config.Preset, *, model, train, val, optimizer, loss_fn, scheduler=None,
+                    interval: str = "epoch", step_fn=None, callbacks=(), resume: str | None = None,
+                    run_dir: str | Path | None = None, sinks: list[Callable[[Event], None]] | None = None,
+                    should_stop: Callable[[], bool] | None = None, layer_stats: bool = False,
+                    serve: bool = False) -> Session:
+    """`prepare` for `tui_trainer.fit`: the parts are the caller's objects (parts/objects.py), the
+    settings `preset` (already validated); the rest (run directory, resume, sinks, socket, ranks)
+    is a preset run's."""
+    from tui_trainer.parts import resolve_device
+    from tui_trainer.parts.objects import from_objects
+
+    protect_forked_children()
     tensorboard = _tensorboard_writer_class(preset) if preset.log.tensorboard else None
 
-    dist = Dist.from_env(device_type(preset))  # one process unless torchrun / devices > 1 started ranks
+    def make(dist: Dist):
+        return from_objects(preset, model=model, train=train, val=val, optimizer=optimizer, loss_fn=loss_fn,
+                            scheduler=scheduler, interval=interval, step_fn=step_fn, callbacks=callbacks,
+                            rank=dist.rank, world=dist.world, local_rank=dist.local_rank)
+
+    return _assemble(preset, make, resolve_device(preset.train.device).type, tensorboard, resume=resume,
+                     run_dir=run_dir, sinks=sinks, should_stop=should_stop, layer_stats=layer_stats, serve=serve)
+
+
+def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], device_type: str, tensorboard, *,
+              resume, run_dir, sinks, should_stop, layer_stats, serve) -> Session:
+    """Resume checkpoint, ranks, parts (`make_parts(dist)`), Trainer, then the run directory and its
+    sinks (`open_run`). Everything that can fail on bad input fails before the directory is made."""
+    from tui_trainer.engine import checkpoint
+
+    resume_path = resume_checkpoint(preset.name, resume)
+    state = checkpoint.load(resume_path) if resume_path is not None else None
+    dist = Dist.from_env(device_type)  # one process unless torchrun / devices > 1 started ranks
     if state is not None:  # another global batch cannot continue exactly: exit 2 before anything is built
         checkpoint.resume_fit(state, preset, dist.world, resume_path)
-    parts = build(preset, rank=dist.rank, world=dist.world, local_rank=dist.local_rank)
+    parts = make_parts(dist)
     if state is not None and (note := checkpoint.resume_fit(state, preset, dist.world, resume_path, parts)):
         parts.warnings.append(note)
 
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
-    all_sinks: list[Callable[[Event], None]] = []
-    fan_out = FanOut(all_sinks)
+    fan_out = FanOut([])
     control = Control()
     trainer = Trainer(parts, fan_out, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
                       should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None, dist=dist)
@@ -103,17 +136,31 @@ def prepare(
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint is bad input
             raise UserError(f"{resume_path} cannot be resumed with this preset ({type(exc).__name__}:"
                             f" {str(exc)[:160]})", source="--resume") from None
+    return open_run(preset, trainer, rd, fresh, control=control, fan_out=fan_out, dist=dist, sinks=sinks,
+                    serve=serve, tensorboard=tensorboard, n_groups=len(parts.optimizer.param_groups),
+                    refuse_key="--run-dir" if run_dir is not None else "--resume")
+
+
+def open_run(preset: config.Preset, trainer, rd: RunDir, fresh: bool, *, control: Control, fan_out: FanOut,
+             dist: Dist | None = None, sinks: list[Callable[[Event], None]] | None = None, serve: bool = False,
+             tensorboard=None, n_groups: int = 1, refuse_key: str = "--run-dir") -> Session:
+    """The run directory and everything that writes or serves it, around an engine that emits into
+    `fan_out` (the Trainer, or the user's loop: run/loop.py): config.toml, the recorder
+    (events.jsonl, metrics.csv), TensorBoard, the control socket, then `sinks`. Rank 0 alone (`dist`)
+    writes; the other ranks get only the failure reporter."""
+    dist = dist or Dist()
+    all_sinks = fan_out.sinks
     if dist.active:
         all_sinks.append(RankFailure(dist.rank))
     if not dist.writer:  # rank 0 alone writes the run directory, records and serves; the others only train
         return Session(preset, rd, trainer, control, [dist.close], all_sinks, None, fan_out)
     if serve and not fresh:
-        refuse_if_live(rd, "--run-dir" if run_dir is not None else "--resume")
+        refuse_if_live(rd, refuse_key)
 
     with writing(rd):
         rd.path.mkdir(parents=True, exist_ok=not fresh)
         rd.write_config(preset)
-        recorder = Recorder(rd, [f"val_{m.key}" for m in preset.metrics], len(trainer.parts.optimizer.param_groups))
+        recorder = Recorder(rd, [f"val_{m.key}" for m in preset.metrics], n_groups)
     all_sinks += [recorder, *(sinks or [])]
     closers = [recorder.close]
     server = None

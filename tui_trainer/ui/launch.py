@@ -18,14 +18,18 @@ from tui_trainer.ui.link import LocalLink
 
 
 def make_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
-             handle_signals: bool = False, serve: bool = False) -> TrainerApp:
+             handle_signals: bool = False, serve: bool = False, opener=None) -> TrainerApp:
     """The one app factory, used by the CLI, tests and benchmarks: prepares the run (bad input
-    raises UserError here, before any screen appears) and wires it to the app."""
+    raises UserError here, before any screen appears) and wires it to the app. `opener`: instead of
+    a preset file, what opens the run (`tui_trainer.fit`, `tui_trainer.loop`): called with prepare's
+    wiring (sinks, should_stop, layer_stats, serve), it returns the Session."""
+    import functools
+
     from tui_trainer.run.launch import prepare
 
     link = LocalLink()
-    session = prepare(preset_path, list(overrides), resume=resume, run_dir=run_dir, sinks=[link.sink],
-                      should_stop=link.should_stop, layer_stats=True, serve=serve)
+    opener = opener or functools.partial(prepare, preset_path, list(overrides), resume=resume, run_dir=run_dir)
+    session = opener(sinks=[link.sink], should_stop=link.should_stop, layer_stats=True, serve=serve)
     link.bind(session)
     ui = session.preset.ui
     return TrainerApp(link, refresh_hz=ui.refresh_hz, lr_reduce_factor=ui.lr_reduce_factor, paused=paused,
@@ -33,12 +37,12 @@ def make_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=Fal
 
 
 def run_app(preset_path, overrides=(), *, resume=None, run_dir=None, paused=False,
-            on_hangup: str = "stop") -> int:
+            on_hangup: str = "stop", opener=None) -> int:
     early: list[int] = []  # a hang-up while the model and data are built: acted on once the app runs
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
     app = make_app(preset_path, overrides, resume=resume, run_dir=run_dir, paused=paused, handle_signals=True,
-                   serve=True)
+                   serve=True, opener=opener)
     app.detach_on_hangup = on_hangup == "detach"
     app.early_hangup = early
     link = app.link

@@ -89,8 +89,8 @@ class LrPane(Vertical):
             series.append((*thin(history.xs, history.ys, points), "green3"))
             legend.append(("actual", "green3"))
         top = max((max(ys) for _, ys, _ in series if ys), default=0.0) or 1.0
-        text = _legend(legend, "now" if not plan.adaptive else "now (ReduceLROnPlateau: history only, no planned future)",
-                       width)
+        why = plan.note or "ReduceLROnPlateau: history only, no planned future"
+        text = _legend(legend, "now" if not plan.adaptive else f"now ({why})", width)
         text.append("\n")
         text.append_text(braille_plot(series, width, height - 1, (0, max(plan.total_steps, 1)), (0.0, top * 1.05),
                                       marker=(view.step, "red")))
