@@ -44,6 +44,10 @@ ARGUMENT_OF = {"model.arch": "model", "model": "model", "loss": "loss", "loss.na
                "data": "train_data", "data.dataset": "train_data", "data.collate": "train_data",
                "optimizer": "optimizer", "scheduler": "scheduler"}
 PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # made for a step per batch
+PRESET_HINTS = (("check model.arch and the input size (data.image_size, data.channels, data.flatten)",
+                 "the model's first layer must take this input"),
+                ("check [loss] and that", "check the loss and that"),
+                ("(or write a [step] fn)", "(or pass step=fn)"))
 
 
 def is_loader(data: Any) -> bool:
@@ -236,6 +240,8 @@ def from_objects(preset: Preset, *, model: nn.Module, train, val, optimizer: tor
         if err.source in (None, SOURCE, preset.source):
             err.key = ARGUMENT_OF.get(err.key or "", err.key)
             err.source = SOURCE
+            for preset_words, words in PRESET_HINTS:  # the start-up checks speak of preset keys
+                err.message = err.message.replace(preset_words, words)
         raise
 
 

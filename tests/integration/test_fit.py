@@ -1,0 +1,208 @@
+"""tui_trainer.fit with the user's own objects: a real run (the engine, headless here), its result,
+its run directory, commands applied to the user's objects, the user's scheduler under the LR keys,
+exact resume, DataLoaders, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import tui_trainer
+from tests.helpers.engine import At
+from tests.helpers.user_code import Blobs, mlp
+from tui_trainer.engine.commands import ScaleLr, SetTrainable, Stop
+
+pytestmark = pytest.mark.timeout(120)
+
+QUIET = dict(ui=False, device="cpu", log_every=1)
+
+
+def objects(seed: int = 0, lr: float = 0.1):
+    torch.manual_seed(seed)
+    model = mlp()
+    return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+
+def events(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_fit_trains_the_users_objects_and_says_how_it_ended(tmp_path, one_torch_thread):
+    model, opt = objects()
+    before = [p.detach().clone() for p in model.parameters()]
+    result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
+                             metrics=["accuracy", "f1"], epochs=2, batch_size=16, run_dir=tmp_path / "run", **QUIET)
+    assert (result.status, result.exit_code, result.step, result.epoch) == ("completed", 0, 12, 2)
+    assert result.monitor == "val_loss" and result.best is not None
+    assert set(result.metrics) >= {"train_loss", "val_loss", "val_acc", "val_f1"}
+    assert result.best_path == str(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the user's model trained
+    saved = torch.load(result.last_path, weights_only=True)
+    for name, p in model.named_parameters():
+        assert torch.equal(saved["model"][name], p.detach())
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert 'arch = "python:torch.nn.modules.container.Sequential"' in config  # what ran, not a preset default
+    assert 'dataset = "python:tests.helpers.user_code.Blobs"' in config
+    assert events(tmp_path / "run")[-1]["kind"] == "Finished"
+
+
+def test_the_keys_act_on_the_users_objects(tmp_path, one_torch_thread):
+    model, opt = objects()
+    plan = At({2: [ScaleLr(0.5), SetTrainable(("0",), False)], 5: Stop(reason="test")})
+    first = model[0].weight
+    seen = {}
+
+    class Watch:
+        def on_event(self, event, control):
+            if type(event).__name__ == "StepReport":
+                seen[event.step] = (opt.param_groups[0]["lr"], first.detach().clone())
+
+    result = tui_trainer.fit(model, Blobs(96), None, optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=5,
+                             batch_size=16, callbacks=[plan, Watch()], run_dir=tmp_path / "run", **QUIET)
+    assert result.status == "stopped" and result.step == 5
+    assert seen[2][0] == pytest.approx(0.1) and seen[3][0] == pytest.approx(0.05)
+    assert torch.equal(seen[3][1], seen[5][1])  # frozen after step 2: bit-identical from step 3 on
+    assert not model[0].weight.requires_grad and model[2].weight.requires_grad
+
+
+@pytest.mark.parametrize("kind", ["StepLR", "OneCycleLR"])
+def test_the_lr_keys_compose_with_the_users_scheduler(tmp_path, kind, one_torch_thread):
+    model, opt = objects()
+    if kind == "StepLR":  # per epoch, chainable: 0.1, 0.05, 0.025 ...
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        # a report comes before the epoch's scheduler step: it shows the LR its step trained with
+        expected = lambda step: 0.1 * 0.5 ** ((step - 1) // 6)  # noqa: E731
+    else:  # per step (fit knows OneCycleLR is), closed form
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=18)
+        twin = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
+                                                   max_lr=0.2, total_steps=18)
+        lrs = [twin.get_last_lr()[0]]
+        for _ in range(17):
+            twin.optimizer.step()
+            twin.step()
+            lrs.append(twin.get_last_lr()[0])
+        # a per-step scheduler steps before the report: it shows the LR of the next step
+        expected = lambda step: lrs[step]  # noqa: E731
+    used = {}
+
+    class Watch:
+        def on_event(self, event, control):
+            if type(event).__name__ == "StepReport":
+                used[event.step] = event.lrs[0]
+
+    tui_trainer.fit(model, Blobs(96), None, optimizer=opt, loss=nn.CrossEntropyLoss(), scheduler=sched, epochs=3,
+                    batch_size=16, callbacks=[At({4: ScaleLr(0.5)}), Watch()], run_dir=tmp_path / "run", **QUIET)
+    for step in range(1, 18):
+        factor = 0.5 if step > 4 else 1.0  # sent at the report of step 4: applied before step 5
+        assert used[step] == pytest.approx(expected(step) * factor, rel=1e-9), step
+
+
+def test_fit_resumes_exactly_from_a_checkpoint(tmp_path, one_torch_thread):
+    def run(cut: int | None, resume=None, where="a"):
+        model, opt = objects()
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+        extra = {"max_steps": cut} if cut else {}
+        result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
+                                 scheduler=sched, epochs=3, batch_size=16, name="resumable", resume=resume,
+                                 run_dir=tmp_path / where, **QUIET, **extra)
+        return result, model
+
+    straight, model_a = run(None, where="straight")
+    cut, _ = run(8, where="cut")
+    assert cut.step == 8
+    resumed, model_b = run(None, resume=cut.last_path, where="cut")
+    assert resumed.status == "completed" and resumed.step == straight.step == 18
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_a_shuffling_dataloader_is_used_as_it_is_and_the_run_says_resume_is_not_exact(tmp_path, one_torch_thread):
+    model, opt = objects()
+    loader = DataLoader(Blobs(96), batch_size=32, shuffle=True)
+    result = tui_trainer.fit(model, loader, DataLoader(Blobs(24, seed=1), batch_size=8), optimizer=opt,
+                             loss=nn.CrossEntropyLoss(), epochs=2, run_dir=tmp_path / "run", **QUIET)
+    assert result.status == "completed" and result.step == 6  # 3 batches of 32 per epoch: the loader's own
+    warnings = [e["message"] for e in events(tmp_path / "run") if e["kind"] == "RunWarning"]
+    assert any("a resume mid-epoch skips the batches already done, but not the same samples" in w for w in warnings)
+
+
+def _bad(capsys, **kwargs) -> str:
+    model, opt = objects()
+    args = dict(model=model, train_data=Blobs(32), optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=1, **QUIET)
+    args.update(kwargs)
+    with pytest.raises(SystemExit) as exit_:
+        tui_trainer.fit(**args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    return err
+
+
+def test_bad_input_is_one_line_naming_the_argument_and_exit_2(tmp_path, capsys):
+    other, _ = objects()
+    err = _bad(capsys, optimizer=torch.optim.SGD(other.parameters(), lr=0.1), run_dir=tmp_path / "a")
+    assert err == ("tui-trainer: error: fit: optimizer: holds none of the model's parameters: make it on this"
+                   " model's parameters (model.parameters())")
+    err = _bad(capsys, epoch=3, run_dir=tmp_path / "b")
+    assert err.startswith('tui-trainer: error: fit: epoch: unknown setting; did you mean "epochs"?')
+    wrong = nn.Sequential(nn.Linear(7, 3))  # takes 7 features; the samples have 4
+    err = _bad(capsys, model=wrong, optimizer=torch.optim.SGD(wrong.parameters(), lr=0.1), run_dir=tmp_path / "c")
+    assert err.startswith("tui-trainer: error: fit: model: ") and "7" in err and "4" in err, err
+    err = _bad(capsys, lr=0.5, run_dir=tmp_path / "d")
+    assert "fit takes your optimizer object itself" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing written
+
+
+def test_a_metric_function_of_the_users_module_is_a_metric(tmp_path, one_torch_thread):
+    model, opt = objects()
+    result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
+                             metrics=[mean_confidence], checkpoint={"monitor": "val_mean_confidence"}, epochs=1,
+                             batch_size=16, run_dir=tmp_path / "run", **QUIET)
+    assert result.monitor == "val_mean_confidence"
+    assert 0.0 < result.metrics["val_mean_confidence"] <= 1.0
+
+
+def mean_confidence(outputs, targets):
+    """A user's metric: the mean top softmax probability (higher is better)."""
+    return outputs.softmax(1).max(1).values.mean()
+
+
+mean_confidence.mode = "max"
+
+
+@pytest.mark.timeout(240)
+def test_fit_in_a_real_terminal_is_the_monitor_with_its_keys(tmp_path):
+    """examples/fit_custom.py in tmux: the same app as a preset run; l, s and q act on the user's objects."""
+    import sys
+    from pathlib import Path
+
+    from tests.integration.test_e2e_tmux import Tmux
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "fit_custom.py"
+    tty = Tmux("tui-trainer-fit", f"OMP_NUM_THREADS=1 {sys.executable} {example} --epochs 5000", cwd=tmp_path)
+    try:
+        screen = tty.wait_for("RUNNING", limit_s=90)
+        assert "digits-custom" in screen and "Layers" in screen and "features" in screen
+        tty.keys("l")
+        tty.wait_for("LR ×0.5 by hand")
+        tty.keys("s")
+        import time
+
+        deadline = time.monotonic() + 60  # a hang guard (the log pane scrolls past the line quickly)
+        while not list(tmp_path.glob("runs/*/checkpoints/manual-step-*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tty.keys("q")
+        tty.wait_for("q or Enter to leave")
+        tty.keys("q")
+        screen = tty.wait_for("EXIT=0")
+        assert "stopped: best val_loss" in screen  # the script's own line after fit returned its Result
+    finally:
+        tty.close()
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert list((run / "checkpoints").glob("manual-step-*.pt"))
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["schedule"]["manual_factor"] == 0.5
