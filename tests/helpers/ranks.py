@@ -233,3 +233,21 @@ def evaluate_with_an_empty_shard() -> dict:
         out["one"] = {"cls": [one.loss, one.acc, one.metrics], "reg": [rone.loss, rone.metrics]}
     d.close()
     return out
+
+
+def fit_run(run_dir: str) -> dict:
+    """tui_trainer.fit on every rank of a torchrun-style start (the user's script under torchrun)."""
+    import torch
+    from torch import nn
+
+    import tui_trainer
+    from tests.helpers.user_code import Blobs, mlp
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
+                             epochs=2, batch_size=8, ui=False, device="cpu", run_dir=run_dir, log_every=2)
+    return {"status": result.status, "step": result.step, "metrics": result.metrics,
+            "state": {n: p.detach().clone() for n, p in model.named_parameters()}}

@@ -206,3 +206,17 @@ def test_fit_in_a_real_terminal_is_the_monitor_with_its_keys(tmp_path):
     assert list((run / "checkpoints").glob("manual-step-*.pt"))
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert last["schedule"]["manual_factor"] == 0.5
+
+
+def test_fit_under_torchrun_trains_every_rank_alike(tmp_path):
+    """The user's script started by torchrun: fit on 2 ranks (gloo), each with its shard of the
+    Datasets' seeded batches (8 per rank: 16 per step), one run directory written by rank 0."""
+    from tests.helpers import ranks
+
+    result = ranks.launch(ranks.fit_run, str(tmp_path / "run"))
+    assert result[0]["status"] == result[1]["status"] == "completed"
+    assert result[0]["step"] == result[1]["step"] == 12  # 96 samples / 16 per step x 2 epochs
+    for name, value in result[0]["state"].items():
+        assert torch.equal(value, result[1]["state"][name]), name
+    assert result[0]["metrics"]["val_loss"] == result[1]["metrics"]["val_loss"]
+    assert [e["kind"] for e in events(tmp_path / "run")].count("RunStarted") == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import signal
 import sys
 import tomllib
@@ -193,7 +194,7 @@ def run_session(opener: Callable, ui: bool | None, on_hangup: str = "stop") -> i
         raise UserError("runs on the main thread (it handles Ctrl+C and the terminal); call it from there",
                         source=SOURCE)
     with _own_signals():
-        if interactive(ui):
+        if interactive(ui) and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a rank of many: headless, attach
             from tui_trainer.ui.launch import run_app
 
             return run_app(None, opener=opener, on_hangup=on_hangup)
@@ -238,6 +239,11 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
         if groups and isinstance(groups[0].get("lr"), (int, float)) and groups[0]["lr"] > 0:
             record["optimizer.lr"] = float(groups[0]["lr"])
         cfg = settings_preset(preset, name, settings, metrics, record)
+        if cfg.train.devices != 1 and "WORLD_SIZE" not in os.environ:
+            raise UserError(f"is {cfg.train.devices}: fit trains in this process, with your objects; for several"
+                            " GPUs start the script with torchrun (torchrun --nproc-per-node=4 train.py): every rank"
+                            " then runs fit, rank 0 writes the run, and `tui-trainer attach` shows it",
+                            source=SOURCE, key="devices")
         from tui_trainer.parts.objects import scheduler_interval
 
         said = ("interval" in settings or "interval" in (settings.get("scheduler") or {})
@@ -251,8 +257,8 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
             session = prepare_objects(cfg, model=model, train=train_data, val=val_data, optimizer=optimizer,
                                       loss_fn=loss, scheduler=scheduler, interval=interval, step_fn=step,
                                       callbacks=list(callbacks), resume=resume, run_dir=run_dir,
-                                      sinks=[*sinks, _Ending(ending)], should_stop=should_stop,
-                                      layer_stats=layer_stats, serve=serve)
+                                      sinks=sinks, should_stop=should_stop, layer_stats=layer_stats, serve=serve,
+                                      taps=[_Ending(ending)])
             ending["run_dir"] = str(session.run_dir.path)
             return session
 

@@ -89,10 +89,10 @@ def prepare_objects(preset: config.Preset, *, model, train, val, optimizer, loss
                     interval: str = "epoch", step_fn=None, callbacks=(), resume: str | None = None,
                     run_dir: str | Path | None = None, sinks: list[Callable[[Event], None]] | None = None,
                     should_stop: Callable[[], bool] | None = None, layer_stats: bool = False,
-                    serve: bool = False) -> Session:
+                    serve: bool = False, taps: list[Callable[[Event], None]] | None = None) -> Session:
     """`prepare` for `tui_trainer.fit`: the parts are the caller's objects (parts/objects.py), the
     settings `preset` (already validated); the rest (run directory, resume, sinks, socket, ranks)
-    is a preset run's."""
+    is a preset run's. `taps`: sinks every rank gets (what fit returns is known on every rank)."""
     from tui_trainer.parts import resolve_device
     from tui_trainer.parts.objects import from_objects
 
@@ -105,11 +105,12 @@ def prepare_objects(preset: config.Preset, *, model, train, val, optimizer, loss
                             rank=dist.rank, world=dist.world, local_rank=dist.local_rank)
 
     return _assemble(preset, make, resolve_device(preset.train.device).type, tensorboard, resume=resume,
-                     run_dir=run_dir, sinks=sinks, should_stop=should_stop, layer_stats=layer_stats, serve=serve)
+                     run_dir=run_dir, sinks=sinks, should_stop=should_stop, layer_stats=layer_stats, serve=serve,
+                     taps=taps)
 
 
 def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], device_type: str, tensorboard, *,
-              resume, run_dir, sinks, should_stop, layer_stats, serve) -> Session:
+              resume, run_dir, sinks, should_stop, layer_stats, serve, taps=None) -> Session:
     """Resume checkpoint, ranks, parts (`make_parts(dist)`), Trainer, then the run directory and its
     sinks (`open_run`). Everything that can fail on bad input fails before the directory is made."""
     from tui_trainer.engine import checkpoint
@@ -124,7 +125,7 @@ def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], devic
         parts.warnings.append(note)
 
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
-    fan_out = FanOut([])
+    fan_out = FanOut(list(taps or []))
     control = Control()
     trainer = Trainer(parts, fan_out, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,
                       should_stop=should_stop, layer_stats_every_s=0.5 if layer_stats else None, dist=dist)
