@@ -251,3 +251,40 @@ def fit_run(run_dir: str) -> dict:
                              epochs=2, batch_size=8, ui=False, device="cpu", run_dir=run_dir, log_every=2)
     return {"status": result.status, "step": result.step, "metrics": result.metrics,
             "state": {n: p.detach().clone() for n, p in model.named_parameters()}}
+
+
+class Seen:
+    """On every rank: what each StepReport, TrainableChanged and StateChanged found (the LR, whether
+    layer "0" trains, the state), by step, for comparing the ranks."""
+
+    def __init__(self):
+        self.seen = []
+        self.model = None
+
+    def on_event(self, event, control) -> None:
+        from tui_trainer.engine.events import StateChanged, StepReport, TrainableChanged
+
+        if isinstance(event, StepReport):
+            self.seen.append(("report", event.step, event.lrs))
+        elif isinstance(event, TrainableChanged):
+            self.seen.append(("trainable", event.step, event.prefixes, event.trainable))
+        elif isinstance(event, StateChanged):
+            self.seen.append(("state", event.step, event.state))
+
+
+def seen_run(preset: str, run_dir: str) -> dict:
+    """A real rank, serving the control socket on rank 0, recording with its Seen callback."""
+    import torch
+
+    torch.set_num_threads(1)
+    from tui_trainer.run.launch import prepare
+
+    session = prepare(preset, [], run_dir=run_dir, serve=True)
+    try:
+        final = session.trainer.run()
+    finally:
+        session.close()
+    (cb,) = session.trainer.callbacks
+    return {"status": getattr(final, "status", None), "error": getattr(final, "error", None), "step": final.step,
+            "seen": cb.seen, "state": {n: p.detach().clone() for n, p in session.trainer.model.named_parameters()},
+            "lr": session.trainer.optimizer.param_groups[0]["lr"]}

@@ -65,3 +65,65 @@ def test_commands_from_rank_0_act_on_every_rank_at_the_same_step(tmp_path):
     assert r0["frozen"] == r1["frozen"] == ["0.weight", "0.bias"]
     for name, value in r0["state"].items():
         assert torch.equal(value, r1["state"][name]), name  # DDP rebuilt after the freeze: ranks identical
+
+
+def test_socket_commands_reach_both_ranks_at_the_same_step(tmp_path):
+    """Pause, freeze, LR scale, save, resume, unfreeze and stop sent through rank 0's control socket
+    (what `attach` and the monitor of many ranks send): both ranks apply each at the same step."""
+    import json
+    import socket
+    import threading
+    import time
+
+    import torch
+
+    from tests.helpers.user_code import write_preset
+
+    run_dir = tmp_path / "run"
+    preset = write_preset(tmp_path / "p.toml", callbacks=[{"target": "tests.helpers.ranks:Seen"}],
+                          train={"epochs": 10000}, checkpoint={"every_epochs": 0, "save_best": False})
+    out: dict = {}
+    runner = threading.Thread(target=lambda: out.update(ranks.launch(ranks.seen_run, str(preset), str(run_dir))))
+    runner.start()
+    deadline = time.monotonic() + 90  # a hang guard
+    while not (run_dir / "control.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(run_dir / "control.sock"))
+        stream = s.makefile("rb")
+
+        def send(kind: str, **fields) -> None:
+            s.sendall((json.dumps({"kind": kind, **fields}) + "\n").encode())
+
+        def wait_for(test) -> dict:
+            for line in stream:
+                event = json.loads(line)
+                if test(event):
+                    return event
+            raise AssertionError("the socket closed")
+
+        wait_for(lambda e: e["kind"] == "StepReport" and e["step"] >= 3)
+        send("Pause")
+        paused = wait_for(lambda e: e["kind"] == "StateChanged" and e["state"] == "paused")
+        send("SetTrainable", prefixes=["0"], trainable=False)
+        send("ScaleLr", factor=0.5)
+        send("SaveCheckpoint", tag="manual")
+        wait_for(lambda e: e["kind"] == "CheckpointSaved")
+        send("Resume")
+        wait_for(lambda e: e["kind"] == "StepReport" and e["step"] >= paused["step"] + 3)
+        send("SetTrainable", prefixes=["0"], trainable=True)
+        send("Stop", reason="user")
+        wait_for(lambda e: e["kind"] == "Finished")
+    runner.join(60)
+    r0, r1 = out[0], out[1]
+    assert r0["status"] == r1["status"] == "stopped", (r0["error"], r1["error"])
+    assert r0["step"] == r1["step"]
+    assert r0["seen"] == r1["seen"]  # every report's LR, each freeze and state change: the same step on both
+    changes = [(kind, step, *rest) for kind, step, *rest in r0["seen"] if kind in ("trainable", "state")]
+    p = paused["step"]
+    assert ("state", p, "paused") in changes and ("trainable", p, ("0",), False) in changes
+    assert ("state", p, "running") in changes
+    assert r0["lr"] == r1["lr"] == pytest.approx(0.05)
+    for name, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][name]), name
+    assert (run_dir / "checkpoints" / f"manual-step-{p:08d}.pt").is_file()
