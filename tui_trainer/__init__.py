@@ -5,14 +5,16 @@ From Python (both open the same monitor as the CLI: panes, keys, checkpoints, `a
     import tui_trainer
     result = tui_trainer.fit(model, train_data, val_data, optimizer=opt, loss=criterion, epochs=5)
     tui_trainer.loop(train, model=model, optimizer=opt, scheduler=sched)   # your own loop
+    loader = tui_trainer.seeded_loader(dataset, batch_size=64)             # for loop's exact resume
 
 The names load on first use, so `import tui_trainer` (and the CLI's --help) stays light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["fit", "Result"]
+__all__ = ["fit", "Result", "loop", "Run", "seeded_loader"]
 
-_PUBLIC = {"fit": "tui_trainer.run.fit", "Result": "tui_trainer.run.fit"}
+_PUBLIC = {"fit": "tui_trainer.run.fit", "Result": "tui_trainer.run.fit", "loop": "tui_trainer.run.loop",
+           "Run": "tui_trainer.run.loop", "seeded_loader": "tui_trainer.run.loop"}
 
 
 def __getattr__(name: str):

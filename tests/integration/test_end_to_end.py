@@ -136,6 +136,7 @@ def test_every_event_kind_round_trips_through_events_jsonl(tiny_preset, tmp_path
     assert len(lines) == len(out.events)
     for line, event in zip(lines, out.events):
         assert from_json(json.loads(line)) == event  # the same frozen dataclass: tuples, nested records
-    assert {e.kind for e in out.events} == set(EVENT_TYPES) - {"EpochEnd", "Finished"}
+    # Printed: only the user's own loop prints (tui_trainer.loop; tests/integration/test_loop_api.py)
+    assert {e.kind for e in out.events} == set(EVENT_TYPES) - {"EpochEnd", "Finished", "Printed"}
     assert any(isinstance(e, StepReport) for e in out.events) and isinstance(out.events[0], RunStarted)
     assert not out.of(EpochEnd)

@@ -195,6 +195,17 @@ class RunWarning(Event):
 
 
 @dataclass(frozen=True)
+class Printed(Event):
+    """A line the user's own loop printed (`tui_trainer.loop`): shown in the Log pane and the headless
+    lines instead of on the screen. `stream`: stdout, stderr, or note (a line of tui-trainer's own
+    about the loop)."""
+
+    step: int
+    text: str
+    stream: str = "stdout"
+
+
+@dataclass(frozen=True)
 class Finished(Event):
     status: str  # completed, early_stopped, stopped, signal, nonfinite
     step: int  # the last step done (nonfinite: the step whose loss or weights were not finite)
@@ -221,7 +232,7 @@ class Failed(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (RunStarted, StateChanged, StepReport, LayerStats, EpochEnd, LrChanged, TrainableChanged,
-                CheckpointSaved, RunWarning, Finished, Failed)
+                CheckpointSaved, RunWarning, Printed, Finished, Failed)
 }
 
 

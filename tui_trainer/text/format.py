@@ -11,6 +11,7 @@ from tui_trainer.engine.events import (
     Failed,
     Finished,
     LrChanged,
+    Printed,
     RunWarning,
     StateChanged,
     TrainableChanged,
@@ -152,6 +153,8 @@ def event_line(event, started=None) -> tuple[str, str] | None:
                     f"{human_count(event.params_total)} params", "info")
         case RunWarning():
             return f"WARNING {event.message}", "warn"
+        case Printed():
+            return event.text, "warn" if event.stream == "stderr" else "info"
         case StateChanged(state="paused" | "stopping"):
             return f"{event.state} at step {event.step}", "info"
         case Finished():

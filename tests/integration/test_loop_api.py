@@ -1,0 +1,536 @@
+"""tui_trainer.loop: the user's own textbook loop, run for real (headless here; the app in
+test_loop_tmux.py). The keys' commands act on the user's objects between batches, the LR keys compose
+with every kind of scheduler, a save holds everything a resume needs, stop and pause, prints go to
+the Log pane (events), an exception ends the run without touching a good checkpoint, bad input is one
+line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import tui_trainer
+from tests.helpers.user_code import Blobs
+from tui_trainer.engine.commands import Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
+
+pytestmark = pytest.mark.timeout(120)
+
+QUIET = dict(ui=False, log_every=1)
+
+
+def mlp(dropout: float = 0.0) -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 16), nn.Dropout(dropout), nn.Tanh(), nn.Linear(16, 3))
+
+
+def events(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def kinds(run_dir, kind: str) -> list[dict]:
+    return [e for e in events(run_dir) if e["kind"] == kind]
+
+
+class Textbook:
+    """A textbook loop over Blobs (96 samples, batch 16: 6 batches an epoch), with hooks for tests:
+    `at[step]` = commands sent (as keys would be) while batch `step` trains; `seen` records, per
+    step, the LR it trained with, the loss, and a copy of the first layer's weight after it."""
+
+    def __init__(self, *, epochs=3, seed=0, dropout=0.0, lr=0.1, opt="sgd", sched=None, loader=None, at=None,
+                 val=None, raise_at=None):
+        torch.manual_seed(seed)
+        self.model = mlp(dropout)
+        if opt == "adamw":
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.1)
+        else:
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
+        self.sched = sched(self.opt) if sched is not None else None
+        self.loader = loader if loader is not None else DataLoader(Blobs(96), batch_size=16)
+        self.epochs, self.at, self.val, self.raise_at = epochs, dict(at or {}), val, raise_at
+        self.crit = nn.CrossEntropyLoss()
+        self.seen: dict[int, dict] = {}
+        self.per_step = type(self.sched).__name__ in ("OneCycleLR",)
+
+    def __call__(self, run):
+        for epoch in run.epochs(self.epochs):
+            self.model.train()
+            for x, y in run.batches(self.loader):
+                step = run.step + 1
+                for command in self.at.pop(step, []):
+                    run._control.send(command)  # what a key sends; applied before the next batch
+                if step == self.raise_at:
+                    raise ValueError(f"planned failure at step {step}")
+                lr = self.opt.param_groups[0]["lr"]
+                self.opt.zero_grad()
+                loss = self.crit(self.model(x), y)
+                loss.backward()
+                self.opt.step()
+                if self.per_step:
+                    self.sched.step()
+                run.log(loss=loss)
+                self.seen[step] = {"lr": lr, "loss": loss.item(), "w0": self.model[0].weight.detach().clone()}
+            val_loss = self.val[epoch] if self.val is not None else 1.0 / (epoch + 1)
+            run.log_epoch(val_loss=val_loss, val_acc=0.5)
+            if self.sched is not None and not self.per_step:
+                if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.sched.step(val_loss)
+                else:
+                    self.sched.step()
+
+    def loop(self, tmp_path, name="run", **kw):
+        kw = {**QUIET, **kw}
+        return tui_trainer.loop(self, model=self.model, optimizer=self.opt, scheduler=self.sched,
+                                run_dir=tmp_path / name, name="textbook", **kw)
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+def test_loop_runs_the_users_loop_and_writes_the_run(tmp_path, capsys, one_torch_thread):
+    t = Textbook(epochs=3, sched=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, 0.5))
+    assert t.loop(tmp_path) == 0
+    run = tmp_path / "run"
+    ev = events(run)
+    assert ev[0]["kind"] == "RunStarted" and ev[-1]["kind"] == "Finished"
+    started = ev[0]
+    assert (started["epochs"], started["steps_per_epoch"], started["total_steps"]) == (3, 6, 18)
+    assert [row["name"] for row in started["layers"]] == ["0", "3"]
+    assert started["plan"]["lrs"][0][0] == pytest.approx(0.1) and started["plan"]["lrs"][0][-1] == pytest.approx(0.025)
+    final = ev[-1]
+    assert (final["status"], final["step"], final["epoch"], final["exit_code"]) == ("completed", 18, 3, 0)
+    ends = kinds(run, "EpochEnd")
+    assert [e["epoch"] for e in ends] == [1, 2, 3] and [e["val_loss"] for e in ends] == [1.0, 0.5, 1 / 3]
+    assert ends[2]["best_epoch"] == 3 and all(e["improved"] for e in ends)
+    reports = kinds(run, "StepReport")
+    losses = [loss for r in reports for loss in r["losses"]]
+    assert losses == pytest.approx([t.seen[s]["loss"] for s in range(1, 19)])  # every step, read at report time
+    assert [r["lrs"][0] for r in reports] == pytest.approx([0.1] * 6 + [0.05] * 6 + [0.025] * 6)
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["best.pt", "epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt", "last.pt"]  # keep_last 3
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (saved["kind"], saved["step"], saved["epoch"], saved["batch_in_epoch"]) == ("loop", 18, 3, 0)
+    for name, p in t.model.named_parameters():
+        assert torch.equal(saved["model"][name], p.detach())
+    assert saved["optimizer"]["state"] and saved["schedule"]["scheduler"]["last_epoch"] == 3
+    assert saved["schedule"]["manual_factor"] == 1.0 and set(saved["rng"]) >= {"python", "torch"}
+    assert type(t.sched) is torch.optim.lr_scheduler.StepLR  # the wrapper is gone when the loop ends
+    out = capsys.readouterr().out
+    assert "18 steps (3 epochs x 6)" in out and "epoch 3 done: train_loss" in out and "completed:" in out
+    assert (run / "config.toml").is_file() and "epoch" in (run / "metrics.csv").read_text()
+
+
+def test_checkpoint_settings_and_keep_last(tmp_path, one_torch_thread):
+    t = Textbook(epochs=4)
+    assert t.loop(tmp_path, keep_last=1, every_steps=5) == 0
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch-0004.pt", "last.pt"]
+    steps = [e["step"] for e in kinds(tmp_path / "run", "CheckpointSaved") if "step" in e["tags"]]
+    assert steps == [5, 10, 15, 20]
+
+
+# --------------------------------------------------------------------------- the keys
+
+
+def test_every_key_acts_on_the_users_objects_between_batches(tmp_path, one_torch_thread):
+    t = Textbook(epochs=4, opt="adamw", at={2: [ScaleLr(0.5), SetTrainable(("0",), False)], 4: [SaveCheckpoint()],
+                                            6: [Pause()], 9: [SetTrainable(("0",), True), ScaleLr(2.0)],
+                                            11: [Stop(reason="user")]})
+    times = {}
+
+    def resume_later(control):  # a person pressing p again, from another thread
+        time.sleep(0.3)
+        times["resume"] = time.monotonic()
+        control.send(Resume())
+
+    def train(run):
+        for epoch in run.epochs(t.epochs):
+            for x, y in run.batches(t.loader):
+                step = run.step + 1
+                times[step] = time.monotonic()
+                for command in t.at.pop(step, []):
+                    run._control.send(command)
+                    if isinstance(command, Pause):
+                        threading.Thread(target=resume_later, args=(run._control,), daemon=True).start()
+                lr = t.opt.param_groups[0]["lr"]
+                t.opt.zero_grad()
+                loss = t.crit(t.model(x), y)
+                loss.backward()
+                t.opt.step()
+                run.log(loss=loss)
+                t.seen[step] = {"lr": lr, "w0": t.model[0].weight.detach().clone(),
+                                "grad0": t.model[0].weight.grad, "rg": t.model[0].weight.requires_grad}
+            run.log_epoch(val_loss=1.0)
+
+    code = tui_trainer.loop(train, model=t.model, optimizer=t.opt, run_dir=tmp_path / "run", **QUIET)
+    assert code == 0
+    seen = t.seen
+    # LR lower after step 2: steps 3..9 train with half; undone (x2) after step 9
+    assert [seen[s]["lr"] for s in range(1, 12)] == pytest.approx([0.1] * 2 + [0.05] * 7 + [0.1] * 2)
+    # freeze after step 2: layer 0 has no gradient and its weights are bit-identical through step 9
+    assert all(not seen[s]["rg"] and seen[s]["grad0"] is None for s in range(3, 10))
+    assert all(torch.equal(seen[s]["w0"], seen[2]["w0"]) for s in range(3, 10))
+    assert seen[10]["rg"] and not torch.equal(seen[10]["w0"], seen[9]["w0"])  # unfrozen: it moves again
+    # pause after step 6: step 7 waited for the Resume sent from another thread
+    assert times[7] >= times["resume"] > times[6]
+    run = tmp_path / "run"
+    states = [e["state"] for e in kinds(run, "StateChanged")]
+    assert states == ["running", "paused", "running", "stopping", "finished"]
+    # save after step 4: a manual checkpoint of that moment, holding the manual factor and the freeze
+    manual = torch.load(run / "checkpoints" / "manual-step-00000004.pt", weights_only=True)
+    assert (manual["step"], manual["epoch"], manual["batch_in_epoch"]) == (4, 0, 4)
+    assert manual["schedule"]["manual_factor"] == 0.5 and manual["trainable"]["0.weight"] is False
+    assert torch.equal(manual["model"]["0.weight"], seen[4]["w0"])
+    # stop after step 11: no more batches, no more epochs, the final save is that moment
+    assert max(seen) == 11
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (11, 1, 5)
+    final = events(run)[-1]
+    assert (final["status"], final["step"], final["epoch"], final["exit_code"]) == ("stopped", 11, 2, 0)
+    changed = kinds(run, "TrainableChanged")
+    assert [(c["step"], c["trainable"]) for c in changed] == [(2, False), (9, True)]
+    assert [(c["step"], c["manual_factor"]) for c in kinds(run, "LrChanged")] == [(2, 0.5), (9, 1.0)]
+    assert not kinds(run, "EpochEnd")[1:]  # epoch 2 was stopped: only epoch 1 ended
+
+
+def test_a_stop_during_validation_lets_the_epoch_end_then_stops(tmp_path, one_torch_thread):
+    t = Textbook(epochs=5)
+
+    def train(run):
+        for epoch in run.epochs(5):
+            for x, y in run.batches(t.loader):
+                t.opt.zero_grad()
+                loss = t.crit(t.model(x), y)
+                loss.backward()
+                t.opt.step()
+                run.log(loss=loss)
+            if epoch == 1:
+                run._control.send(Stop(reason="user"))  # pressed while validating epoch 2
+            print(f"validated epoch {epoch}")
+            run.log_epoch(val_loss=1.0 - epoch / 10)
+
+    assert tui_trainer.loop(train, model=t.model, optimizer=t.opt, run_dir=tmp_path / "run", **QUIET) == 0
+    run = tmp_path / "run"
+    assert [e["epoch"] for e in kinds(run, "EpochEnd")] == [1, 2]
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (12, 2, 0)
+    assert [e["tags"] for e in kinds(run, "CheckpointSaved")][-1] == ["epoch", "last", "best"]  # no second save
+    assert events(run)[-1]["status"] == "stopped"
+
+
+@pytest.mark.parametrize("kind", ["StepLR", "ExponentialLR", "ReduceLROnPlateau", "OneCycleLR", "LambdaLR"])
+def test_the_lr_keys_compose_with_each_kind_of_scheduler(tmp_path, kind, one_torch_thread):
+    S = torch.optim.lr_scheduler
+    make = {"StepLR": lambda o: S.StepLR(o, step_size=1, gamma=0.5),
+            "ExponentialLR": lambda o: S.ExponentialLR(o, gamma=0.7),
+            "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=0),
+            "OneCycleLR": lambda o: S.OneCycleLR(o, max_lr=0.2, total_steps=24),
+            "LambdaLR": lambda o: S.LambdaLR(o, lambda e: 1.0 / (1 + e))}[kind]
+    val = [1.0, 1.0, 1.0, 0.5]  # plateau: no improvement in epochs 2 and 3 -> halved twice
+    plain = Textbook(epochs=4, sched=make, val=val)
+    assert plain.loop(tmp_path, "plain") == 0
+    keyed = Textbook(epochs=4, sched=make, val=val, at={4: [ScaleLr(0.5)], 9: [ScaleLr(0.5)], 17: [ScaleLr(2.0)]})
+    assert keyed.loop(tmp_path, "keyed") == 0
+    factor = {s: 1.0 if s <= 4 else 0.5 if s <= 9 else 0.25 if s <= 17 else 0.5 for s in range(1, 25)}
+    reference = [plain.seen[s]["lr"] for s in range(1, 25)]
+    assert len(set(reference)) > 2  # the scheduler moved the LR: the composition is tested, not a constant
+    assert [keyed.seen[s]["lr"] for s in range(1, 25)] == pytest.approx(
+        [reference[s - 1] * factor[s] for s in range(1, 25)], rel=1e-12)
+    assert type(keyed.sched) is getattr(S, kind)  # the wrapper is gone after the loop
+    # the scheduler only ever saw its own values: the same as without the keys
+    assert keyed.sched.get_last_lr() == pytest.approx(plain.sched.get_last_lr(), rel=1e-12)
+    assert keyed.sched.state_dict().keys() == plain.sched.state_dict().keys()
+    saved = torch.load(tmp_path / "keyed" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["schedule"]["manual_factor"] == 0.5
+    if kind == "ReduceLROnPlateau":
+        assert [e["reason"] for e in kinds(tmp_path / "keyed", "LrChanged")].count("plateau") == 2
+
+
+def test_a_write_of_the_lr_by_the_loop_is_taken_as_it_is(tmp_path, one_torch_thread):
+    t = Textbook(epochs=2, at={2: [ScaleLr(0.5)]})
+
+    def train(run):
+        for epoch in run.epochs(2):
+            for group in t.opt.param_groups:  # a tutorial's adjust_learning_rate
+                group["lr"] = 0.08 if epoch else 0.1
+            for x, y in run.batches(t.loader):
+                step = run.step + 1
+                for command in t.at.pop(step, []):
+                    run._control.send(command)
+                t.seen[step] = t.opt.param_groups[0]["lr"]
+                run.log(loss=1.0)
+
+    assert tui_trainer.loop(train, model=t.model, optimizer=t.opt, run_dir=tmp_path / "run", **QUIET) == 0
+    assert [t.seen[s] for s in range(1, 13)] == pytest.approx([0.1] * 2 + [0.05] * 4 + [0.08] * 6)
+    assert [e["reason"] for e in kinds(tmp_path / "run", "LrChanged")] == ["manual", "loop"]
+
+
+def test_an_unknown_layer_is_a_warning_and_changes_nothing(tmp_path, one_torch_thread):
+    t = Textbook(epochs=1, at={1: [SetTrainable(("nope",), False)]})
+    assert t.loop(tmp_path) == 0
+    assert any("no layer named nope" in w["message"] for w in kinds(tmp_path / "run", "RunWarning"))
+    assert all(p.requires_grad for p in t.model.parameters())
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _seeded(shuffle=True):
+    return tui_trainer.seeded_loader(Blobs(96), batch_size=16, shuffle=shuffle, seed=7)
+
+
+@pytest.mark.parametrize("cut", ["mid-epoch", "epoch boundary"])
+def test_resume_with_the_seeded_loader_is_exact_bit_for_bit(tmp_path, cut, one_torch_thread):
+    """Dropout (the global RNG), momentum, a StepLR, a manual LR change: a run cut by a stop and
+    resumed from its last.pt trains exactly as a straight run, step by step and to the last bit."""
+    sched = lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.7)  # noqa: E731
+    keys = {3: [ScaleLr(0.5)]}
+    straight = Textbook(epochs=4, dropout=0.3, sched=sched, loader=_seeded(), at=dict(keys))
+    assert straight.loop(tmp_path, "straight") == 0
+    stop_at = 10 if cut == "mid-epoch" else 12  # 12: the last batch of epoch 2, the stop acts after its end
+    first = Textbook(epochs=4, dropout=0.3, sched=sched, loader=_seeded(), at={**keys, stop_at: [Stop()]})
+    assert first.loop(tmp_path, "cut") == 0
+    last = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["step"], last["batch_in_epoch"]) == ((10, 4) if cut == "mid-epoch" else (12, 0))
+    torch.manual_seed(999)  # the resumed process's RNG is whatever it is: the checkpoint puts it back
+    resumed = Textbook(epochs=4, dropout=0.3, sched=sched, loader=_seeded(), seed=5)  # other initial weights
+    assert resumed.loop(tmp_path, "cut", resume=tmp_path / "cut" / "checkpoints" / "last.pt") == 0
+    losses = {**{s: v["loss"] for s, v in first.seen.items()}, **{s: v["loss"] for s, v in resumed.seen.items()}}
+    assert sorted(resumed.seen) == list(range(stop_at + 1, 25))
+    assert [losses[s] for s in range(1, 25)] == [straight.seen[s]["loss"] for s in range(1, 25)]  # bit for bit
+    assert [resumed.seen[s]["lr"] for s in resumed.seen] == [straight.seen[s]["lr"] for s in resumed.seen]
+    for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+    ev = events(tmp_path / "cut")
+    started = [e for e in ev if e["kind"] == "RunStarted"]
+    assert len(started) == 2 and started[1]["start_step"] == stop_at and started[1]["resumed_from"]
+    assert [e["epoch"] for e in ev if e["kind"] == "EpochEnd"] == [1, 2, 3, 4]
+    assert ev[-1]["kind"] == "Finished" and ev[-1]["step"] == 24
+
+
+def test_resume_auto_finds_the_newest_run_of_this_name(tmp_path, one_torch_thread):
+    first = Textbook(epochs=3, loader=_seeded(), at={8: [Stop()]})
+    assert tui_trainer.loop(first, model=first.model, optimizer=first.opt, name="auto", ui=False) == 0
+    again = Textbook(epochs=3, loader=_seeded())
+    assert tui_trainer.loop(again, model=again.model, optimizer=again.opt, name="auto", ui=False,
+                            resume="auto") == 0
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and sorted(again.seen) == list(range(9, 19))  # one history, continued
+
+
+def test_a_plain_shuffling_loader_resumes_mid_epoch_with_a_warning(tmp_path, one_torch_thread):
+    loader = lambda: DataLoader(Blobs(96), batch_size=16, shuffle=True)  # noqa: E731
+    first = Textbook(epochs=2, loader=loader(), at={4: [Stop()]})
+    assert first.loop(tmp_path) == 0
+    again = Textbook(epochs=2, loader=loader())
+    assert again.loop(tmp_path, resume=tmp_path / "run" / "checkpoints" / "last.pt") == 0
+    assert sorted(again.seen) == list(range(5, 13))  # the 4 batches done are skipped
+    warnings = [w["message"] for w in kinds(tmp_path / "run", "RunWarning")]
+    assert sum("not the ones done before" in w for w in warnings) == 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_kind_or_model(tmp_path, capsys, one_torch_thread):
+    t = Textbook(epochs=1)
+    assert t.loop(tmp_path) == 0
+    other = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    code = tui_trainer.loop(lambda run: None, model=other, run_dir=tmp_path / "o", ui=False,
+                            resume=tmp_path / "run" / "checkpoints" / "last.pt")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "from another model" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- prints
+
+
+def test_prints_become_log_lines_not_screen_output(tmp_path, capsys, one_torch_thread):
+    handler = logging.StreamHandler(sys.stderr)  # made before the loop: holds the stream itself
+    log = logging.getLogger("user.loop")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    out_before, err_before = sys.stdout, sys.stderr
+    t = Textbook(epochs=1)
+    other_thread_said = []
+
+    def train(run):
+        print("hello from the loop")
+        print("\x1b[31mred\x1b[0m and", "two", end="")
+        print(" parts")
+        sys.stderr.write("to stderr\n")
+        for i in range(3):
+            sys.stderr.write(f"\rprogress {i}/3")
+        sys.stderr.write("\n\n")
+        log.info("a logging record")
+        th = threading.Thread(target=lambda: print("from another thread"))
+        th.start()
+        th.join()
+        other_thread_said.append(True)
+        for x, y in run.batches(t.loader):
+            run.log(loss=1.0)
+        print("no newline at the end", end="")
+
+    assert tui_trainer.loop(train, model=t.model, run_dir=tmp_path / "run", **QUIET) == 0
+    printed = [(e["text"], e["stream"]) for e in kinds(tmp_path / "run", "Printed")]
+    assert printed == [("hello from the loop", "stdout"), ("red and two parts", "stdout"), ("to stderr", "stderr"),
+                       ("progress 2/3", "stderr"), ("a logging record", "stderr"),
+                       ("no newline at the end", "stdout")]
+    assert sys.stdout is out_before and sys.stderr is err_before and handler.stream is err_before
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert any(line.endswith(" hello from the loop") and line[:2].isdigit() for line in lines)  # a timestamped line
+    assert "from another thread" in lines  # another thread's print went where it always goes
+    assert "hello from the loop" not in captured.err and "a logging record" not in captured.err
+    log.removeHandler(handler)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_an_exception_in_the_loop_fails_the_run_and_keeps_the_good_checkpoint(tmp_path, capsys, one_torch_thread):
+    t = Textbook(epochs=3, raise_at=9)  # epoch 2, after epoch 1's checkpoint
+    assert t.loop(tmp_path) == 1
+    run = tmp_path / "run"
+    final = events(run)[-1]
+    assert final["kind"] == "Failed" and final["step"] == 8 and final["epoch"] == 2
+    assert final["error"] == "ValueError: planned failure at step 9" and final["emergency_path"] is None
+    assert "in __call__" in final["traceback"] and "raise ValueError" in final["traceback"]
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 6  # epoch 1's: nothing was saved over it
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "epoch-0001.pt", "last.pt"]
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "planned failure at step 9" in err
+    assert err.strip().splitlines()[-1].startswith("tui-trainer: FAILED at step 8: ValueError")
+
+
+class _BadData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 96
+
+    def __getitem__(self, i):
+        if i == 40:
+            raise OSError("corrupt file number 40")
+        return Blobs(96)[i]
+
+
+def test_a_loader_failure_writes_an_emergency_checkpoint_of_the_last_safe_point(tmp_path, one_torch_thread):
+    t = Textbook(epochs=2, loader=DataLoader(_BadData(), batch_size=16))
+    assert t.loop(tmp_path) == 1
+    run = tmp_path / "run"
+    final = events(run)[-1]
+    assert final["error"] == "OSError: corrupt file number 40" and final["step"] == 2
+    emergency = torch.load(final["emergency_path"], weights_only=True)
+    assert (emergency["step"], emergency["batch_in_epoch"]) == (2, 2)
+    assert torch.equal(emergency["model"]["0.weight"], t.seen[2]["w0"])
+    assert not (run / "checkpoints" / "last.pt").exists()  # an emergency file is never last.pt
+
+
+def test_a_nonfinite_loss_ends_the_loop_without_a_save(tmp_path, one_torch_thread):
+    t = Textbook(epochs=3, lr=1e6)  # diverges within epoch 1 (lr 1e6)
+
+    def train(run):
+        for epoch in run.epochs(3):
+            for x, y in run.batches(t.loader):
+                t.opt.zero_grad()
+                loss = t.crit(t.model(x), y) * (float("nan") if run.step >= 3 else 1.0)
+                loss.backward()
+                t.opt.step()
+                run.log(loss=loss)
+            run.log_epoch(val_loss=1.0)
+
+    assert tui_trainer.loop(train, model=t.model, optimizer=t.opt, run_dir=tmp_path / "run", **QUIET) == 1
+    final = events(tmp_path / "run")[-1]
+    assert final["status"] == "nonfinite" and final["exit_code"] == 1 and final["step"] == 4
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------- shapes of loops
+
+
+def test_breaks_and_a_loop_without_run_epochs(tmp_path, one_torch_thread):
+    t = Textbook()
+
+    def train(run):  # the user's own range(); at most 4 batches an epoch; stops after epoch 2 by itself
+        for epoch in range(5):
+            for i, (x, y) in enumerate(run.batches(t.loader)):
+                run.log(loss=float(i))
+                if i == 3:
+                    break
+            run.log_epoch(val_loss=1.0)
+            if epoch == 1:
+                break
+
+    assert tui_trainer.loop(train, model=t.model, optimizer=t.opt, run_dir=tmp_path / "run", **QUIET) == 0
+    run = tmp_path / "run"
+    assert [(e["epoch"], e["step"]) for e in kinds(run, "EpochEnd")] == [(1, 4), (2, 8)]
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (8, 2, 0)
+
+    u = Textbook()
+
+    def breaks_out(run):
+        for epoch in run.epochs(5):
+            for x, y in run.batches(u.loader):
+                run.log(loss=1.0)
+            run.log_epoch(val_loss=1.0)
+            if epoch == 1:
+                break  # the user's own early stop
+
+    assert tui_trainer.loop(breaks_out, model=u.model, run_dir=tmp_path / "b", **QUIET) == 0
+    assert [e["epoch"] for e in kinds(tmp_path / "b", "EpochEnd")] == [1, 2]
+    assert events(tmp_path / "b")[-1]["status"] == "completed"
+
+
+def test_early_stopping_and_a_custom_monitor(tmp_path, one_torch_thread):
+    t = Textbook(epochs=10)
+
+    def train(run):
+        for epoch in run.epochs(10):
+            for x, y in run.batches(t.loader):
+                run.log(loss=1.0)
+            run.log_epoch(val_loss=1.0, val_f1=[0.5, 0.7, 0.6, 0.6, 0.6, 0.9][epoch])
+
+    code = tui_trainer.loop(train, model=t.model, run_dir=tmp_path / "run", checkpoint={"monitor": "val_f1"},
+                            early_stopping={"enabled": True, "monitor": "val_f1", "patience": 2}, **QUIET)
+    assert code == 0
+    ends = kinds(tmp_path / "run", "EpochEnd")
+    assert [e["epoch"] for e in ends] == [1, 2, 3, 4] and ends[-1]["best"] == 0.7
+    assert ends[-1]["metrics"]["val_f1"] == 0.6
+    final = events(tmp_path / "run")[-1]
+    assert final["status"] == "early_stopped" and final["best_epoch"] == 2
+    assert "val_f1" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("call, says", [
+    (dict(model="a model"), "loop: model: is a str; give the torch.nn.Module"),
+    (dict(optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)), "loop: optimizer: holds none of"),
+    (dict(batch_size=32), "loop: data.batch_size: is not a setting of loop"),
+    (dict(epochs=3), "give the epochs to run.epochs(n)"),
+    (dict(log_evry=3), 'loop: log_evry: unknown setting; did you mean "log_every"?'),
+    (dict(monitor="val_acc"), "monitor is a key of checkpoint, early_stopping"),
+    (dict(checkpoint={"monitor": "acc"}), 'a monitor is val_loss, val_acc, train_loss or val_<name>'),
+    (dict(train_fn=lambda: None), "cannot be called with one argument"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, call, says):
+    model = mlp()
+    kwargs = {"model": model, "run_dir": tmp_path / "run", "ui": False, **call}
+    fn = kwargs.pop("train_fn", lambda run: None)
+    assert tui_trainer.loop(fn, **kwargs) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tui-trainer: error: ") and says in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_public_names(tmp_path):
+    assert {"loop", "Run", "seeded_loader"} <= set(tui_trainer.__all__)
+    assert tui_trainer.loop.__doc__ and tui_trainer.Run.__doc__ and tui_trainer.seeded_loader.__doc__
+    for name in ("epochs", "batches", "log", "log_epoch"):
+        assert getattr(tui_trainer.Run, name).__doc__
