@@ -1,0 +1,346 @@
+"""What `tui_trainer.loop` costs: the same textbook loop with and without `run.epochs`,
+`run.batches` and `run.log`, on the tiny workload, headless.
+
+    python benchmarks/loop_overhead.py              # 30 alternating windows of 1,000 steps each
+    python benchmarks/loop_overhead.py --quick      # smoke: a few steps
+
+Both variants build the same model, optimizer, loss and preloaded batches from the tiny preset
+with `tui_trainer.parts.build()` (workloads.py: same seeded weights, same batches in the same
+order; a batch is one `index_select`), and run the same body: zero_grad / forward / loss /
+backward / step.
+
+  a  plain      `for epoch in range(E): for x, y in batches: ...` and nothing else (no `.item()`,
+                no logging): the strictest baseline there is.
+  b  loop       the same body inside `tui_trainer.loop(train, model=..., optimizer=..., ui=False)`:
+                `for epoch in run.epochs(E)`, `for x, y in run.batches(batches)`, `run.log(loss=loss)`.
+                Everything a headless user gets is on: the run-dir recorder (events.jsonl,
+                metrics.csv), the headless lines (to a file here), the control socket, the print
+                capture, a report every log_every = 10 steps with its one host read, the epoch end
+                at each boundary (56 steps an epoch). No checkpoint inside the window (every_epochs
+                = 0, save_best = false; the final save comes after it), as in throughput.py.
+
+A window is one fresh run of each variant, in a rotating order (a b, b a, ...); both clocks are
+read inside the loop body, right after the optimizer step of step `warmup` and of the last step,
+so start-up and warm-up stay out. Per window: the cost ratio (b's process CPU per step) / (a's)
+and the wall ratio (a's steps/s) / (b's); reported: their medians over the windows, the spread
+(half the p10..p90 range, relative), a bootstrap 95% interval of the median, and the verdict on
+the goal (<= 1.02) from that interval: met when all of it is <= 1.02, MISSED when all of it is
+above, else not resolved at this noise (and no verdict from fewer than 10 windows). Before the
+windows, a short run of each checks that they train identically (the same per-step losses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+from benchmarks.step_forms import bootstrap_median  # noqa: E402
+from benchmarks.throughput import Clocks, cpu_split, spread  # noqa: E402
+from benchmarks.workloads import TINY, Workload, quick  # noqa: E402
+
+GOAL = 0.02  # run.batches + run.log cost <= 2% per step
+DEFAULT_WINDOWS = 30
+MIN_WINDOWS = 10
+NAMES = {"a": "a plain loop", "b": "b tui_trainer.loop"}
+
+
+def _parts(preset: Path):
+    from tui_trainer import config
+    from tui_trainer.parts import build
+
+    return build(config.load(preset))
+
+
+def _step(parts, x, y):
+    device = parts.device
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss = parts.loss_fn(parts.model(x), y)
+    loss.backward()
+    parts.optimizer.step()
+    return loss
+
+
+def _sync(parts) -> None:
+    if parts.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()  # only at the two ends of the window
+
+
+def plain(preset: Path, w: Workload, scratch: Path, record: list | None = None) -> tuple[float, dict]:
+    """(a) The textbook loop alone."""
+    parts = _parts(preset)
+    parts.model.train()
+    epochs = -(-w.steps // len(parts.data.train))
+    step, start = 0, None
+    for epoch in range(epochs):
+        parts.data.train_batches.set_epoch(epoch)
+        for x, y in parts.data.train:
+            loss = _step(parts, x, y)
+            if record is not None:
+                record.append(loss.detach())
+            step += 1
+            if step == w.warmup:
+                _sync(parts)
+                start = Clocks.now()
+            elif step == w.steps:
+                _sync(parts)
+                end = Clocks.now()
+                n = w.steps - w.warmup
+                return n / (end.wall - start.wall), cpu_split(start, end, n)
+    raise RuntimeError(f"the data ran out after {step} steps")
+
+
+def with_loop(preset: Path, w: Workload, scratch: Path, record: list | None = None,
+              window=None) -> tuple[float, dict]:
+    """(b) The same loop, steerable: tui_trainer.loop, headless, with everything on. `window(True)`
+    is called where the window starts and `window(False)` where it ends (the breakdown counts
+    between them)."""
+    import tui_trainer
+
+    parts = _parts(preset)
+    epochs = -(-w.steps // len(parts.data.train))
+    taken: dict[int, Clocks] = {}
+
+    def train(run):
+        parts.model.train()
+        for epoch in run.epochs(epochs):
+            parts.data.train_batches.set_epoch(epoch)
+            for x, y in run.batches(parts.data.train):
+                loss = _step(parts, x, y)
+                run.log(loss=loss)
+                if record is not None:
+                    record.append(loss.detach())
+                step = run.step + 1
+                if step == w.warmup or step == w.steps:
+                    _sync(parts)
+                    taken[step] = Clocks.now()
+                    if window is not None:
+                        window(step == w.warmup)
+                    if step == w.steps:
+                        return
+
+    run_dir = scratch / "loop-run"
+    with open(scratch / "loop-run.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        code = tui_trainer.loop(train, model=parts.model, optimizer=parts.optimizer, ui=False, run_dir=run_dir,
+                                name="bench_loop", log_every=w.log_every, every_epochs=0, save_best=False)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if code != 0 or w.warmup not in taken or w.steps not in taken:
+        raise RuntimeError(f"the loop run failed (exit {code}); see {scratch / 'loop-run.log'}")
+    n = w.steps - w.warmup
+    return n / (taken[w.steps].wall - taken[w.warmup].wall), cpu_split(taken[w.warmup], taken[w.steps], n)
+
+
+VARIANTS = {"a": plain, "b": with_loop}
+
+
+@contextlib.contextmanager
+def attributed():
+    """While inside, the training thread's CPU time spent in each part of the loop's machinery is
+    added up (ns, and calls): run.log, the reports (their loss read, and each sink: the run-dir
+    recorder, the headless lines, the control socket), the epoch ends and the commands check.
+    Patched on the classes for one run; the clock reads themselves cost about 0.1 us each."""
+    import time
+
+    from tui_trainer.run import launch
+    from tui_trainer.run import loop as L
+
+    spent: dict[str, list[int]] = {}
+    on = [False]  # counting: from the window's first step
+
+    def timed(owner, name, label):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            if not on[0]:
+                return original(*args, **kwargs)
+            t = time.thread_time_ns()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                cell = spent.setdefault(label, [0, 0])
+                cell[0] += time.thread_time_ns() - t
+                cell[1] += 1
+
+        setattr(owner, name, wrapper)
+        return owner, name, original
+
+    def send(self, event):
+        if not on[0]:
+            return original_send(self, event)
+        for sink in list(self.sinks):
+            t = time.thread_time_ns()
+            sink(event)
+            cell = spent.setdefault(f"sink {type(sink).__name__} (every event)", [0, 0])
+            cell[0] += time.thread_time_ns() - t
+            cell[1] += 1
+
+    undo = [timed(L.Run, "log", "run.log"), timed(L.Run, "_report", "report (all of it)"),
+            timed(L, "_read", "report: reading the losses (one .tolist())"),
+            timed(L.Run, "_end_epoch", "epoch ends (EpochEnd)"), timed(L.Run, "_between", "commands (slow path)")]
+    original_send = launch.FanOut._send
+    undo.append((launch.FanOut, "_send", original_send))
+    launch.FanOut._send = send
+    try:
+        yield spent, lambda counting: on.__setitem__(0, counting)
+    finally:
+        for owner, name, original in undo:
+            setattr(owner, name, original)
+
+
+def clock_cost_ns(n: int = 20000) -> float:
+    """What one timed call adds by itself: two reads of the thread's CPU clock (a system call, about
+    1-2 us here); subtracted from every part of the breakdown, per call."""
+    import time
+
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            time.thread_time_ns()
+            time.thread_time_ns()
+        samples.append((time.perf_counter_ns() - t0) / n)
+    return common.median(samples)
+
+
+def breakdown(preset: Path, w: Workload, scratch: Path) -> dict:
+    """One instrumented run of (b): the CPU time per step of each part of the machinery, inside the
+    window (from step `warmup` on: the run's start and end are not in it)."""
+    clock = clock_cost_ns()
+    with attributed() as (spent, window):
+        rate, cpu = with_loop(preset, w, scratch, window=window)
+    steps = w.steps - w.warmup
+    parts = {}
+    for label, (ns, n) in sorted(spent.items()):
+        net = max(0.0, ns - n * clock)
+        parts[label] = {"us_per_step": net / 1e3 / steps, "calls": n, "us_per_call": net / 1e3 / n}
+    return {"cpu_us_per_step": cpu["process"] * 1e6, "clock_ns": clock, "parts": parts}
+
+
+def same_losses(preset: Path, w: Workload, scratch: Path) -> bool:
+    """Both variants train identically: the same loss at every step of a short run."""
+    import torch
+
+    short = replace(w, warmup=5, steps=60)
+    got = {}
+    for v, fn in VARIANTS.items():
+        record: list = []
+        fn(preset, short, scratch, record)
+        got[v] = torch.stack(record).tolist()
+    return got["a"] == got["b"]
+
+
+def verdict(interval: tuple[float, float] | None, median: float, n: int) -> str:
+    limit = 1 + GOAL
+    if interval is None or n < MIN_WINDOWS:
+        return f"too few windows ({n}) for a verdict (median {'within' if median <= limit else 'above'} the goal)"
+    lo, hi = interval
+    if hi <= limit:
+        return "met"
+    if lo > limit:
+        return "MISSED"
+    return f"not resolved at this noise (median {'within' if median <= limit else 'above'} the goal)"
+
+
+def measure(w: Workload, windows: int, device: str, scratch: Path) -> dict:
+    preset = w.write(scratch, device=device)
+    identical = same_losses(preset, w, scratch)
+    parts = breakdown(preset, w, scratch)
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cost, wall, loads = [], [], []
+    for i in range(windows):
+        order = list(VARIANTS)[i % 2:] + list(VARIANTS)[:i % 2]
+        this = {v: VARIANTS[v](preset, w, scratch) for v in order}
+        for v in VARIANTS:
+            rates[v].append(this[v][0])
+            cpus[v].append(this[v][1]["process"])
+        cost.append(this["b"][1]["process"] / this["a"][1]["process"])
+        wall.append(this["a"][0] / this["b"][0])
+        loads.append(os.getloadavg()[0])
+        print(f"  window {i + 1:>2}/{windows}: " + "  ".join(
+            f"{v} {this[v][0]:,.1f}/s {this[v][1]['process'] * 1e3:.4g} ms" for v in VARIANTS)
+            + f"  b/a CPU {cost[-1]:.4f} wall {wall[-1]:.4f}  (load {loads[-1]:.2f})", flush=True)
+    c_med, w_med = common.median(cost), common.median(wall)
+    c_ci, w_ci = bootstrap_median(cost), bootstrap_median(wall)
+    return {
+        "workload": w.name, "window": [w.warmup, w.steps], "windows": windows, "log_every": w.log_every,
+        "batch_size": w.batch_size, "goal": GOAL, "same_losses": identical,
+        "steps_per_s": rates, "cpu_s_per_step": cpus,
+        "median": {v: common.median(r) for v, r in rates.items()}, "spread": {v: spread(r) for v, r in rates.items()},
+        "cpu_ms": {v: common.median(c) * 1e3 for v, c in cpus.items()},
+        "cpu_spread": {v: spread(c) for v, c in cpus.items()},
+        "cost_per_window": cost, "wall_per_window": wall,
+        "cost": {"cpu": c_med, "cpu_spread": spread(cost), "cpu_ci95": c_ci, "verdict": verdict(c_ci, c_med, windows),
+                 "wall": w_med, "wall_spread": spread(wall), "wall_ci95": w_ci,
+                 "wall_verdict": verdict(w_ci, w_med, windows)},
+        "load_1min": {"min": min(loads), "median": common.median(loads), "max": max(loads)},
+        "breakdown": parts,
+    }
+
+
+def report(result: dict) -> None:
+    print(f"  {'variant':<22} {'steps/s':>9} {'spread':>7}  {'CPU ms/step':>11} {'spread':>7}")
+    for v in VARIANTS:
+        print(f"  {NAMES[v]:<22} {result['median'][v]:>9,.1f} {_pm(result['spread'][v]):>7}"
+              f"  {result['cpu_ms'][v]:>11.4f} {_pm(result['cpu_spread'][v]):>7}")
+    c = result["cost"]
+    print(f"  b/a per step: CPU {c['cpu']:.4f} {_pm(c['cpu_spread'])} (95% CI {_ci(c['cpu_ci95'])})"
+          f"   wall {c['wall']:.4f} {_pm(c['wall_spread'])} (95% CI {_ci(c['wall_ci95'])})")
+    print(f"  goal <= {1 + GOAL:.2f}: CPU {c['verdict']}; wall {c['wall_verdict']}")
+    print(f"  per-step losses: {'identical' if result['same_losses'] else 'DIFFERENT'} (a short run of each)")
+    load = result["load_1min"]
+    print(f"  load average (1 min) after each window: min {load['min']:.2f}, median {load['median']:.2f},"
+          f" max {load['max']:.2f}")
+    b = result["breakdown"]
+    print(f"  where b's time goes inside the window (one instrumented run, CPU us per step of"
+          f" {b['cpu_us_per_step']:.1f}; the clock's own {b['clock_ns'] / 1e3:.1f} us per timed call taken off):")
+    for label, part in b["parts"].items():
+        print(f"    {label:<48} {part['us_per_step']:>7.2f} us/step  ({part['calls']} calls,"
+              f" {part['us_per_call']:.1f} us each)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--windows", type=int, default=None, help=f"alternating windows (default {DEFAULT_WINDOWS};"
+                                                              " 2 with --quick)")
+    p.add_argument("--window", type=int, default=1000, help="steps measured per window (default 1000); warm-up is"
+                                                           " extra (300)")
+    p.add_argument("--log-every", type=int, default=TINY.log_every,
+                   help=f"the loop's log_every: a report (one loss read, the sinks) every this many steps"
+                        f" (default {TINY.log_every}, the tiny workload's)")
+    args = p.parse_args(argv)
+    threads = common.set_threads(args)
+    w = replace(TINY, warmup=300, steps=300 + args.window, log_every=args.log_every)
+    if args.quick:
+        w = quick(replace(TINY, log_every=args.log_every))
+    windows = args.windows or (2 if args.quick else DEFAULT_WINDOWS)
+    print(f"loop overhead (tiny, headless): steps {w.warmup}..{w.steps} measured, log_every {w.log_every},"
+          f" {args.device}, {threads} thread(s), {windows} windows; load average {os.getloadavg()[0]:.2f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tui-loop-") as tmp:
+        result = measure(w, windows, args.device, Path(tmp))
+    report(result)
+    result.update({"versions": common.versions(), "threads": threads, "device": args.device, "quick": args.quick})
+    common.write_json(args.json, result)
+    return result
+
+
+def _pm(x: float | None) -> str:
+    return "-" if x is None else f"+-{x:.1%}"
+
+
+def _ci(ci) -> str:
+    return "-" if ci is None else f"{ci[0]:.4f}..{ci[1]:.4f}"
+
+
+if __name__ == "__main__":
+    main()
