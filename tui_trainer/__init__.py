@@ -13,8 +13,7 @@ The names load on first use, so `import tui_trainer` (and the CLI's --help) stay
 __version__ = "0.1.0"
 __all__ = ["fit", "Result", "loop", "Run", "seeded_loader"]
 
-_PUBLIC = {"fit": "tui_trainer.run.fit", "Result": "tui_trainer.run.fit", "loop": "tui_trainer.run.loop",
-           "Run": "tui_trainer.run.loop", "seeded_loader": "tui_trainer.run.loop"}
+_PUBLIC = {name: "tui_trainer.api" for name in __all__}  # defined in run/fit.py and run/loop.py
 
 
 def __getattr__(name: str):

@@ -185,6 +185,11 @@ def interactive(ui: bool | None) -> bool:
     return tty if ui is None else bool(ui) and tty
 
 
+# The monitor's runner (ui/launch.run_app). `run` never imports the screen (the layer rule);
+# tui_trainer.api, the public API above `ui`, sets it when it is imported. Unset: headless lines.
+app_runner: Callable | None = None
+
+
 def run_session(opener: Callable, ui: bool | None, on_hangup: str = "stop") -> int:
     """Run what `opener` opens (prepare's wiring: sinks, should_stop, layer_stats, serve) in the app
     or headless, as the CLI runs a preset; the exit code the CLI would give."""
@@ -194,10 +199,8 @@ def run_session(opener: Callable, ui: bool | None, on_hangup: str = "stop") -> i
         raise UserError("runs on the main thread (it handles Ctrl+C and the terminal); call it from there",
                         source=SOURCE)
     with _own_signals():
-        if interactive(ui) and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a rank of many: headless, attach
-            from tui_trainer.ui.launch import run_app
-
-            return run_app(None, opener=opener, on_hangup=on_hangup)
+        if interactive(ui) and app_runner is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return app_runner(None, opener=opener, on_hangup=on_hangup)  # (a rank of many: headless; attach)
         if ui:
             print("tui-trainer: no terminal on stdin/stderr; running headless", file=sys.stderr)
         from tui_trainer.run.headless import run_headless
