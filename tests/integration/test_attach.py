@@ -267,3 +267,21 @@ class RunStartedStub(RunStarted):
 
     def __init__(self):  # noqa: D107 - a stand-in, not a real event
         pass
+
+
+def test_a_chatty_loop_cannot_push_the_rare_events_out_of_the_replay():
+    """What a user loop prints has a bounded queue of its own, before RunStarted too."""
+    from tui_trainer.engine.events import Printed, TrainableChanged
+    from tui_trainer.run.server import MAX_PRINTED
+
+    replay = Replay()
+    for i in range(5000):  # printed while the data loads, before the first batch
+        replay.add(Printed(0, f"loading {i}", "stdout"), f"p{i}\n".encode())
+    replay.add(RunStartedStub(), b"h0\n")
+    replay.add(TrainableChanged(1, ("0",), False, (False,), 0, 10, "command"), b"t1\n")
+    for i in range(5000, 20000):
+        replay.add(Printed(2, f"line {i}", "stdout"), f"p{i}\n".encode())
+    lines = replay.lines().decode().split()
+    printed = [x for x in lines if x.startswith("p")]
+    assert "h0" in lines and "t1" in lines  # the freeze survives 20,000 printed lines
+    assert len(printed) == MAX_PRINTED and printed[-1] == "p19999"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tui_trainer.engine.commands import Control
 from tui_trainer.engine.commands import from_json as command_from_json
-from tui_trainer.engine.events import EpochEnd, Event, LayerStats, RunStarted, StepReport
+from tui_trainer.engine.events import EpochEnd, Event, LayerStats, Printed, RunStarted, StepReport
 from tui_trainer.errors import UserError
 
 INFO = "control.json"
@@ -37,6 +37,7 @@ MAX_OLD_REPORTS = 2048
 RECENT_EPOCHS = 500
 MAX_OLD_EPOCHS = 500
 MAX_OTHER = 1000
+MAX_PRINTED = 500  # lines a user loop printed, kept for a new viewer
 
 
 def socket_path(run_dir: Path) -> Path:
@@ -85,13 +86,16 @@ class Replay:
     everything up to RunStarted; the latest layer stats; reports (the last RECENT_REPORTS in full,
     older ones thinned to MAX_OLD_REPORTS); epoch ends likewise (RECENT_EPOCHS / MAX_OLD_EPOCHS);
     and the last MAX_OTHER of every other event (checkpoints, LR and freeze changes, warnings,
-    states). A change of trainable state carries the whole map, so the latest one is enough."""
+    states). A change of trainable state carries the whole map, so the latest one is enough.
+    What a user loop printed (Printed) has a queue of its own (the last MAX_PRINTED, before
+    RunStarted too), so a chatty loop cannot push the rare events out of the replay."""
 
     def __init__(self) -> None:
         self.head: list[tuple[int, bytes]] = []
         self.reports: list[tuple[int, bytes]] = []
         self.epochs: list[tuple[int, bytes]] = []
         self.other: deque[tuple[int, bytes]] = deque(maxlen=MAX_OTHER)
+        self.printed: deque[tuple[int, bytes]] = deque(maxlen=MAX_PRINTED)
         self.stats: tuple[int, bytes] | None = None
         self._started = False
         self._seq = 0
@@ -99,6 +103,9 @@ class Replay:
     def add(self, event: Event, line: bytes) -> None:
         self._seq += 1
         item = (self._seq, line)
+        if isinstance(event, Printed):
+            self.printed.append(item)
+            return
         if not self._started:
             self.head.append(item)
             match event:
@@ -116,7 +123,8 @@ class Replay:
                 self.other.append(item)
 
     def lines(self) -> bytes:
-        merged = sorted(self.head + self.reports + self.epochs + list(self.other) + ([self.stats] if self.stats else []))
+        merged = sorted(self.head + self.reports + self.epochs + list(self.other) + list(self.printed)
+                        + ([self.stats] if self.stats else []))
         return b"".join(line for _, line in merged)
 
 
