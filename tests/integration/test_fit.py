@@ -220,3 +220,25 @@ def test_fit_under_torchrun_trains_every_rank_alike(tmp_path):
         assert torch.equal(value, result[1]["state"][name]), name
     assert result[0]["metrics"]["val_loss"] == result[1]["metrics"]["val_loss"]
     assert [e["kind"] for e in events(tmp_path / "run")].count("RunStarted") == 1
+
+
+def chatty_step(model, batch, loss_fn):
+    """A user's step that prints (as people debug)."""
+    x, y = batch
+    out = model(x)
+    print(f"batch of {len(y)}, first target {int(y[0])}")
+    return {"loss": loss_fn(out, y), "outputs": out, "targets": y}
+
+
+def test_what_the_users_code_prints_goes_to_the_log_not_over_the_screen(tmp_path, capsys, one_torch_thread):
+    model, opt = objects()
+    tui_trainer.fit(model, Blobs(32), None, optimizer=opt, loss=nn.CrossEntropyLoss(), step=chatty_step, epochs=1,
+                    batch_size=16, run_dir=tmp_path / "run", **QUIET)
+    printed = [e for e in events(tmp_path / "run") if e["kind"] == "Printed"]
+    assert len(printed) == 2  # one per training step (the start-up check's print comes before the run)
+    assert all(e["text"].startswith("batch of 16, first target ") and e["stream"] == "stdout" for e in printed)
+    out = capsys.readouterr().out
+    assert "batch of 16" in out  # headless: as a line among the run's lines
+    import sys
+
+    assert not type(sys.stdout).__name__ == "LineStream"  # the streams are back

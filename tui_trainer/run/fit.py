@@ -255,6 +255,7 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
         if step is not None and not callable(step):
             raise UserError(f"is a {type(step).__name__}; give fn(model, batch, loss_fn)", source=SOURCE, key="step")
         ending: dict[str, Any] = {}
+        outer = (sys.stdout, sys.stderr)
 
         def opener(*, sinks, should_stop=None, layer_stats=False, serve=False):
             session = prepare_objects(cfg, model=model, train=train_data, val=val_data, optimizer=optimizer,
@@ -263,6 +264,8 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
                                       sinks=sinks, should_stop=should_stop, layer_stats=layer_stats, serve=serve,
                                       taps=[_Ending(ending)])
             ending["run_dir"] = str(session.run_dir.path)
+            if session.trainer.dist.writer:
+                capture_prints(session.trainer, outer)
             return session
 
         code = run_session(opener, ui)
@@ -270,6 +273,35 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
         print(f"tui-trainer: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     return _result(ending, code)
+
+
+def capture_prints(trainer, outer) -> None:
+    """What the user's code prints on the engine's thread (their step, dataset, callbacks) becomes
+    Printed events (the Log pane, events.jsonl, the headless lines), never a write over the monitor's
+    screen: run/capture.py, as `loop` does. Our own writes while an event is delivered are not taken."""
+    from tui_trainer.engine.events import Printed
+    from tui_trainer.run.capture import Capture
+
+    delivering = [False]
+    sink, run = trainer.sink, trainer.run
+
+    def deliver(event) -> None:
+        delivering[0] = True
+        try:
+            sink(event)
+        finally:
+            delivering[0] = False
+
+    def run_capturing():
+        capture = Capture(lambda text, stream: deliver(Printed(trainer.step, text, stream)), lambda: delivering[0],
+                          outer=outer)
+        capture.start()
+        try:
+            return run()
+        finally:
+            capture.stop()
+
+    trainer.sink, trainer.run = deliver, run_capturing
 
 
 def _preset_table(preset) -> dict[str, Any]:
