@@ -193,6 +193,16 @@ def test_trainable_changed(view):
     assert view.log[-1][1:] == ("froze 0: trainable 8 / 23 params", "info")
 
 
+def test_a_frozen_layer_shows_no_statistics_as_soon_as_the_freeze_is_confirmed(view):
+    view.apply(ev.LayerStats(4, (0.5, 0.25), (1e-3, 2e-3), time=T0))
+    view.take_dirty()
+    view.apply(ev.TrainableChanged(5, ("0",), False, (False, True), 8, 23, time=T0))
+    assert (view.grad_norm, view.update_ratio) == ((None, 0.25), (None, 2e-3))  # drawn as "-"
+    assert "layer_stats" in view.take_dirty()
+    view.apply(ev.TrainableChanged(6, ("0",), True, (True, True), 23, 23, time=T0))
+    assert view.grad_norm == (None, 0.25)  # an unfrozen layer waits for its next sample
+
+
 def test_checkpoint_saved_remembers_the_last_path(view):
     view.apply(ev.CheckpointSaved(4, 1, "/runs/unit-1/checkpoints/last.pt", ("last",), 0.01, 2048, time=T0))
     assert view.last_checkpoint == "/runs/unit-1/checkpoints/last.pt"

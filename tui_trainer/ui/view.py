@@ -195,6 +195,12 @@ class RunView:
         self.trainable = e.state
         self.params_trainable, self.params_total = e.params_trainable, e.params_total
         self.dirty.add("layers")
+        # a layer frozen now has no gradient and no update: "-" at once, not its last sample's numbers
+        frozen = [i for i, on in enumerate(e.state) if on is False]
+        if frozen and (self.grad_norm or self.update_ratio):
+            self.grad_norm = tuple(None if i in frozen else v for i, v in enumerate(self.grad_norm))
+            self.update_ratio = tuple(None if i in frozen else v for i, v in enumerate(self.update_ratio))
+            self.dirty.add("layer_stats")
 
     def _on_run_warning(self, e: RunWarning) -> None:
         short = e.message.split(";")[0]
