@@ -29,15 +29,17 @@ def test_braille_plot_fills_exactly_its_box(width, height):
     assert any(ch not in " │┤" and not ch.isdigit() for ch in "".join(plot_rows)[12:])  # dots were drawn
 
 
-def test_legend_is_one_line_that_fits():
+def test_the_legend_is_one_line_when_it_fits_and_whole_entries_on_more_lines_when_not():
     items = [("plan default", "blue"), ("plan fc", "cyan"), ("re-planned", "orange1"), ("actual", "green3")]
     wide = _legend(items, "now", 120).plain
     assert "plan default" in wide and "\n" not in wide
-    narrow = _legend(items, "now", 44).plain
-    assert len(narrow) <= 44 and "\n" not in narrow
-    assert "plan " not in narrow and "default" in narrow  # shortened before it is cut
-    tiny = _legend(items, "now", 20).plain
-    assert len(tiny) <= 20 and tiny.endswith("…")
+    for width in (44, 30, 20):
+        lines = _legend(items, "now", width).plain.split("\n")
+        assert len(lines) > 1 and all(len(line) <= width for line in lines), (width, lines)
+        words = " ".join(lines)
+        assert "…" not in words and "plan " not in words  # shortened, then wrapped: never cut
+        for label in ("default", "fc", "re-planned", "actual", "│ now"):
+            assert label in words
 
 
 def test_thin_keeps_the_last_point():

@@ -26,17 +26,33 @@ def thin(xs: list, ys: list, points: int) -> tuple[list, list]:
 
 
 def _legend(items: list[tuple[str, str]], now: str, width: int) -> Text:
-    """One line, always: with several groups "plan fc" becomes "fc", then the line is cut."""
-    for short in (False, True):
-        text = Text(no_wrap=True, overflow="ellipsis")
+    """The legend: one line when it fits (with several groups "plan fc" becomes "fc"); otherwise
+    as many lines as it needs, an entry never cut in the middle (the plot gives up the rows)."""
+    def entries(short: bool) -> list[Text]:
+        out = []
         for label, style in items:
-            text.append("━ ", style=style)
-            text.append(f"{label.removeprefix('plan ') if short else label}  ")
-        text.append("│ ", style="red")
-        text.append(now)
-        if text.cell_len <= width:
-            break
-    text.truncate(width, overflow="ellipsis")
+            t = Text(no_wrap=True)
+            t.append("━ ", style=style)
+            t.append(label.removeprefix("plan ") if short else label)
+            out.append(t)
+        marker = Text(no_wrap=True)
+        marker.append("│ ", style="red")
+        marker.append(now)
+        return [*out, marker]
+
+    for short in (False, True):
+        parts = entries(short)
+        if sum(p.cell_len for p in parts) + 2 * (len(parts) - 1) <= width:
+            return Text("  ").join(parts)
+    lines: list[list[Text]] = [[]]
+    for part in entries(True):
+        used = sum(p.cell_len for p in lines[-1]) + 2 * len(lines[-1])
+        if lines[-1] and used + part.cell_len > width:
+            lines.append([])
+        lines[-1].append(part)
+    text = Text("\n").join(Text("  ").join(line) for line in lines)
+    text.no_wrap = True
+    text.overflow = "ellipsis"
     return text
 
 
@@ -91,9 +107,10 @@ class LrPane(Vertical):
         top = max((max(ys) for _, ys, _ in series if ys), default=0.0) or 1.0
         why = plan.note or "ReduceLROnPlateau: history only, no planned future"
         text = _legend(legend, "now" if not plan.adaptive else f"now ({why})", width)
+        rows = text.plain.count("\n") + 1
         text.append("\n")
-        text.append_text(braille_plot(series, width, height - 1, (0, max(plan.total_steps, 1)), (0.0, top * 1.05),
-                                      marker=(view.step, "red")))
+        text.append_text(braille_plot(series, width, max(2, height - rows), (0, max(plan.total_steps, 1)),
+                                      (0.0, top * 1.05), marker=(view.step, "red")))
         return text
 
     def _numbers(self, view: RunView) -> Text:
