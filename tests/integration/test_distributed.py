@@ -56,12 +56,13 @@ def test_commands_from_rank_0_act_on_every_rank_at_the_same_step(tmp_path):
     from tests.helpers.user_code import write_preset
 
     preset = write_preset(tmp_path / "p.toml", callbacks=[{"target": "tests.helpers.ranks:SteerAt", "at": 3}],
-                          train={"epochs": 1})
+                          train={"epochs": 10})
     result = ranks.launch(ranks.steered_run, str(preset), str(tmp_path / "run"))
     r0, r1 = result[0], result[1]
     assert r0["status"] == r1["status"] == "completed", (r0["error"], r1["error"])
     assert r0["seen"] == r1["seen"]  # the same LR at every report, the freeze at the same step
-    assert [s for kind, s, _ in r0["seen"] if kind == "trainable"] == [3]
+    (frozen_at,) = [s for kind, s, _ in r0["seen"] if kind == "trainable"]
+    assert frozen_at >= 3  # sent at step 3, applied at rank 0's next share (about every 50 ms)
     assert r0["frozen"] == r1["frozen"] == ["0.weight", "0.bias"]
     for name, value in r0["state"].items():
         assert torch.equal(value, r1["state"][name]), name  # DDP rebuilt after the freeze: ranks identical

@@ -24,7 +24,8 @@ def test_a_stop_that_enters_rank_0_alone_stops_every_rank_at_the_same_step(tmp_p
     result = ranks.launch(ranks.train_run, str(preset), str(tmp_path / "run"), [])
     for rank in (0, 1):
         assert result[rank]["finished"] and result[rank]["status"] == "stopped", result[rank]["error"]
-    assert result[0]["step"] == result[1]["step"] == 4  # the stop was applied before step 5, on both
+    # applied at the next share (rank 0 shares about every 50 ms): the same step on both ranks
+    assert result[0]["step"] == result[1]["step"] >= 4
     assert result[0]["weights"] == result[1]["weights"]
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()  # the one final save, by rank 0
 

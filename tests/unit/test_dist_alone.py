@@ -52,3 +52,29 @@ def test_a_rank_that_failed_alone_still_writes_its_emergency_checkpoint(tmp_path
     (report,) = [e for e in events if isinstance(e, StepReport)]
     assert list(report.losses) == pytest.approx(expected)  # this rank's own losses, not halved
     assert any(isinstance(e, CheckpointSaved) for e in events)
+
+
+def test_rank_0_shares_about_every_50_ms_whatever_the_step_time(tmp_path):
+    """The interval rank 0 broadcasts with each share: a fast step shares every many steps (the
+    broadcast is not paid per step), a slow one every step, a paused run at once."""
+    import time
+
+    from tests.helpers.user_code import write_preset
+    from tui_trainer.engine.trainer import MAX_SHARE_EVERY, SHARE_EVERY_S
+    from tui_trainer.run.launch import prepare
+
+    session = prepare(write_preset(tmp_path / "p.toml"), [], run_dir=tmp_path / "run")
+    t = session.trainer
+    try:
+        def every(steps: int, seconds: float) -> int:
+            t._shared_step, t._shared_t = t.step - steps, time.monotonic() - seconds
+            return t._share_every()
+
+        t.step = 100
+        assert int(SHARE_EVERY_S / 0.001) - 5 <= every(10, 10 * 0.001) <= int(SHARE_EVERY_S / 0.001)  # 1 ms: ~50
+        assert every(10, 10 * 0.0001) == MAX_SHARE_EVERY  # capped
+        assert every(1, 0.2) == 1  # 200 ms steps: every step
+        t._paused = True
+        assert every(10, 0.01) == 1
+    finally:
+        session.close()

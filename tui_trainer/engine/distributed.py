@@ -3,9 +3,12 @@ at step boundaries, DDP (re)wrapping and exact reductions. One process (world 1)
 every method is a no-op there.
 
 Commands enter on rank 0 only (keys, the control socket, signals, callbacks). `share()` gives every
-rank rank 0's commands before the same step: a one-element int64 broadcast of their number every
-step on a CPU/gloo control group (about 250 us on 2 CPU ranks; never a CUDA sync, never a barrier
-that only rank 0 reaches), and the commands themselves (their JSON) only when there are some.
+rank rank 0's commands before the same step: a two-element int64 broadcast on a CPU/gloo control
+group (their number, and in how many steps the next share comes: about 250 us on 2 CPU ranks;
+never a CUDA sync, never a barrier that only rank 0 reaches), and the commands themselves (their
+JSON) only when there are some. Rank 0 chooses that interval so that shares come about every
+SHARE_EVERY_S seconds (Trainer._between_steps_shared): a fast step does not pay 250 us each time,
+and a command waits at most ~50 ms (and one step) before every rank applies it.
 
 Freezing under DDP: DDP buckets only the parameters that required grad when it was built, so a
 change of the trainable set rebuilds the wrapper around the same module (`wrap`), keeping the
@@ -31,6 +34,7 @@ class Dist:
     local_rank: int = 0
     control: Any = None  # the gloo process group commands travel on
     alone: bool = False  # this rank failed: the others will not meet it in any collective again
+    every: int = 1  # steps until the next share, as rank 0 said in the last one
 
     @property
     def active(self) -> bool:
@@ -64,16 +68,19 @@ class Dist:
         control = dist.new_group(backend="gloo")  # every rank, same order: right after joining
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), control)
 
-    def share(self, commands: list[Command]) -> list[Command]:
+    def share(self, commands: list[Command], every: int = 1) -> list[Command]:
         """Rank 0's `commands` on every rank, in order (the other ranks pass their own, ignored:
-        commands never enter there). Every rank must call it at the same step boundary."""
+        commands never enter there), and rank 0's `every` (steps until the next share) in
+        `self.every`. Every rank must call it at the same step boundary."""
         if not self.active or self.alone:
+            self.every = every
             return commands
         import torch.distributed as dist
 
-        count = torch.tensor([len(commands) if self.writer else 0], dtype=torch.int64)
-        dist.broadcast(count, src=0, group=self.control)
-        if int(count[0]) == 0:  # a CPU tensor: no device sync
+        head = torch.tensor([len(commands) if self.writer else 0, every], dtype=torch.int64)
+        dist.broadcast(head, src=0, group=self.control)
+        count, self.every = int(head[0]), max(1, int(head[1]))  # a CPU tensor: no device sync
+        if count == 0:
             return []
         payload = [[c.to_json() for c in commands] if self.writer else None]
         dist.broadcast_object_list(payload, src=0, group=self.control)

@@ -45,6 +45,8 @@ describe_failure = endings.describe_failure  # its import path before endings.py
 
 Sink = Callable[[Event], None]
 STATS_BUDGET = 0.005  # the share of wall time per-layer statistics may cost
+SHARE_EVERY_S = 0.05  # many ranks: rank 0's commands are shared about this often (distributed.py)
+MAX_SHARE_EVERY = 64  # steps between two shares at most
 
 
 class Trainer:
@@ -113,6 +115,8 @@ class Trainer:
         self._micro_loss: torch.Tensor | None = None  # their loss so far (a device tensor)
         self._pending_first = 1  # the step number of _pending[0]
         self._paused = False
+        self._share_at = 0  # many ranks: the step at which rank 0's commands are shared next
+        self._shared_step, self._shared_t = 0, time.monotonic()
         self._stop: Stop | None = None
         self._saved_step = -1
         self._save_error = ""
@@ -248,20 +252,37 @@ class Trainer:
 
     def _between_steps_shared(self) -> str | None:
         """Many ranks: rank 0's commands (its queue, a stop it was asked for) reach every rank before
-        the same step (Dist.share, every step, on every rank); while paused, every rank waits here."""
+        the same step (Dist.share, on every rank at the same steps: when the step reaches the one
+        rank 0 named in the last share, about every SHARE_EVERY_S); while paused, every rank waits
+        here, sharing every 0.1 s."""
         while True:
+            if self.step < self._share_at and not self._paused:
+                return None  # the fast path of most steps: nothing to share yet
             mine: list[Command] = []
+            every = 1
             if self.dist.writer:
                 mine = self._queued()
                 if self.should_stop() and self._stop is None:
                     mine.append(Stop(reason="cancelled"))
-            for cmd in self.dist.share(mine):
+                every = self._share_every()
+            for cmd in self.dist.share(mine, every):
                 self._apply(cmd)
+            self._share_at = self.step + self.dist.every
             if self._stop is not None:
                 return self._stop_status()
             if not self._paused:
                 return None
             time.sleep(0.1)  # paused: every rank asks again in a moment
+
+    def _share_every(self) -> int:
+        """Rank 0: in how many steps to share next, so that shares come about every SHARE_EVERY_S
+        (from the pace since the last share; 1 while paused or before a pace is known)."""
+        now = time.monotonic()
+        steps, elapsed = self.step - self._shared_step, now - self._shared_t
+        self._shared_step, self._shared_t = self.step, now
+        if self._paused or steps <= 0 or elapsed <= 0:
+            return 1
+        return max(1, min(MAX_SHARE_EVERY, int(SHARE_EVERY_S * steps / elapsed)))
 
     # ------------------------------------------------------------------ one batch
 
