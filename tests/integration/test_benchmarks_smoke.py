@@ -9,7 +9,7 @@ import torch
 
 import pytest
 
-from benchmarks import footprint, run_all, step_costs, step_forms, sync_check, throughput, ui_latency
+from benchmarks import ddp, footprint, run_all, step_costs, step_forms, sync_check, throughput, ui_latency
 from tests.conftest import tiny_preset_text
 
 
@@ -71,6 +71,23 @@ def test_step_forms_accumulation_is_reported_apart(capsys):
     acc = result["cost"]["acc2"]
     assert acc["cpu"] > 0 and not acc["same_work"] and acc["verdict"].startswith("not the same work")
     assert result["accumulate"] == {"default": 1, "acc2": 2} and result["batch_size"]["acc2"] == 16
+
+
+def test_ddp_reports_ratios_and_the_broadcast(tmp_path, capsys):
+    # 2 real gloo ranks per run (elastic launch, spawn): the bare DDP loop, the engine, the engine without share()
+    out = tmp_path / "d.json"
+    result = ddp.main(["--quick", "--json", str(out)])
+    (tiny,) = result["workloads"]
+    assert tiny["workload"] == "tiny" and tiny["windows"] == 1 and tiny["world"] == 2
+    assert all(tiny["median"][v] > 0 and tiny["cpu_ms_per_step"][v] > 0 for v in "abc")
+    assert all(len(tiny["cpu_ms_per_step_ranks"][v]) == 2 for v in "abc")
+    assert tiny["ratio"]["b"] > 0 and tiny["cpu_ratio"]["b"] > 0 and tiny["ratio"]["c"] > 0
+    assert tiny["share_in_place"]["us_per_step"] is not None and tiny["noise"]["verdict"]
+    share = result["share"]["ranks"]
+    assert len(share) == 2 and all(r["median_us"] > 0 and r["p90_us"] >= r["median_us"] for r in share)
+    text = capsys.readouterr().out
+    assert "b/a  wall" in text and "goal >= 0.98" in text and "Dist.share([])" in text
+    assert json.loads(out.read_text())["workloads"][0]["ratio"]["b"] == tiny["ratio"]["b"]
 
 
 def test_step_costs_reports_each_part():

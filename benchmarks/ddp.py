@@ -1,0 +1,493 @@
+"""Two DDP ranks: the engine against a bare DDP loop, and what the command broadcast costs.
+
+(a) A bare 2-rank DDP loop against (b) the engine on 2 ranks, as `tui-trainer PRESET --no-ui --set
+train.devices=2` runs it, and (c) the same engine with the command broadcast (`Dist.share`) replaced
+by nothing; plus the cost of one `Dist.share([])` alone.
+
+    python benchmarks/ddp.py                       # tiny and resnet18, alternating windows, + the broadcast
+    python benchmarks/ddp.py --workload tiny --variants ab
+    python benchmarks/ddp.py --pieces              # + the engine's pieces timed in place on each rank
+    python benchmarks/ddp.py --quick               # smoke: tiny, a few steps, seconds
+
+Every run is a fresh pair of ranks started the way the CLI starts them: torch's elastic launcher,
+spawn, gloo on CPU (NCCL on CUDA), one torch/OpenMP thread per rank (`--threads`). Both variants
+load the same preset (workloads.py: the same model, seed, optimizer, preloaded data, per-rank batch
+and steps), and each rank takes its slice of every global batch (parts/batches.py).
+
+  a  bare: each rank builds the parts with `tui_trainer.parts.build(preset, rank=, world=)`, wraps the
+     model in DDP and runs zero_grad / forward / loss / backward / step over its shard. Nothing else.
+  b  engine: each rank runs `tui_trainer.run.ranks.rank_main`, the function the CLI's launcher starts
+     (run_headless: rank 0 writes the run directory, the log lines to a file and serves the control
+     socket; the command broadcast at the step boundaries the engine picks, every step until
+     a6d93c1 and about every 50 ms since; the loss all-reduce at every report).
+  c  engine without the broadcast: (b) with `Dist.share` patched to return at once, without any
+     communication. Safe here because no command is ever sent. b against c is the broadcast's cost
+     in place; never a way to run.
+
+A window is one run of every variant, in a rotating order. Inside each rank, the clocks (wall, process
+CPU, thread CPU) are read right after step `warmup` and after step `steps` (in the engine: right after
+the trainer's report of those steps, a wrapper on `Trainer._report`), so start-up and warm-up stay out.
+Steps/s is rank 0's window; CPU time per step is the sum of both ranks' process CPU. Ratios are taken
+within a window and the report gives their median and spread, as throughput.py does, with its noise
+verdict. The broadcast alone: `Dist.share([])` called back to back on 2 ranks, each call timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+from benchmarks.throughput import Clocks, _num, _percentile, _pm, _round_up, cpu_split, noise, spread  # noqa: E402
+from benchmarks.workloads import DIGITS_TRAIN, WORKLOADS, Workload, quick  # noqa: E402
+
+WORLD = 2
+GOAL = 0.98  # b/a, on both workloads (issue 13)
+NAMES = {"a": "a bare DDP loop", "b": "b engine, --no-ui", "c": "c engine, no share()"}
+WINDOWS = {"tiny": {"warmup": 300, "steps": 1300, "windows": 10},
+           "resnet18": {"warmup": 5, "steps": 25, "windows": 5}}
+SHARE_CALLS, SHARE_WARMUP = 5000, 500
+
+
+# --------------------------------------------------------------------------- inside a rank
+
+
+def _rank_setup(threads: int) -> tuple[int, int]:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def _window(taken: dict[int, Clocks], warmup: int, steps: int, rank: int) -> dict:
+    if warmup not in taken or steps not in taken:
+        raise RuntimeError(f"rank {rank}: no clocks at steps {warmup} and {steps} (have {sorted(taken)})")
+    start, end = taken[warmup], taken[steps]
+    n = steps - warmup
+    return {"rank": rank, "t0": start.wall, "t1": end.wall, "steps_per_s": n / (end.wall - start.wall),
+            "cpu": cpu_split(start, end, n)}
+
+
+def bare_rank(preset_path: str, warmup: int, steps: int, threads: int) -> dict:
+    """(a) One rank of the textbook DDP loop: the same parts from the same preset (this rank's shard),
+    DDP around the model, zero_grad / forward / loss / backward / step; nothing else."""
+    rank, world = _rank_setup(threads)
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from tui_trainer import config
+    from tui_trainer.parts import build
+
+    preset = config.load(preset_path)
+    cuda = preset.train.device.startswith("cuda")
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        parts = build(preset, rank=rank, world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        device = parts.device
+        model = DDP(parts.model, device_ids=[device.index] if cuda else None)
+        optimizer, loss_fn, amp = parts.optimizer, parts.loss_fn, parts.amp_dtype
+        autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        scaler = torch.amp.GradScaler(device.type) if amp is torch.float16 else None
+        model.train()
+        step, taken = 0, {}
+        for epoch in range(preset.train.epochs):
+            parts.data.train_batches.set_epoch(epoch)
+            for x, y in parts.data.train:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = loss_fn(model(x), y)
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                step += 1
+                if step == warmup or step == steps:
+                    if cuda:
+                        torch.cuda.synchronize()  # only at the two ends of the window
+                    taken[step] = Clocks.now()
+                    if step == steps:
+                        return _window(taken, warmup, steps, rank)
+        raise RuntimeError(f"rank {rank}: the data ran out after {step} steps")
+    finally:
+        dist.destroy_process_group()
+
+
+def _no_share(self, commands, every: int = 1, *args, **kwargs):
+    """`Dist.share` without any communication (variant c): what one process does. Only right
+    because no command is ever sent in this benchmark; `every` (steps to the next share, when the
+    engine passes it) is kept as rank 0 would have told every rank."""
+    if hasattr(self, "every"):
+        self.every = every
+    return list(commands) if self.writer else []
+
+
+def engine_rank(preset_path: str, run_dir: str, warmup: int, steps: int, threads: int, share: bool) -> dict:
+    """(b) One rank exactly as the CLI's launcher starts it (`ranks.rank_main`: run_headless, rank 0
+    serving), with the clocks read after the trainer's report of steps `warmup` and `steps`.
+    (c) The same with `Dist.share` returning at once (no command is ever sent here)."""
+    rank, _ = _rank_setup(threads)
+    from tui_trainer.engine.distributed import Dist
+    from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.run.ranks import rank_main
+
+    taken: dict[int, Clocks] = {}
+    report = Trainer._report
+
+    def timed_report(self) -> None:
+        report(self)
+        if self.step in (warmup, steps) and self.step not in taken:
+            taken[self.step] = Clocks.now()
+
+    Trainer._report = timed_report  # this rank's process only
+    if not share:
+        Dist.share = _no_share
+    code = rank_main(preset_path, [], None, run_dir)
+    if code != 0:
+        raise RuntimeError(f"rank {rank}: engine run failed (exit {code}); see {run_dir}/events.jsonl")
+    return _window(taken, warmup, steps, rank)
+
+
+PIECES = (("Trainer", "_step"), ("Trainer", "_update"), ("Trainer", "_between_steps"), ("Dist", "share"),
+          ("Trainer", "_report"), ("Dist", "sum_"), ("Trainer", "_end_epoch"), ("Recorder", "__call__"),
+          ("LineReporter", "__call__"), ("ControlServer", "__call__"))
+
+
+def pieces_rank(preset_path: str, run_dir: str, steps: int, threads: int, share: bool) -> dict:
+    """The engine on one rank (as `engine_rank`), with the wall and thread CPU time of each of its
+    pieces summed over the whole run (`PIECES`; rows nest: _step holds _update, _report holds sum_
+    and the sinks). Each wrapped call adds about 1 us of timer overhead."""
+    rank, _ = _rank_setup(threads)
+    from tui_trainer.engine.distributed import Dist
+    from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.run.headless import LineReporter
+    from tui_trainer.run.ranks import rank_main
+    from tui_trainer.run.rundir import Recorder
+    from tui_trainer.run.server import ControlServer
+
+    classes = {"Trainer": Trainer, "Dist": Dist, "Recorder": Recorder, "LineReporter": LineReporter,
+               "ControlServer": ControlServer}
+    if not share:
+        Dist.share = _no_share
+    spent: dict[str, list[int]] = {}
+
+    def timed(name, call):
+        def wrapper(*args, **kwargs):
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                entry = spent.setdefault(name, [0, 0, 0])
+                entry[0] += time.perf_counter_ns() - t0
+                entry[1] += time.thread_time_ns() - c0
+                entry[2] += 1
+        return wrapper
+
+    for cls, attr in PIECES + (("Trainer", "run"),):
+        if cls == "Dist" and attr == "share" and not share:
+            continue
+        setattr(classes[cls], attr, timed(f"{cls}.{attr}", getattr(classes[cls], attr)))
+    code = rank_main(preset_path, [], None, run_dir)
+    if code != 0:
+        raise RuntimeError(f"rank {rank}: engine run failed (exit {code})")
+    return {"rank": rank, "steps": steps, "pieces": spent}
+
+
+def share_rank(calls: int, warmup: int, threads: int) -> dict:
+    """`Dist.share([])` back to back: what every step pays for the commands when there are none."""
+    rank, _ = _rank_setup(threads)
+    from tui_trainer.engine.distributed import Dist
+
+    d = Dist.from_env("cpu")
+    try:
+        for _ in range(warmup):
+            d.share([])
+        took = []
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(calls):
+            s = time.perf_counter_ns()
+            d.share([])
+            took.append(time.perf_counter_ns() - s)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    finally:
+        d.close()
+    us = [t / 1e3 for t in took]
+    return {"rank": rank, "calls": calls, "median_us": common.median(us), "p90_us": _percentile(us, 90),
+            "p99_us": _percentile(us, 99), "mean_us": wall / calls * 1e6, "cpu_us": cpu / calls * 1e6}
+
+
+# --------------------------------------------------------------------------- the launcher side
+
+
+def launch(fn, *args, n: int = WORLD, threads: int = 1, log_dir: str | None = None) -> dict:
+    """`fn(*args)` on `n` fresh ranks, started as the CLI starts them (run/ranks.py: elastic launch,
+    spawn, no restarts; the ranks' output to files under `log_dir`); {rank: return value}."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logs = DefaultLogsSpecs(log_dir=log_dir, redirects=Std.ALL, tee=Std.NONE)
+    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+                       rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={}, max_restarts=0, monitor_interval=0.1,
+                       start_method="spawn", logs_specs=logs)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # as torchrun does for nproc_per_node > 1
+    try:
+        return elastic_launch(cfg, fn)(*args)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
+def write_preset(w: Workload, folder: Path, device: str, amp: str) -> Path:
+    """The workload's preset for 2 ranks: `data.batch_size` is per rank, so an epoch has half the
+    steps of one process; enough epochs for `w.steps`. `train.devices = 2` as the CLI would be told."""
+    text = w.preset_text(device=device, amp=amp)
+    per_epoch = DIGITS_TRAIN // (w.batch_size * WORLD) // w.accumulate
+    epochs = -(-w.steps // per_epoch)
+    lines = [f"epochs = {epochs}" if line.startswith("epochs = ") else line for line in text.splitlines()]
+    text = "\n".join(lines).replace("[train]\n", f"[train]\ndevices = {WORLD}\n") + "\n"
+    path = folder / f"bench_{w.name}_ddp.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_variant(v: str, preset: Path, w: Workload, scratch: Path, tag: str, threads: int) -> dict:
+    logs = scratch / f"logs-{tag}-{v}"
+    run_dir = scratch / f"run-{tag}-{v}"
+    if v == "a":
+        out = launch(bare_rank, str(preset), w.warmup, w.steps, threads, threads=threads, log_dir=str(logs))
+    else:
+        out = launch(engine_rank, str(preset), str(run_dir), w.warmup, w.steps, threads, v == "b",
+                     threads=threads, log_dir=str(logs))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(logs, ignore_errors=True)
+    ranks = [out[r] for r in sorted(out)]
+    return {"steps_per_s": ranks[0]["steps_per_s"],  # rank 0's window; the ranks step in lockstep
+            "cpu_s_per_step": sum(r["cpu"]["process"] for r in ranks),
+            "cpu_s_per_step_ranks": [r["cpu"]["process"] for r in ranks],
+            "steps_per_s_ranks": [r["steps_per_s"] for r in ranks]}
+
+
+def measure(w: Workload, windows: int, variants: str, device: str, amp: str, scratch: Path, threads: int) -> dict:
+    preset = write_preset(w, scratch, device, amp)
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    cpus: dict[str, list[float]] = {v: [] for v in variants}
+    rank_cpus: dict[str, list[list[float]]] = {v: [] for v in variants}
+    ratios: dict[str, list[float]] = {v: [] for v in variants if v != "a" and "a" in variants}
+    cpu_ratios: dict[str, list[float]] = {v: [] for v in variants if v != "a" and "a" in variants}
+    share_cost: list[float] = []  # b against c per window: 1 - rate_b / rate_c
+    share_cpu: list[float] = []
+    loads, log = [], []
+    for i in range(windows):
+        order = variants[i % len(variants):] + variants[:i % len(variants)]
+        this = {v: run_variant(v, preset, w, scratch, f"{w.name}-{i}", threads) for v in order}
+        for v, r in this.items():
+            rates[v].append(r["steps_per_s"])
+            cpus[v].append(r["cpu_s_per_step"])
+            rank_cpus[v].append(r["cpu_s_per_step_ranks"])
+        if "a" in this:
+            for v in ratios:
+                ratios[v].append(this[v]["steps_per_s"] / this["a"]["steps_per_s"])
+                cpu_ratios[v].append(this["a"]["cpu_s_per_step"] / this[v]["cpu_s_per_step"])
+        if "b" in this and "c" in this:
+            share_cost.append(1 - this["b"]["steps_per_s"] / this["c"]["steps_per_s"])
+            share_cpu.append(1 - this["c"]["cpu_s_per_step"] / this["b"]["cpu_s_per_step"])
+        loads.append(os.getloadavg()[0])
+        log.append(this)
+        print(f"  window {i + 1:>2}/{windows}: " + "  ".join(
+            f"{v} {_num(this[v]['steps_per_s'])}/s {this[v]['cpu_s_per_step'] * 1e3:.4g} ms" for v in variants)
+            + f"  (load {loads[-1]:.2f})", flush=True)
+    result = {
+        "workload": w.name, "world": WORLD, "batch_size_per_rank": w.batch_size, "window": [w.warmup, w.steps],
+        "windows": windows, "log_every": w.log_every, "goal": GOAL,
+        "steps_per_s": rates, "median": {v: common.median(r) for v, r in rates.items()},
+        "spread": {v: spread(r) for v, r in rates.items()},
+        "cpu_ms_per_step": {v: common.median(c) * 1e3 for v, c in cpus.items()},
+        "cpu_ms_per_step_ranks": {v: [common.median([c[k] for c in cs]) * 1e3 for k in range(WORLD)]
+                                  for v, cs in rank_cpus.items()},
+        "cpu_spread": {v: spread(c) for v, c in cpus.items()},
+        "ratio": {v: common.median(r) for v, r in ratios.items()},
+        "ratio_spread": {v: spread(r) for v, r in ratios.items()},
+        "cpu_ratio": {v: common.median(r) for v, r in cpu_ratios.items()},
+        "cpu_ratio_spread": {v: spread(r) for v, r in cpu_ratios.items()},
+        "ratios_per_window": ratios, "cpu_ratios_per_window": cpu_ratios,
+        "share_in_place": None,
+        "noise": _noise(rates.get("a", [])),
+        "load_1min": {"min": min(loads), "median": common.median(loads), "max": max(loads)},
+        "per_window": log,
+    }
+    if share_cost:
+        med_b, med_c = result["median"]["b"], result["median"]["c"]
+        result["share_in_place"] = {
+            "wall_share": common.median(share_cost), "wall_spread_abs": _abs_spread(share_cost),
+            "cpu_share": common.median(share_cpu), "cpu_spread_abs": _abs_spread(share_cpu),
+            "us_per_step": (1 / med_b - 1 / med_c) * 1e6, "per_window": share_cost}
+    return result
+
+
+def _noise(bare_rates: list[float]) -> dict:
+    """throughput.py's verdict; from fewer than 3 windows (`--quick`) there is no spread to judge."""
+    n = noise(bare_rates)
+    if 0 < len(bare_rates) < 3:
+        n = {**n, "noisy": False, "verdict": f"too few windows ({len(bare_rates)}) to judge the noise"}
+    return n
+
+
+def _abs_spread(values: list[float]) -> float:
+    """Half the p10..p90 range, absolute (for values around 0)."""
+    return (_percentile(values, 90) - _percentile(values, 10)) / 2
+
+
+def report(result: dict) -> None:
+    print(f"  {'variant':<22} {'steps/s':>9} {'spread':>7}  {'CPU ms/step':>11} {'spread':>7}  per rank (0 / 1)")
+    for v, med in result["median"].items():
+        r0, r1 = result["cpu_ms_per_step_ranks"][v]
+        print(f"  {NAMES[v]:<22} {_num(med):>9} {_pm(result['spread'][v]):>7}  {result['cpu_ms_per_step'][v]:>11.4g}"
+              f" {_pm(result['cpu_spread'][v]):>7}  {r0:.4g} / {r1:.4g}")
+    for v, ratio in result["ratio"].items():
+        cpu = result["cpu_ratio"][v]
+        line = (f"  {v}/a  wall {ratio:.3f} {_pm(result['ratio_spread'][v])}   "
+                f"CPU {cpu:.3f} {_pm(result['cpu_ratio_spread'][v])}")
+        if v == "b":
+            line += (f"   goal >= {GOAL}: wall {'met' if ratio >= GOAL else 'MISSED'},"
+                     f" CPU {'met' if cpu >= GOAL else 'MISSED'}")
+        print(line)
+    s = result["share_in_place"]
+    if s:
+        print(f"  the broadcast in place (b against c): {s['wall_share']:+.1%} +-{s['wall_spread_abs']:.1%} of a step"
+              f" (wall), {s['cpu_share']:+.1%} +-{s['cpu_spread_abs']:.1%} (CPU); {s['us_per_step']:+.0f} us per step"
+              " from the medians")
+    n = result["noise"]
+    load = result["load_1min"]
+    print(f"  noise: the bare loop's windows spread {_pm(n['bare_spread'])} (limit +-{n['limit']:.0%}): {n['verdict']};"
+          f" load average {load['min']:.2f}..{load['max']:.2f}")
+
+
+def measure_share(calls: int, warmup: int, threads: int, scratch: Path) -> dict:
+    out = launch(share_rank, calls, warmup, threads, threads=threads, log_dir=str(scratch / "logs-share"))
+    ranks = [out[r] for r in sorted(out)]
+    r0 = ranks[0]
+    r1 = ranks[1]
+    print(f"Dist.share([]) on {WORLD} gloo ranks, {calls} calls after {warmup}: rank 0 median {r0['median_us']:.1f} us,"
+          f" p90 {r0['p90_us']:.1f} us, p99 {r0['p99_us']:.1f} us, mean {r0['mean_us']:.1f} us;"
+          f" CPU {r0['cpu_us']:.1f} us per call (rank 1: median {r1['median_us']:.1f}, p90 {r1['p90_us']:.1f},"
+          f" CPU {r1['cpu_us']:.1f})", flush=True)
+    return {"calls": calls, "warmup": warmup, "ranks": ranks}
+
+
+def measure_pieces(w: Workload, device: str, amp: str, scratch: Path, threads: int, variants: str) -> dict:
+    """One engine run with the broadcast and (if `c` is asked for) one without, each piece timed in place."""
+    preset = write_preset(w, scratch, device, amp)
+    out = {}
+    for v in [v for v in "bc" if v in variants]:
+        ranks = launch(pieces_rank, str(preset), str(scratch / f"pieces-{w.name}-{v}"), w.steps, threads, v == "b",
+                       threads=threads, log_dir=str(scratch / f"logs-pieces-{w.name}-{v}"))
+        shutil.rmtree(scratch / f"pieces-{w.name}-{v}", ignore_errors=True)
+        rows = {}
+        for r in sorted(ranks):
+            for name, (wall, cpu, calls) in ranks[r]["pieces"].items():
+                rows.setdefault(name, {})[r] = {"wall_us_per_step": wall / 1e3 / w.steps,
+                                                "cpu_us_per_step": cpu / 1e3 / w.steps, "calls": calls,
+                                                "wall_us_per_call": wall / 1e3 / calls}
+        out[v] = rows
+        print(f"  {NAMES[v]}: in place, {w.steps} steps (the whole run), us per step: wall / thread CPU"
+              f" on rank 0 | rank 1   (calls; wall us per call on rank 0)")
+        for name, by_rank in sorted(rows.items(), key=lambda kv: -kv[1][0]["wall_us_per_step"]):
+            r0, r1 = by_rank.get(0), by_rank.get(1)
+            right = f"{r1['wall_us_per_step']:8.1f} / {r1['cpu_us_per_step']:7.1f}" if r1 else f"{'-':>8}   {'-':>7}"
+            print(f"    {name:<24} {r0['wall_us_per_step']:8.1f} / {r0['cpu_us_per_step']:7.1f} | {right}"
+                  f"   ({r0['calls']}; {r0['wall_us_per_call']:.1f})", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    p.add_argument("--windows", type=int, default=None,
+                   help="alternating windows (default: tiny 10, resnet18 5; 1 with --quick)")
+    p.add_argument("--window", type=int, default=None,
+                   help="steps measured per window (default: tiny 1000, resnet18 20)")
+    p.add_argument("--variants", default="abc", help="which of a, b, c to run (default abc)")
+    p.add_argument("--amp", default="off", help='preset train.amp for every variant (default "off")')
+    p.add_argument("--log-every", type=int, default=None,
+                   help="override the workloads' train.log_every (tiny 10, resnet18 5): how often the engine"
+                        " all-reduces the losses")
+    p.add_argument("--share-calls", type=int, default=None,
+                   help=f"Dist.share([]) calls timed (default {SHARE_CALLS}; 200 with --quick; 0: none)")
+    p.add_argument("--pieces", action="store_true",
+                   help="also time the engine's pieces in place on each rank (Dist.share, _report, sum_ ...), b and c")
+    args = p.parse_args(argv)
+    if not args.variants or set(args.variants) - set("abc") or len(set(args.variants)) != len(args.variants):
+        p.error("--variants: some of a, b, c, each once (a is the baseline of every ratio)")
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() < WORLD:
+            print(f"ddp: {WORLD} CUDA devices needed (one per rank), {torch.cuda.device_count()} here: skipped")
+            return {"skipped": True, "device": args.device, "workloads": [], "share": None, "noisy": False}
+    names = ["tiny"] if args.quick and args.workload == "all" else list(WORKLOADS) if args.workload == "all" \
+        else [args.workload]
+    results = {"versions": common.versions(), "world": WORLD, "threads_per_rank": threads, "device": args.device,
+               "amp": args.amp, "quick": args.quick, "workloads": [], "share": None}
+    with tempfile.TemporaryDirectory(prefix="tui-ddp-") as tmp:
+        scratch = Path(tmp)
+        calls = args.share_calls if args.share_calls is not None else (200 if args.quick else SHARE_CALLS)
+        if calls:
+            results["share"] = measure_share(calls, 50 if args.quick else SHARE_WARMUP, threads, scratch)
+        for name in names:
+            w = WORKLOADS[name]
+            shape = WINDOWS[name]
+            steps = shape["warmup"] + args.window if args.window else shape["steps"]
+            w = replace(w, warmup=shape["warmup"], steps=steps)
+            if args.log_every:
+                w = replace(w, log_every=args.log_every, warmup=_round_up(w.warmup, args.log_every),
+                            steps=_round_up(w.steps, args.log_every))
+            w = quick(w) if args.quick else w
+            windows = args.windows or (1 if args.quick else shape["windows"])
+            print(f"{name}: {WORLD} ranks (elastic launch, spawn, {'gloo' if args.device == 'cpu' else 'nccl'}),"
+                  f" batch {w.batch_size} per rank, steps {w.warmup}..{w.steps} measured, log_every {w.log_every},"
+                  f" {args.device}, amp {args.amp}, {threads} thread(s) per rank, {windows} windows", flush=True)
+            result = measure(w, windows, args.variants, args.device, args.amp, scratch, threads)
+            if results["share"]:
+                a_ms = 1e3 / result["median"]["a"] if "a" in result["median"] else None
+                med = results["share"]["ranks"][0]["median_us"]
+                result["share_of_bare_step"] = med / (a_ms * 1e3) if a_ms else None
+            report(result)
+            if result.get("share_of_bare_step") is not None:
+                print(f"  one Dist.share([]) alone ({results['share']['ranks'][0]['median_us']:.1f} us) is"
+                      f" {result['share_of_bare_step']:.2%} of the bare loop's step here", flush=True)
+            if args.pieces:
+                result["pieces"] = measure_pieces(w, args.device, args.amp, scratch, threads, args.variants)
+            results["workloads"].append(result)
+    results["noisy"] = any(r["noise"]["noisy"] for r in results["workloads"])
+    common.write_json(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
