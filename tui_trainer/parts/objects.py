@@ -35,7 +35,7 @@ from tui_trainer.parts.callbacks import check_callback
 from tui_trainer.parts.data import DataParts, make_loaders
 from tui_trainer.parts.layers import layer_rows
 from tui_trainer.parts.metrics import build_metrics
-from tui_trainer.parts.optim import LrPlan, LrSchedule, is_plateau
+from tui_trainer.parts.optim import LrPlan, LrSchedule, is_plateau, simulate_plan
 from tui_trainer.parts.step import default_step, dry_run
 
 SOURCE = "fit"
@@ -205,24 +205,12 @@ def plan_objects(optimizer: torch.optim.Optimizer, scheduler, interval: str, war
         copied = copy.deepcopy(scheduler, memo={id(optimizer): dummy}) if scheduler is not None else None
         if copied is not None and getattr(copied, "optimizer", dummy) is not dummy:
             return flat("not plannable: the scheduler does not keep its optimizer where it can be replaced")
-        schedule = LrSchedule(dummy, copied, interval, warmup_steps)
-        stride = max(1, total_steps // max_points)
-        steps, values = [], []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for step in range(total_steps):
-                schedule.before_step(step)
-                if step % stride == 0 or step == total_steps - 1:
-                    steps.append(step)
-                    values.append(schedule.current())
-                if schedule.needs_per_step:
-                    schedule.after_step(step + 1)
-                if (step + 1) % steps_per_epoch == 0:
-                    schedule.after_epoch(None)
+            return simulate_plan(LrSchedule(dummy, copied, interval, warmup_steps), group_names, steps_per_epoch,
+                                 total_steps, max_points)
     except Exception as exc:  # noqa: BLE001 - the user's scheduler: the run goes on without a plan
         return flat(f"not plannable: copying {type(scheduler).__name__} failed ({type(exc).__name__})")
-    lrs = tuple(tuple(v[g] for v in values) for g in range(len(group_names)))
-    return LrPlan(tuple(group_names), tuple(steps), lrs, total_steps, False)
 
 
 # --------------------------------------------------------------------------- everything

@@ -501,6 +501,13 @@ def plan_lr(opt_cfg: OptimizerSection, sched_cfg: SchedulerSection, group_names:
         run_length = scheduler_run_length(sched_cfg, -(-total_steps // steps_per_epoch), total_steps)
     schedule = LrSchedule(dummy, build_scheduler(sched_cfg, dummy, run_length, goals), sched_cfg.interval,
                           sched_cfg.warmup_steps)
+    return simulate_plan(schedule, group_names, steps_per_epoch, total_steps, max_points)
+
+
+def simulate_plan(schedule: LrSchedule, group_names: list[str], steps_per_epoch: int, total_steps: int,
+                  max_points: int = 2000) -> LrPlan:
+    """Step a throw-away `schedule` as the trainer steps the real one, for the whole run: the LR
+    of every group at (at most ~max_points) steps. plan_lr and parts/objects.plan_objects use it."""
     stride = max(1, total_steps // max_points)
     steps, values = [], []
     for step in range(total_steps):
