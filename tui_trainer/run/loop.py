@@ -341,8 +341,8 @@ def open_loop(cfg: Preset, train_fn, *, model, optimizer, scheduler, interval: s
     state = ckpt.load(resume_path) if resume_path is not None else None
     if state is not None and state.get("kind") != "loop":
         raise UserError(f"{resume_path} is a checkpoint of a preset or fit run; resume it the way it was made (to"
-                        " start your loop from its weights: model.load_state_dict(torch.load(path)['model']))",
-                        source="resume")
+                        " start your loop from its weights: model.load_state_dict(torch.load(path,"
+                        " weights_only=True)['model']))", source="resume")
     tensorboard = _tensorboard_writer_class(cfg) if cfg.log.tensorboard else None
     rd, fresh = choose_run_dir(cfg.name, run_dir, resume_path)
     fan_out = FanOut([])
