@@ -112,6 +112,11 @@ class Dist:
         return DDP(module, device_ids=ids)
 
     def close(self) -> None:
+        if self.alone:
+            # A rank that failed on its own leaves with the process group open: its exit closes the
+            # connections, so the others learn of it only once this process is gone, and the
+            # launcher sees this rank fail first (and names it, not a rank that failed on the loss).
+            return
         if self.active:
             import torch.distributed as dist
 

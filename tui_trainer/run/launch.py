@@ -192,6 +192,13 @@ class RankFailure:
             return
         if self.rank:
             print(f"tui-trainer: error: rank {self.rank}: {event.error}", file=sys.stderr, flush=True)
+        own = os.environ.get("TUI_TRAINER_FAILURES")  # run/ranks.py: the launcher names the first to fail
+        if own:
+            try:
+                Path(own, f"rank-{self.rank}.json").write_text(
+                    json.dumps({"rank": self.rank, "error": event.error, "time": time.time()}), encoding="utf-8")
+            except OSError:
+                pass
         path = os.environ.get("TORCHELASTIC_ERROR_FILE")
         if path:  # the format torch.distributed.elastic's ErrorHandler.record_exception writes
             record = {"message": {"message": event.error,

@@ -83,6 +83,7 @@ class Launch:
         self.preset_path, self.overrides, self.n, self.resume, self.run_dir = preset_path, overrides, n, resume, run_dir
         self.code: int | None = None
         self.on_hangup = "stop"  # what rank 0 does when the terminal goes away (--on-hangup)
+        self.failures_dir: str | None = None  # where failed ranks say why (FAILURES_ENV)
         self.log_dir: str | None = None  # quiet: where the ranks' stdout and stderr went
 
     @classmethod
@@ -130,6 +131,10 @@ class Launch:
         cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=self.n, run_id=uuid.uuid4().hex,
                            rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={}, max_restarts=0,
                            monitor_interval=0.1, start_method="spawn", logs_specs=logs)
+        import tempfile
+
+        self.failures_dir = tempfile.mkdtemp(prefix="tui-trainer-failures-")
+        os.environ[FAILURES_ENV] = self.failures_dir  # the ranks, spawned below, inherit it
         try:
             results = _in_thread(lambda: elastic_launch(cfg, rank_main)(self.preset_path, self.overrides, self.resume,
                                                                         str(self.run_dir), self.on_hangup))
@@ -142,6 +147,10 @@ class Launch:
             rank, failure = _cause(exc.failures)
             if failure.exitcode < 0:
                 why = f"killed by {failure.signal_name()}"
+            elif (first := _first_own_failure(self.failures_dir)) is not None:
+                rank, why = first  # the launcher reports the first rank it noticed: the cause is in the files
+            elif lost := next((w for w in LOST_PEER if w in _message(failure).lower()), None):
+                why = f"lost its connection to another rank, which ended first: {lost}"
             elif _message(failure).strip():
                 why = _message(failure).strip().splitlines()[-1][:300]
             else:
@@ -152,7 +161,33 @@ class Launch:
             self.code = 2 if failure.exitcode == 2 else 1  # bad input found while a rank built its parts: exit 2
         except SignalException as exc:
             self.code = 128 + int(exc.sigval)
+        finally:
+            import shutil
+
+            shutil.rmtree(self.failures_dir, ignore_errors=True)
         return self.code
+
+
+FAILURES_ENV = "TUI_TRAINER_FAILURES"  # a directory where each rank that fails writes rank-<r>.json
+
+
+def _first_own_failure(directory: str | None) -> tuple[int, str] | None:
+    """(rank, error) of the rank that failed first on its own, from what the ranks wrote (run/launch
+    RankFailure). torch's launcher stops at the first failed process it happens to see, which is
+    often a rank that failed on the lost connection; a rank killed by a signal writes nothing."""
+    import json
+
+    if not directory:
+        return None
+    found = []
+    for path in Path(directory).glob("rank-*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            found.append((float(data["time"]), int(data["rank"]), str(data["error"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    own = sorted(f for f in found if not any(s in f[2].lower() for s in LOST_PEER))
+    return (own[0][1], own[0][2][:300]) if own else None
 
 
 def _message(failure) -> str:
