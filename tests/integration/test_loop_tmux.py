@@ -104,6 +104,9 @@ def test_a_failing_loop_in_a_terminal_shows_the_traceback_then_leaves_it_on_stde
         screen = tty.wait_for("q or Enter to leave")
         assert "FAILED" in screen and "RuntimeError: bad batch at step 30" in screen
         tty.keys("Escape")  # look around first: the traceback is in the Log pane
+        deadline = time.monotonic() + 60  # a hang guard: the summary must be gone before q is sent,
+        while "q or Enter to leave" in tty.screen() and time.monotonic() < deadline:  # or ESC q reads as alt+q
+            time.sleep(0.1)
         tty.wait_for("in check_batch")
         tty.keys("q")
         screen = tty.wait_for("EXIT=1")
