@@ -123,6 +123,9 @@ class StepReport(Event):
     eta_s: float | None
     memory: MemorySample | None = None
     ranks: tuple[MemorySample, ...] = ()
+    # the share of this report window's wall time the loop spent waiting for its batches (0..1: time
+    # blocked in the loader's next, a host clock, no device sync); None when not measured
+    data_wait: float | None = None
 
     @property
     def loss(self) -> float:
@@ -157,6 +160,7 @@ class EpochEnd(Event):
     # the [[metrics]] of this epoch's validation, by monitor name ("val_dice": 0.91), in preset order;
     # val_acc stays in its own field. None: the metric had nothing to measure (no validation set).
     metrics: dict[str, float | None] = field(default_factory=dict)
+    data_wait: float | None = None  # the share of the epoch's training wall time spent waiting for batches
 
 
 @dataclass(frozen=True)
