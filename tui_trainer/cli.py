@@ -50,6 +50,7 @@ def _run_parser() -> argparse.ArgumentParser:
         "  tui-trainer preview PRESET.toml   resolved config, layers, planned LR; no training\n"
         "  tui-trainer attach [RUN_DIR]      open the monitor on a running (or finished) run\n"
         "  tui-trainer ls [RUNS_DIR]         list runs: state, epoch, best, attachable\n"
+        "  tui-trainer compare RUN_DIR ...   2-6 runs side by side: curves, best values, config differences\n"
         "  tui-trainer export RUN_DIR|CKPT   the model's weights as a plain state_dict (model.load_state_dict)\n\n"
         + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -74,7 +75,15 @@ def _attach_parser() -> argparse.ArgumentParser:
                 description="Open the monitor on a run started with --no-ui/--detach (or a TUI run): every pane and"
                             " key works; d or ctrl+c leaves the viewer and the run goes on. A finished run opens"
                             " read-only.")
-    p.add_argument("run_dir", nargs="?", help="run directory (default: the newest running run under runs/)")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR|ssh://[user@]host[:port]/path/to/run",
+                   help="run directory (default: the newest running run under runs/); ssh://host/run watches a run"
+                        " on another machine through the system ssh client, drawn here (ssh://host alone: the newest"
+                        " running run under the remote runs/)")
+    p.add_argument("--remote-cmd", metavar="PATH",
+                   help="with ssh://: the tui-trainer program on the remote side (default: $TUI_TRAINER_REMOTE, else"
+                        " tui-trainer on the remote login PATH), e.g. ~/venv/bin/tui-trainer")
+    p.add_argument("--stdio", action="store_true",
+                   help="relay the run's control socket to stdin/stdout (what ssh:// runs on the remote side)")
     return p
 
 
@@ -82,6 +91,17 @@ def _ls_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tui-trainer ls", description="List runs with their state, epoch, best metric and whether a"
                                                     " viewer can attach.")
     p.add_argument("runs", nargs="?", help="folder of runs (default: runs)")
+    return p
+
+
+def _compare_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tui-trainer compare",
+                description="Show 2-6 runs side by side, read-only: their loss and metric curves on one chart (m"
+                            " cycles the metric, x the axis), their state and best value, and the config.toml keys"
+                            " that differ. Live runs update as they train.")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="run directories (default: the newest --last runs under runs/)")
+    p.add_argument("--last", type=int, metavar="N", help="without RUN_DIRs: the N newest runs under runs/ (2-6; default 2)")
     return p
 
 
@@ -120,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             return preview(opts.preset, opts.overrides)
         if args and args[0] == "attach":
             opts = _attach_parser().parse_args(args[1:])
+            if opts.stdio:  # the remote end of `attach ssh://`: no screen, no textual
+                from tui_trainer.run.relay import serve_stdio
+
+                return serve_stdio(opts.run_dir)
             from tui_trainer.ui.launch import run_attach
 
-            return run_attach(opts.run_dir)
+            return run_attach(opts.run_dir, remote_cmd=opts.remote_cmd)
         if args and args[0] == "ls":
             opts = _ls_parser().parse_args(args[1:])
             from tui_trainer.run.catalog import check_runs_folder, format_runs, list_runs
@@ -132,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
             base = "runs" if opts.runs is None else opts.runs
             print(format_runs(list_runs(base), base))
             return 0
+        if args and args[0] == "compare":
+            opts = _compare_parser().parse_args(args[1:])
+            from tui_trainer.run.history import newest_runs, open_runs
+
+            if opts.run_dirs and opts.last is not None:
+                raise UserError("give RUN_DIRs or --last N, not both", source="compare")
+            runs = open_runs(opts.run_dirs or newest_runs(2 if opts.last is None else opts.last))
+            from tui_trainer.ui.compare import run_compare
+
+            return run_compare(runs)
         if args and args[0] == "export":
             opts = _export_parser().parse_args(args[1:])
             from tui_trainer.run.export import export
