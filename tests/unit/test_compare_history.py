@@ -248,3 +248,15 @@ def test_train_loss_is_the_step_curve():
     run = RunHistory(FIXTURES / "large-lr")
     run.poll()
     assert run.curve(TRAIN_LOSS) is run.train and run.curve("nope") is None
+
+
+def test_per_epoch_points_are_marked_where_the_line_passes():
+    lines = [Line("a", [1, 2, 3], [1.0, 3.0, 2.0], "red", marks=True), Line("b", [1, 3], [2.0, 2.0], "blue")]
+    text = overlay(lines, 40, 12)
+    rows = text.plain.split("\n")[1:-1]
+    marks = [(r, row.index("●")) for r, row in enumerate(rows) if "●" in row]
+    assert len(marks) == 3 and sum(row.count("●") for row in rows) == 3
+    assert [r for r, _ in sorted(marks, key=lambda m: m[1])] == [len(rows) - 1, 0, (len(rows) - 1) // 2]
+    assert {str(s.style) for s in text.spans if text.plain[s.start:s.end] == "●"} == {"red"}
+    many = overlay([Line("a", list(range(100)), [float(i) for i in range(100)], "red", marks=True)], 40, 12)
+    assert "●" not in many.plain  # too many to tell apart: the line alone

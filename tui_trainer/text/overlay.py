@@ -21,6 +21,7 @@ class Line:
     ys: list[float]
     style: str
     note: str = ""  # after the label in the legend: the last value
+    marks: bool = False  # mark each point with a dot (per-epoch values: few points joined by lines)
 
 
 def thin(xs: list[float], ys: list[float], points: int) -> tuple[list[float], list[float]]:
@@ -83,5 +84,43 @@ def overlay(lines: list[Line], width: int, height: int, empty: str = "no points 
     x_range, y_range = found
     points = 2 * width  # a braille cell is 2 dots wide: more points only cost time
     series = [(*thin(line.xs, line.ys, points), line.style) for line in lines]
-    text.append_text(braille_plot(series, width, max(3, height - rows), x_range, y_range))
+    plot = braille_plot(series, width, max(3, height - rows), x_range, y_range)
+    text.append_text(_mark(plot, [line for line in lines if line.marks], x_range, y_range))
     return text
+
+
+MARK = "●"
+
+
+def _mark(plot: Text, lines: list[Line], x_range: tuple[float, float], y_range: tuple[float, float]) -> Text:
+    """Each point of `lines` as a dot in its colour on the braille plot, where the plot put it, when
+    there are few enough points to tell apart (at most one per 3 columns); later lines over earlier.
+    The plot's geometry is read from its own text: every row is the axis's width then the cells."""
+    rows = plot.plain.split("\n")[:-1]  # the last row is the x axis
+    if not lines or not rows:
+        return plot
+    left = rows[0].find("┤") + 1
+    cols = len(rows[0]) - left
+    (x0, x1), (y0, y1) = x_range, y_range
+    dots_w, dots_h = cols * 2, len(rows) * 4
+    sx = (dots_w - 1) / (x1 - x0) if x1 > x0 else 0.0
+    sy = (dots_h - 1) / (y1 - y0) if y1 > y0 else 0.0
+    at: dict[int, str] = {}
+    for line in lines:
+        if len(line.xs) > cols // 3:
+            continue
+        for x, y in zip(line.xs, line.ys):
+            col = round((x - x0) * sx) // 2
+            row = (dots_h - 1 - round((min(max(y, y0), y1) - y0) * sy)) // 4
+            if 0 <= col < cols and 0 <= row < len(rows):
+                at[row * (len(rows[0]) + 1) + left + col] = line.style
+    if not at:
+        return plot
+    out = Text(no_wrap=plot.no_wrap, overflow=plot.overflow)
+    start = 0
+    for offset in sorted(at):
+        out.append_text(plot[start:offset])
+        out.append(MARK, style=at[offset])
+        start = offset + 1
+    out.append_text(plot[start:])
+    return out

@@ -152,7 +152,7 @@ class CompareApp(App[int]):
                 xs = [x * spe for x in xs] if spe else []  # the epoch's last step
             last = run.last(self.metric)
             note = _num(last) if last is not None else "(none)"
-            out.append(Line(run.label, xs, ys, RUN_COLORS[i % len(RUN_COLORS)], note))
+            out.append(Line(run.label, xs, ys, RUN_COLORS[i % len(RUN_COLORS)], note, marks=self.metric != TRAIN_LOSS))
         return out
 
     def draw_chart(self) -> None:
