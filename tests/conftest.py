@@ -37,6 +37,7 @@ momentum = 0.9
 [train]
 epochs = 2
 log_every = 2
+log_min_interval_s = 0  # a report after exactly every log_every steps (test_report_pacing.py: the default)
 
 [checkpoint]
 every_epochs = 1

@@ -18,7 +18,9 @@ BASE: dict[str, Any] = {
     "data": {"dataset": "digits", "image_size": 16, "batch_size": 16, "val_fraction": 0.25, "limit": 160,
              "num_workers": 0},
     "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
-    "train": {"epochs": 2, "log_every": 1},
+    # log_min_interval_s 0: a report after exactly every log_every steps (tests act at given steps;
+    # the paced default has tests of its own: test_report_pacing.py)
+    "train": {"epochs": 2, "log_every": 1, "log_min_interval_s": 0},
     "checkpoint": {"every_epochs": 1, "keep_last": 2},
 }
 

@@ -6,6 +6,8 @@ second on one CPU core."""
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -65,6 +67,19 @@ class Blobs(Dataset):
 
     def __getitem__(self, i: int):
         return self.x[i], int(self.y[i])
+
+
+class SlowBlobs(Blobs):
+    """Blobs that take 20 ms per sample (a slow disk or decoder): a loop on them waits for its data."""
+
+    def __getitem__(self, i: int):
+        time.sleep(0.02)
+        return super().__getitem__(i)
+
+
+def slow(n: int = 24, n_val: int = 4):
+    """(train, val) of SlowBlobs."""
+    return SlowBlobs(n), SlowBlobs(n_val, seed=1)
 
 
 SEEDS: list[int] = []  # the seed each call of `seeded` got, newest last
@@ -328,7 +343,8 @@ BASE = {
     "model": {"arch": f"{UC}:mlp"},
     "data": {"dataset": f"{UC}:pair", "batch_size": 16, "num_workers": 0},
     "optimizer": {"name": "SGD", "lr": 0.1, "momentum": 0.9},
-    "train": {"epochs": 2, "log_every": 1, "device": "cpu"},
+    # log_min_interval_s 0: a report after exactly every log_every steps (test_report_pacing.py: the default)
+    "train": {"epochs": 2, "log_every": 1, "log_min_interval_s": 0, "device": "cpu"},
     "checkpoint": {"every_epochs": 1, "keep_last": 2},
 }
 

@@ -90,7 +90,7 @@ def test_last_and_best_are_aliases_of_the_right_files(cli_run):
 
 ANSI = re.compile(r"\x1b\[")
 STEP_LINE = re.compile(r"\d\d:\d\d:\d\d epoch (\d+)/3 step (\d+)/21 loss (\d+\.\d{4}) lr (\d\.\d\de[-+]\d\d)"
-                       r" ([\d,]+) samples/s ETA \d+:\d\d")
+                       r" ([\d,]+) samples/s data \d+% ETA \d+:\d\d")
 EPOCH_LINE = re.compile(r"\d\d:\d\d:\d\d epoch (\d) done: train_loss (\d+\.\d{4}) val_loss (\d+\.\d{4})"
                         r" val_acc (\d+\.\d{4}) \| best val_loss \d+\.\d{4} @ epoch \d \| [\d.]+s val")
 

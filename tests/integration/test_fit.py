@@ -18,7 +18,7 @@ from tui_trainer.engine.commands import ScaleLr, SetTrainable, Stop
 
 pytestmark = pytest.mark.timeout(120)
 
-QUIET = dict(ui=False, device="cpu", log_every=1)
+QUIET = dict(ui=False, device="cpu", log_every=1, log_min_interval_s=0)  # exact report steps (test_report_pacing.py: the default)
 
 
 def objects(seed: int = 0, lr: float = 0.1):

@@ -23,7 +23,7 @@ from tui_trainer.engine.commands import Pause, Resume, SaveCheckpoint, ScaleLr, 
 
 pytestmark = pytest.mark.timeout(120)
 
-QUIET = dict(ui=False, log_every=1)
+QUIET = dict(ui=False, log_every=1, log_min_interval_s=0)  # a report after exactly every step (the paced default: test_report_pacing.py)
 
 
 def mlp(dropout: float = 0.0) -> nn.Module:

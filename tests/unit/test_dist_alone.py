@@ -54,27 +54,36 @@ def test_a_rank_that_failed_alone_still_writes_its_emergency_checkpoint(tmp_path
     assert any(isinstance(e, CheckpointSaved) for e in events)
 
 
-def test_rank_0_shares_about_every_50_ms_whatever_the_step_time(tmp_path):
-    """The interval rank 0 broadcasts with each share: a fast step shares every many steps (the
-    broadcast is not paid per step), a slow one every step, a paused run at once."""
+def test_rank_0_syncs_about_every_100_ms_and_on_the_epochs_end(tmp_path):
+    """The steps to the next sync that rank 0 sends with each one: a fast step syncs every many
+    steps (a collective is not paid per step), a slow one every step; the syncs are spread so that
+    one lands on the epoch's last step; with log_min_interval_s = 0, on every multiple of log_every."""
     import time
 
     from tests.helpers.user_code import write_preset
-    from tui_trainer.engine.trainer import MAX_SHARE_EVERY, SHARE_EVERY_S
+    from tui_trainer.engine.trainer import MAX_SYNC_EVERY, SYNC_EVERY_S
     from tui_trainer.run.launch import prepare
 
-    session = prepare(write_preset(tmp_path / "p.toml"), [], run_dir=tmp_path / "run")
+    session = prepare(write_preset(tmp_path / "p.toml", train={"log_min_interval_s": 0.05, "log_every": 10}), [],
+                      run_dir=tmp_path / "run")
     t = session.trainer
     try:
-        def every(steps: int, seconds: float) -> int:
-            t._shared_step, t._shared_t = t.step - steps, time.monotonic() - seconds
-            return t._share_every()
+        def every(steps: int, seconds: float, in_epoch: int = 0, per_epoch: int = 10**6) -> int:
+            t.parts.steps_per_epoch, t.batch_in_epoch, t.total_steps = per_epoch, in_epoch, 10**7
+            t._synced_step, t._synced_t = t.step - steps, time.monotonic() - seconds
+            return t._sync_every()
 
         t.step = 100
-        assert int(SHARE_EVERY_S / 0.001) - 5 <= every(10, 10 * 0.001) <= int(SHARE_EVERY_S / 0.001)  # 1 ms: ~50
-        assert every(10, 10 * 0.0001) == MAX_SHARE_EVERY  # capped
+        fast = int(SYNC_EVERY_S / 0.001)
+        assert fast - 5 <= every(10, 10 * 0.001) <= fast  # 1 ms steps: ~100
+        assert every(10, 10 * 0.00001) == MAX_SYNC_EVERY  # capped
         assert every(1, 0.2) == 1  # 200 ms steps: every step
-        t._paused = True
-        assert every(10, 0.01) == 1
+        pace = 0.004  # 4 ms steps: ~25 steps to 100 ms
+        assert every(10, 10 * pace, in_epoch=0, per_epoch=28) == 28  # one sync, on the epoch's last step
+        assert every(10, 10 * pace, in_epoch=28, per_epoch=28) == 28  # at an epoch's end: the next one's
+        assert every(10, 10 * pace, in_epoch=40, per_epoch=100) == 30  # 60 left: two syncs of 30
+        t._synced_step, t._synced_t = t.step - 10, time.monotonic() - 10 * pace
+        t.step, t.log_min_s = 103, 0.0
+        assert every(10, 10 * pace) == 7  # exact reports: the next multiple of log_every
     finally:
         session.close()

@@ -2,13 +2,14 @@
 at step boundaries, DDP (re)wrapping and exact reductions. One process (world 1) pays nothing:
 every method is a no-op there.
 
-Commands enter on rank 0 only (keys, the control socket, signals, callbacks). `share()` gives every
-rank rank 0's commands before the same step: a two-element int64 broadcast on a CPU/gloo control
-group (their number, and in how many steps the next share comes: about 250 us on 2 CPU ranks;
-never a CUDA sync, never a barrier that only rank 0 reaches), and the commands themselves (their
-JSON) only when there are some. Rank 0 chooses that interval so that shares come about every
-SHARE_EVERY_S seconds (Trainer._between_steps_shared): a fast step does not pay 250 us each time,
-and a command waits at most ~50 ms (and one step) before every rank applies it.
+Commands enter on rank 0 only (keys, the control socket, signals, callbacks). They reach every rank
+after the same step in the trainer's sync (Trainer._sync, about every SYNC_EVERY_S = 0.1 s): their
+number rides in the all_reduce that already sums the losses, and their JSON follows in one
+broadcast on a CPU/gloo control group only when there are some (`commands`). Before the first step
+and while paused, `share()` asks rank 0 on the control group (a two-element int64 broadcast, about
+250 us on 2 CPU ranks). Never a CUDA sync of their own, never a barrier that only rank 0 reaches.
+A gloo collective costs ~1-2 ms in place on a loaded 2-core box, so the engine makes about ten a
+second, not one a step: a command waits at most ~0.15 s (and one step) before every rank applies it.
 
 Freezing under DDP: DDP buckets only the parameters that required grad when it was built, so a
 change of the trainable set rebuilds the wrapper around the same module (`wrap`), keeping the
@@ -83,6 +84,20 @@ class Dist:
         if count == 0:
             return []
         payload = [[c.to_json() for c in commands] if self.writer else None]
+        dist.broadcast_object_list(payload, src=0, group=self.control)
+        return [from_json(d) for d in payload[0]]
+
+    def commands(self, mine: list[Command], count: int) -> list[Command]:
+        """Rank 0's `count` commands (`mine` on rank 0) on every rank, in order: their JSON in one
+        broadcast on the control group. The count came in the sync's all_reduce (Trainer._read), so
+        a sync without commands costs nothing more. Every rank must call it at the same point."""
+        if not self.active or self.alone:
+            return mine
+        if count == 0:
+            return []
+        import torch.distributed as dist
+
+        payload = [[c.to_json() for c in mine] if self.writer else None]
         dist.broadcast_object_list(payload, src=0, group=self.control)
         return [from_json(d) for d in payload[0]]
 

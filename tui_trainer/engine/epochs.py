@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 def end_epoch(t: Trainer) -> bool:
     """Validate, track the best, step the epoch scheduler, checkpoint. True = stop early."""
     t._report()
+    waited, wall = t._epoch_wait
+    t._epoch_wait = [0.0, 0.0]
     t0 = time.monotonic()
     result = validate(t)
     val_loss, val_acc = result.loss, result.acc
@@ -60,7 +62,7 @@ def end_epoch(t: Trainer) -> bool:
         epoch_no, t.step, train_loss, val_loss, val_acc, time.monotonic() - t0, monitor, value,
         t.best.value, t.best.epoch, improved,
         es_state.bad_epochs if es_state else 0, t.early.patience if t.early else None,
-        t.schedule.plateau_status(), dict(result.metrics),
+        t.schedule.plateau_status(), dict(result.metrics), waited / wall if wall > 0 else None,
     ))
     cfg = t.preset.checkpoint
     tags = []

@@ -11,8 +11,15 @@ callbacks' hooks: about 500 lines) so that a step can be followed without leavin
 stopping and the non-finite guard, `endings.py` how a run ends (Finished or Failed).
 
 Host syncs: the step path has none on CUDA. Losses stay on the device and are read in one
-`.tolist()` per report (`log_every` steps); everything else that reads a value (validation,
-layer stats, the finite-weights check before a save) runs at report, epoch or save time.
+`.tolist()` per report (`log_every` steps, at most one every `train.log_min_interval_s`);
+everything else that reads a value (validation, layer stats, the finite-weights check before a
+save) runs at report, epoch or save time.
+
+Many ranks: one collective about every SYNC_EVERY_S (`_sync`) carries the losses since the last
+one, every rank's memory, rank 0's commands (their number; their JSON follows only when there are
+some) and the number of steps to the next sync, which rank 0 picks from its pace and lands on the
+epoch's end. Every rank applies the same commands after the same step, and no rank decides by
+its own clock.
 """
 
 from __future__ import annotations
@@ -45,8 +52,23 @@ describe_failure = endings.describe_failure  # its import path before endings.py
 
 Sink = Callable[[Event], None]
 STATS_BUDGET = 0.005  # the share of wall time per-layer statistics may cost
-SHARE_EVERY_S = 0.05  # many ranks: rank 0's commands are shared about this often (distributed.py)
-MAX_SHARE_EVERY = 64  # steps between two shares at most
+SYNC_EVERY_S = 0.1  # many ranks: one collective (losses, memory, commands) about this often (`_sync`)
+MAX_SYNC_EVERY = 1024  # steps between two syncs at most
+INPUT_BOUND = 0.2  # the share of wall time waiting for batches above which a run is input-bound ...
+INPUT_BOUND_S = 60.0  # ... when it stays there this long (a warning says what to try)
+_END = object()
+
+
+def input_bound_advice(share: float, num_workers: int | None, preload: bool | None) -> str:
+    """The warning for a run that waits for its data (the engine's, and tui_trainer.loop's)."""
+    tries = []
+    if num_workers is not None:
+        tries.append(f"more loader workers (data.num_workers = {num_workers} now; about one per free CPU core)")
+    if preload is False:
+        tries.append("data.preload = true if the set fits in memory")
+    tries += ["pin_memory=True on CUDA", "smaller images or a cheaper transform"]
+    return (f"input-bound: the loop waited for its batches {share:.0%} of the time for over a minute (the device"
+            f" idles meanwhile); try " + ", ".join(tries))
 
 
 class Trainer:
@@ -84,6 +106,7 @@ class Trainer:
 
         train = self.preset.train
         self.log_every = train.log_every
+        self.log_min_s = train.log_min_interval_s
         self.total_steps = parts.total_steps
         # samples per optimizer step, over every rank (the global batch)
         self.batch_size = self.preset.data.batch_size * train.accumulate * self.dist.world
@@ -114,9 +137,19 @@ class Trainer:
         self._micro = 0  # batches of the optimizer step in progress (train.accumulate)
         self._micro_loss: torch.Tensor | None = None  # their loss so far (a device tensor)
         self._pending_first = 1  # the step number of _pending[0]
+        self._values: list[float] = []  # losses read (reduced over the ranks), not reported yet
+        self._values_first = 1  # the step number of _values[0]
+        self._ranks: tuple = ()  # every rank's memory, as the last sync gathered it (many ranks)
+        self._mine = None  # this rank's memory at the last sync (many ranks)
+        self._reported_at = 0.0  # when the last StepReport was sent (train.log_min_interval_s)
+        self._wait = 0.0  # seconds spent waiting for batches since the last StepReport
+        self._epoch_wait = [0.0, 0.0]  # this epoch's: seconds waiting, seconds of report windows
+        self._bound_since: float | None = None  # input-bound since (INPUT_BOUND)
+        self._bound_warned = False
         self._paused = False
-        self._share_at = 0  # many ranks: the step at which rank 0's commands are shared next
-        self._shared_step, self._shared_t = 0, time.monotonic()
+        self._share_now = True  # many ranks: share rank 0's commands before the first step (--paused)
+        self._sync_at = 1  # many ranks: the step after which every rank syncs next (rank 0 picks it)
+        self._synced_step, self._synced_t = 0, time.monotonic()
         self._stop: Stop | None = None
         self._saved_step = -1
         self._save_error = ""
@@ -170,12 +203,21 @@ class Trainer:
             self._train_mode()
             if self.batch_in_epoch == 0 and self._hook("on_epoch_start", epoch=self.epoch):
                 self.control.send(Stop(reason="callback"))  # applied before the first step, as a key would be
-            for batch in data.train:
+            batches, clock = iter(data.train), time.perf_counter
+            while True:
                 if not self._micro and (status := self._between_steps()):
                     return status  # commands act between optimizer steps, never inside an accumulation
+                t = clock()
+                batch = next(batches, _END)
+                self._wait += clock() - t  # host time blocked on the data (no device sync)
+                if batch is _END:
+                    break
                 if not self._step(batch):
                     continue  # train.accumulate: more batches before this optimizer step
-                if self.step % self.log_every == 0:
+                if self.dist.active:
+                    if self.step >= self._sync_at:
+                        self._sync()
+                elif self.step % self.log_every == 0 and time.monotonic() - self._reported_at >= self.log_min_s:
                     self._report()
                 every = self.preset.checkpoint.every_steps
                 if every and self.step % every == 0:
@@ -251,38 +293,45 @@ class Trainer:
                 pass
 
     def _between_steps_shared(self) -> str | None:
-        """Many ranks: rank 0's commands (its queue, a stop it was asked for) reach every rank before
-        the same step (Dist.share, on every rank at the same steps: when the step reaches the one
-        rank 0 named in the last share, about every SHARE_EVERY_S); while paused, every rank waits
-        here, sharing every 0.1 s."""
+        """Many ranks: commands reach every rank in the syncs after steps (`_sync`); here only before
+        the first step (a --paused start) and while paused, when every rank waits here and asks rank
+        0 every 0.1 s (Dist.share, on the CPU control group)."""
         while True:
-            if self.step < self._share_at and not self._paused:
-                return None  # the fast path of most steps: nothing to share yet
-            mine: list[Command] = []
-            every = 1
-            if self.dist.writer:
-                mine = self._queued()
-                if self.should_stop() and self._stop is None:
-                    mine.append(Stop(reason="cancelled"))
-                every = self._share_every()
-            for cmd in self.dist.share(mine, every):
+            if not self._share_now and not self._paused:
+                return None  # the fast path of every step
+            self._share_now = False
+            for cmd in self.dist.share(self._rank0_commands() if self.dist.writer else []):
                 self._apply(cmd)
-            self._share_at = self.step + self.dist.every
             if self._stop is not None:
                 return self._stop_status()
             if not self._paused:
+                self._synced_step, self._synced_t = self.step, time.monotonic()  # a pause is not the pace
                 return None
             time.sleep(0.1)  # paused: every rank asks again in a moment
 
-    def _share_every(self) -> int:
-        """Rank 0: in how many steps to share next, so that shares come about every SHARE_EVERY_S
-        (from the pace since the last share; 1 while paused or before a pace is known)."""
+    def _rank0_commands(self) -> list[Command]:
+        """Rank 0: its queued commands, and a stop it was asked for (a cancelled worker)."""
+        mine = self._queued()
+        if self.should_stop() and self._stop is None:
+            mine.append(Stop(reason="cancelled"))
+        return mine
+
+    def _sync_every(self) -> int:
+        """Rank 0: in how many steps every rank syncs next. About SYNC_EVERY_S from the pace since the
+        last sync (1 before a pace is known), spread evenly so that a sync lands on the epoch's last
+        step (the epoch's end then has nothing left to reduce); with train.log_min_interval_s = 0,
+        on every multiple of log_every too."""
         now = time.monotonic()
-        steps, elapsed = self.step - self._shared_step, now - self._shared_t
-        self._shared_step, self._shared_t = self.step, now
-        if self._paused or steps <= 0 or elapsed <= 0:
-            return 1
-        return max(1, min(MAX_SHARE_EVERY, int(SHARE_EVERY_S * steps / elapsed)))
+        steps, elapsed = self.step - self._synced_step, now - self._synced_t
+        self._synced_step, self._synced_t = self.step, now
+        every = max(1, min(MAX_SYNC_EVERY, int(SYNC_EVERY_S * steps / elapsed))) if steps > 0 and elapsed > 0 else 1
+        in_epoch = self.batch_in_epoch % self.parts.steps_per_epoch  # 0 at an epoch's end: the next epoch's
+        left = min(self.parts.steps_per_epoch - in_epoch, self.total_steps - self.step)
+        if left > 0:
+            every = math.ceil(left / max(1, round(left / every)))
+        if self.log_min_s == 0:
+            every = min(every, self.log_every - self.step % self.log_every)
+        return every
 
     # ------------------------------------------------------------------ one batch
 
@@ -404,51 +453,103 @@ class Trainer:
 
     # ------------------------------------------------------------------ reporting
 
+    def _sync(self) -> None:
+        """Many ranks, at the step rank 0 named in the last sync: one collective reads the losses,
+        every rank's memory, rank 0's commands and the steps to the next sync; a StepReport follows
+        when a multiple of log_every was passed; then every rank applies the same commands."""
+        commands = self._read(share=True)
+        if self.step // self.log_every > (self._values_first - 1) // self.log_every:
+            self._report()
+        for cmd in commands:
+            self._apply(cmd)
+
     def _report(self) -> None:
-        if not self._pending:
-            return
-        stacked = torch.stack(self._pending).float()
-        ranks = ()  # every rank's memory (many ranks)
-        if self.dist.active:
-            # One all_reduce: every rank's mean loss of each step, averaged (the global batch's
-            # loss), and every rank's memory, read now by each rank into its own slot (probes.pack).
-            mine = self._memory.read()  # host-side calls on every rank at every report: no CUDA sync
-            slots = probes.packed(mine, self.dist.rank, self.dist.world, stacked.device)
-            self.dist.sum_([stacked, slots])
-            stacked /= slots[::len(probes.SLOT)].sum()  # how many ranks the sum holds (presence marks): world
-            read = torch.cat([stacked.double(), slots]).tolist()  # the one host sync per report
-            values, ranks = read[:len(stacked)], probes.unpack(read[len(stacked):], self.dist.world)
-        else:
-            values = stacked.tolist()  # the one host sync per report
-        first = self._pending_first
+        """Report every loss not reported yet (read first: on many ranks a collective, which every
+        rank reaches at the same point: an epoch's end, a save, a pause)."""
+        if self._pending:
+            self._read(share=False)
+        if self._values:
+            self._emit_report()
+
+    def _read(self, share: bool) -> list[Command]:
+        """The pending losses, onto the host (the one host sync) into `_values`. Many ranks: in one
+        all_reduce, every rank's mean loss of each step averaged (the global batch's loss), every
+        rank's memory (each into its own slot: probes.pack) and, when `share`, rank 0's command
+        count and its steps to the next sync; returns rank 0's commands (their JSON broadcast only
+        when there are some). A non-finite loss stops here (train.nonfinite = "stop") after its report."""
+        n, first = len(self._pending), self._pending_first
+        stacked = torch.stack(self._pending).float() if n else torch.zeros(0, device=self.device)
         self._pending.clear()
+        commands: list[Command] = []
+        if self.dist.active:
+            mine = self._memory.read()  # host-side calls on every rank: no CUDA sync
+            slots = probes.packed(mine, self.dist.rank, self.dist.world, stacked.device)
+            if share and self.dist.writer:
+                commands = self._rank0_commands()
+            head = torch.tensor([len(commands), self._sync_every() if share and self.dist.writer else 0],
+                                dtype=torch.float64, device=stacked.device)  # others: zeros
+            self.dist.sum_([stacked, slots, head])
+            stacked /= slots[::len(probes.SLOT)].sum()  # how many ranks the sum holds (presence marks): world
+            read = torch.cat([stacked.double(), slots, head]).tolist()  # the one host sync
+            values, self._ranks = read[:n], probes.unpack(read[n:-2], self.dist.world)
+            self._mine = mine
+            if share:
+                count, every = int(read[-1 - 1]), max(1, int(read[-1]))
+                self._sync_at = self.step + every
+                commands = self.dist.commands(commands, count)
+        else:
+            values = stacked.tolist()  # the one host sync
         values, warnings, nonfinite = self.guard.check_losses(values, first)
         for warning in warnings:
             self._emit(warning)
+        if not self._values:
+            self._values_first = first
+        self._values += values
         finite = [v for v in values if math.isfinite(v)]
         self.epoch_loss[0] += sum(finite)
         self.epoch_loss[1] += len(finite)
+        if nonfinite is not None:
+            self._emit_report()
+            raise nonfinite
+        return commands
+
+    def _emit_report(self) -> None:
+        values, first = self._values, self._values_first
+        self._values = []
         now = time.monotonic()
         dt = max(now - self._t_report, 1e-9)
-        self._t_report = now
+        self._t_report = self._reported_at = now
+        wait, self._wait = min(self._wait, dt), 0.0
+        self._epoch_wait[0] += wait
+        self._epoch_wait[1] += dt
         per_step = dt / len(values)
         self._step_time = per_step if self._step_time is None else 0.7 * self._step_time + 0.3 * per_step
         remaining = self.total_steps - self.step
         epochs_left = max(0, math.ceil(self.total_steps / self.parts.steps_per_epoch) - self.epoch - 1)
         eta = remaining * self._step_time + epochs_left * self._val_seconds
-        memory = None
+        memory, ranks = None, ()
         if now - self._mem_at >= 0.5:  # what rank 0 emits: at most every 0.5 s (the others emit nothing)
             self._mem_at = now
-            memory = mine if self.dist.active else self._memory.read()
-        else:
-            ranks = ()
+            memory, ranks = (self._mine, self._ranks) if self.dist.active else (self._memory.read(), ())
         self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values),
                               tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory,
-                              ranks))
-        if nonfinite is not None:
-            raise nonfinite
+                              ranks, wait / dt))
+        self._input_bound(wait / dt, now)
         if self._stats is not None and now - self._stats_at >= self._stats_every:
             self._stats_due = True
+
+    def _input_bound(self, share: float, now: float) -> None:
+        """Warn once when the loop has waited for its batches more than INPUT_BOUND of the time for
+        INPUT_BOUND_S, with what to try."""
+        if share <= INPUT_BOUND:
+            self._bound_since = None
+            return
+        if self._bound_since is None:
+            self._bound_since = now
+        elif now - self._bound_since >= INPUT_BOUND_S and not self._bound_warned:
+            self._bound_warned = True
+            data = self.preset.data
+            self._emit(RunWarning(self.step, input_bound_advice(share, data.num_workers, data.preload)))
 
     def _layer_stats(self) -> None:
         t0 = time.perf_counter()

@@ -80,7 +80,8 @@ class LineReporter:
                 epochs = self.started.epochs if self.started else "?"
                 eta = f" ETA {duration(event.eta_s)}" if event.eta_s is not None else ""
                 text = (f"epoch {event.epoch}/{epochs} step {event.step}/{total} loss {event.loss:.4f}"
-                        f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{eta}{fullest_rank(event)}")
+                        f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{data_text(event)}{eta}"
+                        f"{fullest_rank(event)}")
                 if self._progress is not None:
                     self._write(lambda: self._progress.update(self._task, completed=event.step,
                                                               status=f"loss {event.loss:.4f}"))
@@ -133,6 +134,11 @@ class LineReporter:
         if self._progress is not None:
             self._write(self._progress.stop)
             self._progress = None
+
+
+def data_text(event: StepReport) -> str:
+    """` data 34%`: the share of the report's wall time spent waiting for batches (input-bound above ~20%)."""
+    return f" data {event.data_wait:.0%}" if event.data_wait is not None else ""
 
 
 def fullest_rank(event: StepReport) -> str:

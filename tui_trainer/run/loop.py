@@ -111,6 +111,7 @@ from tui_trainer.engine.distributed import Dist
 from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed, Finished, LayerStats, LrChanged,
                                        Printed, RunStarted, RunWarning, StateChanged, StepReport, TrainableChanged)
 from tui_trainer.engine.probes import MemoryProbe
+from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
 from tui_trainer.engine.stopping import Best, EarlyStopping
 from tui_trainer.errors import UserError, did_you_mean
 from tui_trainer.parts.layers import layer_rows, matches, trainable_state
@@ -118,7 +119,7 @@ from tui_trainer.parts.optim import LrPlan, LrSchedule
 
 SOURCE = "loop"
 # the settings that mean something to a loop tui-trainer does not run itself (module docstring)
-ALLOWED = ("train.log_every", "train.nonfinite", "checkpoint.", "early_stopping.", "ui.", "log.",
+ALLOWED = ("train.log_every", "train.log_min_interval_s", "train.nonfinite", "checkpoint.", "early_stopping.", "ui.", "log.",
            "scheduler.interval")
 ARGUMENTS = ("model", "optimizer", "scheduler", "name", "ui", "resume", "run_dir")
 STATS_BUDGET = 0.005  # the share of wall time per-layer statistics may cost (as the engine's)
@@ -469,6 +470,7 @@ class Run:
         self._interval = interval
         self._plan_from = _fresh_copy(optimizer, scheduler)
         self._log_every = cfg.train.log_every
+        self._log_min_s = cfg.train.log_min_interval_s
         self._every_steps = cfg.checkpoint.every_steps
         self._stop_on_nonfinite = cfg.train.nonfinite == "stop"
         goals = cfg.goals
@@ -530,6 +532,12 @@ class Run:
         self._step_time: float | None = None
         self._memory = MemoryProbe(self._device)
         self._mem_at = 0.0
+        self._reported_at = 0.0  # when the last StepReport was sent (train.log_min_interval_s)
+        self._wait = 0.0  # seconds waiting for batches since the last StepReport
+        self._epoch_wait = [0.0, 0.0]  # this epoch's: seconds waiting, seconds of report windows
+        self._bound_since: float | None = None
+        self._bound_warned = False
+        self._workers: int | None = None  # the loader's num_workers, for the input-bound advice
         self._stats = None
         self._stats_due = False
         self._stats_at = 0.0
@@ -603,8 +611,9 @@ class Run:
             self._t_tail = None
         self._t_report = time.monotonic()  # samples/s measures training, not validation
         it = self._iterate(loader, self._in_epoch)
+        self._workers = getattr(loader, "num_workers", None)
         empty, should_stop = self._commands.empty, self._should_stop
-        log_every, every = self._log_every, self._every_steps
+        log_every, every, floor, clock = self._log_every, self._every_steps, self._log_min_s, time.perf_counter
         try:
             while True:
                 # the fast path of every batch: nothing queued, not paused, no stop
@@ -615,7 +624,9 @@ class Run:
                             self._final_save()
                         return
                 try:
+                    t = clock()
                     batch = next(it)
+                    self._wait += clock() - t  # host time blocked on the data (no device sync)
                 except StopIteration:
                     self._report()  # the epoch's last losses, before the loop's validation prints
                     return
@@ -627,7 +638,7 @@ class Run:
                 yield batch
                 self.step = step = self.step + 1
                 self._in_epoch += 1
-                if step % log_every == 0:
+                if step % log_every == 0 and time.monotonic() - self._reported_at >= floor:
                     self._report()
                 if every and step % every == 0:
                     self._save(("step", "last"))
@@ -814,10 +825,13 @@ class Run:
         self._epoch_trained = False
         seconds = self._tail_seconds if self._t_tail is None else time.monotonic() - self._t_tail
         es = self._early.best if self._early is not None else None
+        waited, wall = self._epoch_wait
+        self._epoch_wait = [0.0, 0.0]
         self._emit(EpochEnd(epoch_no, self.step, train_loss, val_loss, val_acc, seconds, self._monitor, value,
                             self._best.value, self._best.epoch, improved, es.bad_epochs if es else 0,
                             self._early.patience if self._early is not None else None,
-                            self._schedule.plateau_status() if self._schedule is not None else None, metrics))
+                            self._schedule.plateau_status() if self._schedule is not None else None, metrics,
+                            waited / wall if wall > 0 else None))
         cfg = self._cfg.checkpoint
         tags: list[str] = []
         if cfg.every_epochs and epoch_no % cfg.every_epochs == 0:
@@ -858,7 +872,10 @@ class Run:
         now = time.monotonic()
         steps = self.step - self._reported_step
         dt = max(now - self._t_report, 1e-9)
-        self._t_report = now
+        self._t_report = self._reported_at = now
+        wait, self._wait = min(self._wait, dt), 0.0
+        self._epoch_wait[0] += wait
+        self._epoch_wait[1] += dt
         if steps > 0:
             per_step = dt / steps
             self._step_time = per_step if self._step_time is None else 0.7 * self._step_time + 0.3 * per_step
@@ -876,7 +893,8 @@ class Run:
             self._emit(LrChanged(self.step, tuple(self._schedule.current()), self._schedule.manual_factor, "loop"))
         lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups) if self.optimizer is not None else ()
         self._emit(StepReport(self.step, self.epoch_of_step, self.step - len(values) + 1, tuple(values), lrs,
-                              max(steps, 0) * max(self._batch_size, 0) / dt, eta, memory))
+                              max(steps, 0) * max(self._batch_size, 0) / dt, eta, memory, data_wait=wait / dt))
+        self._input_bound(wait / dt, now)
         bad = next((v for v in values if not math.isfinite(v)), None) if len(finite) != len(values) else None
         if bad is not None and not self._nonfinite:
             if self._stop_on_nonfinite:
@@ -887,6 +905,17 @@ class Run:
             self._stats_due = True
         if self._capture is not None:
             self._capture.ensure()
+
+    def _input_bound(self, share: float, now: float) -> None:
+        """Warn once when the loop waited for its batches more than INPUT_BOUND of the time for
+        INPUT_BOUND_S (as the engine does), with what to try."""
+        if share <= INPUT_BOUND:
+            self._bound_since = None
+        elif self._bound_since is None:
+            self._bound_since = now
+        elif now - self._bound_since >= INPUT_BOUND_S and not self._bound_warned:
+            self._bound_warned = True
+            self._warn(input_bound_advice(share, self._workers, None))
 
     def _end_nonfinite(self, message: str) -> None:
         """Non-finite loss or weights: the loop ends like a stop, and nothing more is saved."""

@@ -105,7 +105,8 @@ def writing(rd: RunDir) -> Iterator[None]:
                         " --run-dir or free some space", source="--run-dir") from None
 
 
-METRIC_FIELDS = ["time", "phase", "epoch", "step", "loss", "val_loss", "val_acc", "lr", "samples_per_s"]
+# data_wait: the share of the row's wall time spent waiting for batches (0..1; input-bound above ~0.2)
+METRIC_FIELDS = ["time", "phase", "epoch", "step", "loss", "val_loss", "val_acc", "lr", "samples_per_s", "data_wait"]
 
 
 def metric_fields(metrics: Sequence[str] = (), groups: int = 1) -> list[str]:
@@ -152,12 +153,16 @@ class Recorder:
                        "loss": f"{event.loss:.6g}", "samples_per_s": f"{event.samples_per_s:.1f}"}
                 for i, lr in enumerate(event.lrs):
                     row["lr" if i == 0 else f"lr_{i}"] = f"{lr:.6g}"
+                if event.data_wait is not None:
+                    row["data_wait"] = f"{event.data_wait:.3f}"
                 ok &= self.metrics.write(_csv_row(self.fields, row))
             case EpochEnd():
                 row = {name: _g(value) for name, value in event.metrics.items()}
                 row.update({"time": f"{event.time:.3f}", "phase": "epoch", "epoch": event.epoch,
                             "step": event.step, "loss": _g(event.train_loss), "val_loss": _g(event.val_loss),
                             "val_acc": _g(event.val_acc)})
+                if event.data_wait is not None:
+                    row["data_wait"] = f"{event.data_wait:.3f}"
                 ok &= self.metrics.write(_csv_row(self.fields, row))
         if not ok:
             self.dropped += 1
