@@ -180,6 +180,15 @@ async def _metric_and_axis_keys():
         await pilot.pause()
         assert "x: epoch" in chart.border_subtitle and text_of(plot) != by_step
         assert text_of(plot).rstrip().splitlines()[-1].split() == ["1", "2.5", "4"]  # epochs 1..4 on the x axis
+        linear = text_of(plot)
+        await pilot.press("l")
+        await pilot.pause()
+        assert "log y" in chart.border_subtitle and text_of(plot) != linear
+        labels = [float(row.split("┤")[0].split()[-1]) for row in text_of(plot).splitlines() if "┤" in row]
+        values = [v for r in app.runs for v in r.curves["val_loss"].ys]
+        assert labels[0] > max(values) and labels[-1] < min(values)  # labelled in values, not their logs
+        mid = labels[1]
+        assert abs(mid - (labels[0] * labels[-1]) ** 0.5) < 0.01 * mid  # the middle of a log axis: a geometric mean
         await pilot.press("q")
     assert app.return_code == 0
 

@@ -238,10 +238,19 @@ def test_overlay_without_points_says_so():
     assert text.plain.split("\n")[1] == "no val_f1 yet"
 
 
-def test_one_point_has_a_range_and_thin_keeps_the_last():
+def test_one_point_has_a_range_and_losses_keep_a_floor_of_zero():
     assert ranges([Line("a", [5], [2.0], "red")]) == ((4, 6), (1.8, 2.2))
-    xs, ys = thin(list(range(1000)), list(range(1000)), 100)
-    assert len(xs) <= 101 and xs[-1] == 999 and xs[0] == 0
+    assert ranges([Line("a", [1, 2], [0.01, 2.01], "red")])[1] == (0.0, 2.11)
+    assert ranges([Line("a", [1, 2], [-1.0, 1.0], "red")])[1] == (-1.1, 1.1)
+
+
+def test_thin_draws_the_mean_of_each_bucket():
+    xs = list(range(1000))
+    ys = [1.0 + (x % 2) for x in xs]  # noise between 1 and 2
+    tx, ty = thin(xs, ys, 100)
+    assert len(tx) <= 102 and (tx[0], tx[-1]) == (0, 999) and tx == sorted(tx)
+    assert all(abs(y - 1.5) <= 0.1 for y in ty[1:-1])  # a stride would have drawn 1s or 2s only
+    assert thin([1, 2, 3], [4, 5, 6], 100) == ([1, 2, 3], [4, 5, 6])
 
 
 def test_train_loss_is_the_step_curve():
@@ -260,3 +269,13 @@ def test_per_epoch_points_are_marked_where_the_line_passes():
     assert {str(s.style) for s in text.spans if text.plain[s.start:s.end] == "●"} == {"red"}
     many = overlay([Line("a", list(range(100)), [float(i) for i in range(100)], "red", marks=True)], 40, 12)
     assert "●" not in many.plain  # too many to tell apart: the line alone
+
+
+def test_a_log_axis_is_labelled_in_values_and_keeps_the_width():
+    lines = [Line("a", [1, 2, 3, 4], [2.3, 0.5, 0.1, 0.0], "red"), Line("b", [1, 2, 3, 4], [2.0, 1.0, 0.5, 0.2], "blue")]
+    for width in (37, 50, 80):
+        rows = overlay(lines, width, 14, log=True).plain.split("\n")
+        assert {len(r) for r in rows[1:]} == {width}  # the legend row aside, every row is as wide as asked
+        labels = [float(r.split("┤")[0]) for r in rows if "┤" in r]
+        assert labels[0] > 2.3 and 0.05 < labels[-1] < 0.1  # 0.0 has no log: left out
+    assert "above 0" in overlay([Line("a", [1], [0.0], "red")], 40, 10, log=True).plain

@@ -25,14 +25,21 @@ class Line:
 
 
 def thin(xs: list[float], ys: list[float], points: int) -> tuple[list[float], list[float]]:
-    """At most about `points` points, evenly strided, the last one kept."""
-    stride = max(1, len(xs) // max(1, points))
-    if stride == 1:
+    """At most about `points` points: consecutive points averaged in equal buckets (x of a bucket's
+    last point), so a noisy curve is drawn as its mean per column rather than a sample of it; the
+    first and last points kept as they are."""
+    n = len(xs)
+    size = -(-n // max(1, points))  # ceil
+    if size <= 1:
         return list(xs), list(ys)
-    keep = list(range(0, len(xs), stride))
-    if keep[-1] != len(xs) - 1:
-        keep.append(len(xs) - 1)
-    return [xs[i] for i in keep], [ys[i] for i in keep]
+    out_x, out_y = [xs[0]], [ys[0]]
+    for start in range(1, n - 1, size):
+        end = min(start + size, n - 1)
+        out_x.append(xs[end - 1])
+        out_y.append(sum(ys[start:end]) / (end - start))
+    out_x.append(xs[-1])
+    out_y.append(ys[-1])
+    return out_x, out_y
 
 
 def legend(lines: list[Line], width: int) -> Text:
@@ -57,8 +64,9 @@ def legend(lines: list[Line], width: int) -> Text:
     return out
 
 
-def ranges(lines: list[Line]) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """The x and y ranges that hold every point (y padded by 5%), or None with no points."""
+def ranges(lines: list[Line], floor: bool = True) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The x and y ranges that hold every point (y padded by 5%; with `floor`, not below 0 when no
+    value is), or None with no points."""
     xs = [x for line in lines for x in line.xs]
     ys = [y for line in lines for y in line.ys if math.isfinite(y)]
     if not xs or not ys:
@@ -68,25 +76,68 @@ def ranges(lines: list[Line]) -> tuple[tuple[float, float], tuple[float, float]]
         x0, x1 = x0 - 1, x1 + 1
     y0, y1 = min(ys), max(ys)
     pad = (y1 - y0) * 0.05 or abs(y1) * 0.1 or 1.0
-    return (x0, x1), (y0 - pad, y1 + pad)
+    low = y0 - pad if not floor or y0 - pad >= 0 or y0 < 0 else 0.0  # a loss never goes below 0
+    return (x0, x1), (low, y1 + pad)
 
 
-def overlay(lines: list[Line], width: int, height: int, empty: str = "no points yet") -> Text:
+def overlay(lines: list[Line], width: int, height: int, empty: str = "no points yet", log: bool = False) -> Text:
     """The legend, then every line on one plot (later lines drawn over earlier ones) filling
-    `height` rows in all."""
+    `height` rows in all. `log`: a log10 y axis (values <= 0 are left out), labelled in the values."""
     text = legend(lines, width)
     rows = text.plain.count("\n") + 1
     text.append("\n")
-    found = ranges(lines)
+    if log:
+        lines = [Line(line.label, *_log10(line.xs, line.ys), line.style, line.note, line.marks) for line in lines]
+    found = ranges(lines, floor=not log)
     if found is None:
-        text.append(empty, style="grey62")
+        text.append(empty if not log else f"{empty} (above 0, for the log scale)", style="grey62")
         return text
     x_range, y_range = found
     points = 2 * width  # a braille cell is 2 dots wide: more points only cost time
     series = [(*thin(line.xs, line.ys, points), line.style) for line in lines]
     plot = braille_plot(series, width, max(3, height - rows), x_range, y_range)
-    text.append_text(_mark(plot, [line for line in lines if line.marks], x_range, y_range))
+    if log:  # the labels of the values are wider than those of their logs: give the plot fewer columns
+        extra = _label_width(y_range) - plot.plain.find("┤")
+        if extra > 0:
+            plot = braille_plot(series, width - extra, max(3, height - rows), x_range, y_range)
+    plot = _mark(plot, [line for line in lines if line.marks], x_range, y_range)
+    text.append_text(_relabel(plot, y_range) if log else plot)
     return text
+
+
+def _log10(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    kept = [(x, math.log10(y)) for x, y in zip(xs, ys) if y > 0]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _value(v: float) -> str:
+    return f"{v:.3g}" if 0.01 <= abs(v) < 1e4 else f"{v:.1e}"
+
+
+def _label_width(y_range: tuple[float, float]) -> int:
+    y0, y1 = y_range
+    return max(len(_value(10 ** v)) for v in (y0, (y0 + y1) / 2, y1)) + 1
+
+
+def _relabel(plot: Text, y_range: tuple[float, float]) -> Text:
+    """A plot of log10 values with its y labels written as the values themselves (10**label). The
+    plot labels its first, middle and last rows (text/plot.py); its axis is rebuilt at the new width."""
+    lines = plot.split("\n", include_separator=False)
+    rows = len(lines) - 1
+    left = lines[0].plain.find("┤") + 1
+    y0, y1 = y_range
+    labels = {0: _value(10 ** y1), rows // 2: _value(10 ** ((y0 + y1) / 2)), rows - 1: _value(10 ** y0)}
+    label_w = _label_width(y_range)
+    out = Text(no_wrap=plot.no_wrap, overflow=plot.overflow)
+    for r, line in enumerate(lines):
+        if r < rows:
+            out.append(labels[r].rjust(label_w - 1) + " ┤" if r in labels else " " * label_w + "│", style="grey62")
+            out.append_text(line[left:])
+            out.append("\n")
+        else:  # the x axis: its labels start after the y axis
+            out.append(" " * (label_w + 1 - left) if label_w + 1 >= left else "")
+            out.append_text(line[max(0, left - label_w - 1):])
+    return out
 
 
 MARK = "●"

@@ -1,9 +1,9 @@
 """`tui-trainer compare RUN_DIR RUN_DIR [...]`: 2-6 runs side by side, read-only.
 
 One chart overlays a curve of every run (train loss per step, or a per-epoch value: val loss,
-val accuracy, each [[metrics]] entry; `m` cycles them, `x` puts epochs on the x axis), one colour
-and one legend entry per run. Below it, each run's state and best value, and the config.toml keys
-whose values differ, one column per run. Everything comes from the runs' events.jsonl
+val accuracy, each [[metrics]] entry; `m` cycles them, `x` puts epochs on the x axis, `l` makes
+the y axis logarithmic), one colour and one legend entry per run. Below it, each run's state and
+best value, and the config.toml keys whose values differ, one column per run. Everything comes from the runs' events.jsonl
 (run/history.py): read whole at start, then only what was appended, once a second, so live runs
 move and finished ones cost nothing. Nothing is ever sent to a run.
 """
@@ -59,6 +59,7 @@ class CompareApp(App[int]):
         Binding("m", "metric(1)", "Next metric"),
         Binding("M", "metric(-1)", "Prev metric"),
         Binding("x", "axis", "Step/epoch axis"),
+        Binding("l", "log", "Log scale"),
         Binding("q", "quit_compare", "Quit"),
         Binding("ctrl+c", "quit_compare", "Quit", show=False, priority=True),
     ]
@@ -69,6 +70,7 @@ class CompareApp(App[int]):
         self.poll_s = poll_s
         self.metric = TRAIN_LOSS
         self.by_epoch = False  # the x axis: steps (False) or epochs
+        self.log_y = False  # a log10 y axis
         self._drawn: tuple | None = None
         self.version = 0  # bumped whenever a poll changed something shown
         self.errors: dict[int, str] = {}  # run index -> why its events.jsonl stopped being readable
@@ -122,6 +124,10 @@ class CompareApp(App[int]):
         self.by_epoch = not self.by_epoch
         self.draw_chart()
 
+    def action_log(self) -> None:
+        self.log_y = not self.log_y
+        self.draw_chart()
+
     def action_quit_compare(self) -> None:
         self.exit(0)
 
@@ -160,16 +166,17 @@ class CompareApp(App[int]):
         width, height = plot.size.width, plot.size.height
         if width < 10 or height < 4:
             return
-        signature = (self.version, self.metric, self.by_epoch, width, height)
+        signature = (self.version, self.metric, self.by_epoch, self.log_y, width, height)
         if signature == self._drawn:
             return
         self._drawn = signature
         pane = self.query_one("#cmp-chart")
         what = "per step" if self.metric == TRAIN_LOSS else "per epoch"
         pane.border_title = f"{self.metric} {what}"
-        pane.border_subtitle = f"x: {'epoch' if self.by_epoch else 'step'} · m metric · x axis"
+        scale = " · log y" if self.log_y else ""
+        pane.border_subtitle = f"x: {'epoch' if self.by_epoch else 'step'}{scale} · m metric · x axis · l log"
         empty = f"no run has {self.metric} yet" if self.metric != TRAIN_LOSS else "no steps reported yet"
-        plot.update(overlay(self._lines(), width, height, empty=empty))
+        plot.update(overlay(self._lines(), width, height, empty=empty, log=self.log_y))
 
     def _draw_tables(self) -> None:
         best = Table(box=None, expand=True, pad_edge=False, padding=(0, 1), header_style="bold underline")
