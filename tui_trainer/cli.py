@@ -75,7 +75,15 @@ def _attach_parser() -> argparse.ArgumentParser:
                 description="Open the monitor on a run started with --no-ui/--detach (or a TUI run): every pane and"
                             " key works; d or ctrl+c leaves the viewer and the run goes on. A finished run opens"
                             " read-only.")
-    p.add_argument("run_dir", nargs="?", help="run directory (default: the newest running run under runs/)")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR|ssh://[user@]host[:port]/path/to/run",
+                   help="run directory (default: the newest running run under runs/); ssh://host/run watches a run"
+                        " on another machine through the system ssh client, drawn here (ssh://host alone: the newest"
+                        " running run under the remote runs/)")
+    p.add_argument("--remote-cmd", metavar="PATH",
+                   help="with ssh://: the tui-trainer program on the remote side (default: $TUI_TRAINER_REMOTE, else"
+                        " tui-trainer on the remote login PATH), e.g. ~/venv/bin/tui-trainer")
+    p.add_argument("--stdio", action="store_true",
+                   help="relay the run's control socket to stdin/stdout (what ssh:// runs on the remote side)")
     return p
 
 
@@ -132,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             return preview(opts.preset, opts.overrides)
         if args and args[0] == "attach":
             opts = _attach_parser().parse_args(args[1:])
+            if opts.stdio:  # the remote end of `attach ssh://`: no screen, no textual
+                from tui_trainer.run.relay import serve_stdio
+
+                return serve_stdio(opts.run_dir)
             from tui_trainer.ui.launch import run_attach
 
-            return run_attach(opts.run_dir)
+            return run_attach(opts.run_dir, remote_cmd=opts.remote_cmd)
         if args and args[0] == "ls":
             opts = _ls_parser().parse_args(args[1:])
             from tui_trainer.run.catalog import check_runs_folder, format_runs, list_runs

@@ -213,9 +213,10 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
     return launch.code if launch.code is not None else code
 
 
-def run_attach(run_dir=None, base="runs") -> int:
-    """`tui-trainer attach`: the same app on a run in another process (or, finished, read-only)."""
-    app = make_attach_app(run_dir, base)
+def run_attach(run_dir=None, base="runs", remote_cmd=None) -> int:
+    """`tui-trainer attach`: the same app on a run in another process (or, finished, read-only);
+    `ssh://host/run`: on another machine, drawn here (ui/remote.SshLink)."""
+    app = make_attach_app(run_dir, base, remote_cmd=remote_cmd)
     try:
         app.run(mouse=False)
     finally:
@@ -227,17 +228,24 @@ def run_attach(run_dir=None, base="runs") -> int:
     return app.exit_code
 
 
-def make_attach_app(run_dir=None, base="runs", *, handle_signals: bool = True) -> TrainerApp:
+def make_attach_app(run_dir=None, base="runs", *, handle_signals: bool = True, remote_cmd=None) -> TrainerApp:
     from pathlib import Path
 
     from tui_trainer import config
     from tui_trainer.errors import UserError
     from tui_trainer.run.catalog import newest_attachable
+    from tui_trainer.run.relay import is_ssh_url, parse_ssh_url
     from tui_trainer.run.rundir import read_events
     from tui_trainer.run.server import live_socket
     from tui_trainer.ui.link import ReplayLink
-    from tui_trainer.ui.remote import SocketLink
+    from tui_trainer.ui.remote import SocketLink, SshLink
 
+    if is_ssh_url(run_dir):  # the run is on another machine: events come over ssh, the screen is drawn here
+        link = SshLink(parse_ssh_url(run_dir), remote_cmd)
+        app = TrainerApp(link, refresh_hz=float(link.hello.get("refresh_hz", 10.0)),
+                         lr_reduce_factor=float(link.hello.get("lr_reduce_factor", 0.5)), handle_signals=handle_signals)
+        app.remote = True
+        return app
     if run_dir is None:
         run_dir = newest_attachable(base)
         if run_dir is None:

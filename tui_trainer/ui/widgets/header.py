@@ -37,14 +37,15 @@ class RunHeader(Static):
         top.append(" tui-trainer ", style="bold reverse")
         top.append(f" {s.run_name if s else '…'} ", style="bold")
         state = view.final.status if view.final is not None and hasattr(view.final, "status") else view.state
-        badge = f" {state.upper().replace('_', ' ')} "
+        link_down = state.startswith("reconnecting")  # "reconnecting… (n)": an ssh:// link retrying
+        badge = f" {state} " if link_down else f" {state.upper().replace('_', ' ')} "
         if s:
             forms = world_forms(s.world, s.nodes)
             room = self.size.width - top.cell_len - len(badge) - 1  # the badge whole, before any "…"
             device = next((d for d in (f" {s.device_name}{w} · amp {s.amp} " for w in forms) if len(d) <= room),
                           f" {s.device_name}{forms[-1]} · amp {s.amp} ")
             top.append(device, style="cyan")
-        label = view.state if view.state in STATE_STYLE else "running"
+        label = "disconnected" if link_down else view.state if view.state in STATE_STYLE else "running"
         top.append(badge, style=STATE_STYLE.get(label, ""))
         if view.samples_per_s:
             top.append(f"  {view.samples_per_s:,.0f} samples/s", style="bold")
