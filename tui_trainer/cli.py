@@ -90,7 +90,11 @@ def _attach_parser() -> argparse.ArgumentParser:
 def _ls_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tui-trainer ls", description="List runs with their state, epoch, best metric and whether a"
                                                     " viewer can attach.")
-    p.add_argument("runs", nargs="?", help="folder of runs (default: runs)")
+    p.add_argument("runs", nargs="?", metavar="RUNS_DIR|ssh://[user@]host[:port][/path/to/runs]",
+                   help="folder of runs (default: runs); ssh://host/path lists the runs on another machine")
+    p.add_argument("--remote-cmd", metavar="PATH",
+                   help="with ssh://: the tui-trainer program on the remote side (default: $TUI_TRAINER_REMOTE, else"
+                        " tui-trainer on the remote login PATH)")
     return p
 
 
@@ -149,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_attach(opts.run_dir, remote_cmd=opts.remote_cmd)
         if args and args[0] == "ls":
             opts = _ls_parser().parse_args(args[1:])
+            if opts.runs is not None and opts.runs.startswith("ssh://"):
+                from tui_trainer.run.catalog import remote_ls
+
+                return remote_ls(opts.runs, opts.remote_cmd)
             from tui_trainer.run.catalog import check_runs_folder, format_runs, list_runs
 
             if opts.runs is not None:  # a folder given must exist; runs/ not made yet is just no runs

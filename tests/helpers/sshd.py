@@ -265,6 +265,32 @@ class SshServer:
                  *SERVER_ALIVE, f"{self.user}@{self.host}", *remote_cmd]
         return argv
 
+    def client_config(self) -> Path:
+        """An ssh_config file with what ssh_argv passes as options, for a program that starts the
+        system ssh itself (`tui-trainer attach ssh://`): TUI_TRAINER_SSH="ssh -F FILE"."""
+        path = self.dir / "client_config"
+        if not path.exists():
+            path.write_text("\n".join([
+                f"Host {self.host}", f"  Port {self.port}", f"  User {self.user}", f"  IdentityFile {self.key}",
+                "  IdentitiesOnly yes", "  IdentityAgent none", "  StrictHostKeyChecking no",
+                "  UserKnownHostsFile /dev/null", "  GlobalKnownHostsFile /dev/null", "  LogLevel ERROR",
+                "  BatchMode yes", "  ConnectTimeout 60", "  ControlMaster no", "  ControlPath none", ""]))
+        return path
+
+    def client_env(self, remote: str | None = None) -> dict[str, str]:
+        """The environment for a local `tui-trainer attach ssh://` or `ls ssh://` that reaches this
+        sshd: its ssh client config (TUI_TRAINER_SSH) and the remote program (TUI_TRAINER_REMOTE,
+        default: this interpreter with the repo on PYTHONPATH; the remote side does not inherit the
+        test's environment)."""
+        if remote is None:
+            remote = self.remote_program()
+        return {"TUI_TRAINER_SSH": f"{self.ssh_bin} -F {self.client_config()}", "TUI_TRAINER_REMOTE": remote}
+
+    def remote_program(self) -> str:
+        """`tui-trainer` as the remote shell should run it: env REMOTE_ENV... python -m tui_trainer."""
+        assigns = [f"{k}={v}" for k, v in REMOTE_ENV.items()]
+        return shlex.join(["env", *assigns, sys.executable, "-m", "tui_trainer"])
+
     def run(self, remote_cmd: str | Sequence[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
         """A non-interactive command (no tty, stdin /dev/null), output captured as text. A list is
         quoted with shlex.join; a string goes to the remote shell as it is."""

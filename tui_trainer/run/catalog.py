@@ -134,3 +134,29 @@ def best_text(monitor: str, best: float, width: int = BEST_WIDTH) -> str:
         return value
     head = (room - 1) // 3
     return f"{name[:head]}…{name[len(name) - (room - 1 - head):]} {value}"
+
+
+def remote_ls(url: str, remote_cmd: str | None = None) -> int:
+    """`tui-trainer ls ssh://[user@]host[:port][/runs]`: `tui-trainer ls` run there through the
+    system ssh client, its table printed here (remote paths: what `attach ssh://host/PATH` takes)."""
+    import subprocess
+    import sys
+
+    from tui_trainer.run.relay import parse_ssh_url, quote_remote_path, remote_failure, remote_program, ssh_argv
+
+    target = parse_ssh_url(url)
+    program = remote_program(remote_cmd)
+    folder = f" {quote_remote_path(target.path)}" if target.path else ""
+    argv = ssh_argv(target, f"{program} ls{folder}")
+    try:
+        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    except OSError as exc:
+        raise UserError(f"cannot start the ssh client {argv[0]!r}: {exc.strerror or exc}; install openssh-client"
+                        " or set TUI_TRAINER_SSH", source="ls") from None
+    if out.returncode in (126, 127, 255) or (out.returncode and not out.stderr.startswith("tui-trainer")):
+        err = remote_failure(target, program, out.returncode, out.stderr)
+        err.source = "ls"
+        raise err
+    sys.stdout.write(out.stdout)
+    sys.stderr.write(out.stderr)
+    return out.returncode
