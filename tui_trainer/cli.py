@@ -48,8 +48,9 @@ def _run_parser() -> argparse.ArgumentParser:
         description="Train a PyTorch model from a TOML preset and steer it live from the terminal.",
         epilog="other commands:\n"
         "  tui-trainer preview PRESET.toml   resolved config, layers, planned LR; no training\n"
-        "  tui-trainer attach [RUN_DIR]      open the monitor on a running (or finished) run\n"
-        "  tui-trainer ls [RUNS_DIR]         list runs: state, epoch, best, attachable\n"
+        "  tui-trainer attach [RUN_DIR]      open the monitor on a running (or finished) run; ssh://host/RUN:\n"
+        "                                    on another machine, drawn here (only events cross the link)\n"
+        "  tui-trainer ls [RUNS_DIR]         list runs: state, epoch, best, attachable (ssh://host/RUNS_DIR too)\n"
         "  tui-trainer compare RUN_DIR ...   2-6 runs side by side: curves, best values, config differences\n"
         "  tui-trainer export RUN_DIR|CKPT   the model's weights as a plain state_dict (model.load_state_dict)\n\n"
         + EXIT_CODES,

@@ -167,7 +167,8 @@ def test_ssh_link_reconnects_and_shows_only_what_it_missed(tmp_path, monkeypatch
     server(StateChanged("running", 0))
     for step in range(1, 6):
         report(step)
-    link = SshLink(parse_ssh_url(f"ssh://box{run}"))
+    link = SshLink(parse_ssh_url(f"ssh://box{run}/."))
+    assert link.target.path == str(run.resolve())  # pinned to the hello's run: a reconnect comes back to it
     try:
         link.start()
         drained(lambda: any(getattr(e, "step", 0) == 5 for e in got), "the replay")

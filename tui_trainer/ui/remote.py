@@ -7,6 +7,7 @@ dies, the view says "disconnected" and keeps what it had.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -117,6 +118,8 @@ class SshLink(_Buffered):
         self._step = 0
         self._state: StateChanged | None = None  # the last state the run reported (restored on reconnect)
         self._connect(batch=False)
+        if self.hello.get("run"):  # reconnects go to this run, not to whichever is newest then
+            self.target = dataclasses.replace(self.target, path=self.hello["run"])
 
     # ------------------------------------------------------------------ one connection
 
