@@ -84,6 +84,10 @@ class CompareApp(App[int]):
             yield Static(id="cmp-diff")
         yield Footer()
 
+    def on_resize(self, event) -> None:
+        self._width = event.size.width
+        self._draw_tables()  # the table's headers depend on the width
+
     def on_mount(self) -> None:
         self.query_one("#cmp-best").border_title = "Runs"
         self.query_one("#cmp-config").border_title = "Config: what differs"
@@ -179,21 +183,27 @@ class CompareApp(App[int]):
         plot.update(overlay(self._lines(), width, height, empty=empty, log=self.log_y))
 
     def _draw_tables(self) -> None:
+        monitors = {run.monitor for run in self.runs}
+        one_monitor = len(monitors) == 1 and None not in monitors
+        longest = max(len(run.label) for run in self.runs) + 2
         best = Table(box=None, expand=True, pad_edge=False, padding=(0, 1), header_style="bold underline")
-        best.add_column("run", ratio=3, no_wrap=True, overflow="ellipsis")
-        best.add_column("status", no_wrap=True)
+        best.add_column("run", ratio=3, no_wrap=True, overflow="ellipsis", min_width=min(longest, 18))
+        best.add_column("status", no_wrap=True, overflow="ellipsis")
         best.add_column("steps", justify="right", no_wrap=True)
-        best.add_column("monitor", no_wrap=True, overflow="ellipsis")
-        best.add_column("best", justify="right", no_wrap=True)
+        if not one_monitor:
+            best.add_column("monitor", no_wrap=True, overflow="ellipsis")
+        best.add_column(f"best {next(iter(monitors))}" if one_monitor else "best", justify="right", no_wrap=True)
         best.add_column("at epoch", justify="right", no_wrap=True)
-        best.add_column(f"last {self.metric}", justify="right", no_wrap=True, overflow="ellipsis")
+        wide = getattr(self, "_width", self.size.width) >= 100
+        best.add_column(f"last {self.metric}" if wide else "last", justify="right", no_wrap=True, overflow="ellipsis")
         for i, run in enumerate(self.runs):
             name = Text("━ ", style=RUN_COLORS[i % len(RUN_COLORS)])
             name.append(run.label)
             state = self.errors.get(i) or run.state
             epoch = "-" if run.best_epoch is None else str(run.best_epoch)
-            best.add_row(name, Text(state.replace("_", " "), style=STATE_STYLE.get(run.state, "")), run.steps_text,
-                         run.monitor or "-", _num(run.best), epoch, _num(run.last(self.metric)))
+            cells = [name, Text(state.replace("_", " "), style=STATE_STYLE.get(run.state, "")), run.steps_text]
+            cells += [] if one_monitor else [run.monitor or "-"]
+            best.add_row(*cells, _num(run.best), epoch, _num(run.last(self.metric)))
         self.query_one("#cmp-best", Static).update(best)
 
         rows = config_diff([run.config for run in self.runs])
@@ -211,7 +221,7 @@ class CompareApp(App[int]):
             parts.append(Text("the runs' config.toml files are the same", style="grey62"))
         parts += [Text(f"{run.label}: {run.config_error}", style="yellow") for run in self.runs if run.config_error]
         self.query_one("#cmp-diff", Static).update(Group(*parts))
-        self.query_one("#cmp-config").border_subtitle = f"{len(rows)} key{'s' if len(rows) != 1 else ''} differ"
+        self.query_one("#cmp-config").border_subtitle = f"{len(rows)} key{'s differ' if len(rows) != 1 else ' differs'}"
 
 
 def run_compare(runs: list[RunHistory]) -> int:
