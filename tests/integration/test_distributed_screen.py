@@ -129,7 +129,7 @@ def test_one_process_keeps_its_screen():
     """No ranks: the header and pane of a one-process run, unchanged (the layout snapshots hold it)."""
     screen, memory = show(history(), (120, 40))
     assert "ranks" not in screen[0] and "×" not in screen[0].split("RUNNING")[0]
-    assert memory[0].startswith("CPU: process resident memory (RSS)")
+    assert memory[0].startswith("process RSS") and not any(line.lstrip().startswith("Σ") for line in memory)
 
 
 # --------------------------------------------------------------------------- a real run of 2 ranks

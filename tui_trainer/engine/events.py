@@ -55,7 +55,8 @@ class Event:
 
 @dataclass(frozen=True)
 class MemorySample:
-    """Bytes. On CUDA: allocator numbers of one device; on CPU only `rss` is set."""
+    """Bytes. On CUDA: allocator numbers of one device (None on CPU). On every device: the process's
+    RSS and CPU use and the host's memory (None where psutil cannot tell)."""
 
     device: str
     rss: int
@@ -64,6 +65,12 @@ class MemorySample:
     peak: int | None = None
     total: int | None = None
     utilization: float | None = None  # percent, from NVML when available
+    # the process's CPU use since the probe's previous reading, psutil's percent (100 = one core busy,
+    # up to 100 * cpu_cores), and how many cores the process may run on (its affinity)
+    cpu_percent: float | None = None
+    cpu_cores: int | None = None
+    host_available: int | None = None  # bytes the host can still give without swapping (psutil's available)
+    host_total: int | None = None  # the host's physical memory
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,10 @@
-"""Memory probes: one `torch.cuda.memory_stats()` per read; NVML utilisation at most once a second.
+"""Memory probes: one `torch.cuda.memory_stats()` per read; NVML utilisation at most once a second;
+the process's CPU use and the host's available memory (psutil: a read of /proc each, no device call)
+at most every HOST_EVERY_S, the last numbers in between (a rank reads at every report).
+
+CPU use is psutil's `cpu_percent(interval=None)`: the process's CPU time since the previous call over
+the wall time between them (100 = one core), so it needs no sleep, only two readings; the first
+call (in __init__) starts the clock.
 
 Many ranks: every rank reads its own memory at every report (host-side calls: no CUDA sync) and
 writes it into its own slot of a vector of `world` slots, zeros elsewhere (`pack`); the trainer sums
@@ -11,6 +17,7 @@ which do not change, are gathered once at start (`hosts`).
 from __future__ import annotations
 
 import math
+import os
 import socket
 import time
 
@@ -18,15 +25,31 @@ import torch
 
 from tui_trainer.engine.events import MemorySample
 
+HOST_EVERY_S = 0.5  # CPU use over less time is mostly noise; the screen draws the memory pane at 1 Hz
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity; all of them where the OS cannot say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
 
 class MemoryProbe:
     def __init__(self, device: torch.device):
         self.device = device
         self._process = None
+        self._psutil = None
+        self._cores = usable_cores()
+        self._host: tuple[float | None, int | None, int | None] = (None, None, None)
+        self._host_at = -math.inf
         try:
             import psutil
 
+            self._psutil = psutil
             self._process = psutil.Process()
+            self._process.cpu_percent(interval=None)  # starts the clock: the first read measures from here
         except ImportError:
             pass
         self._total = None
@@ -48,9 +71,23 @@ class MemoryProbe:
     def rss(self) -> int:
         return self._process.memory_info().rss if self._process is not None else 0
 
+    def host(self) -> tuple[float | None, int | None, int | None]:
+        """(CPU percent, host available bytes, host total bytes), read at most every HOST_EVERY_S."""
+        now = time.monotonic()
+        if self._process is not None and now - self._host_at >= HOST_EVERY_S:
+            self._host_at = now
+            try:
+                vm = self._psutil.virtual_memory()
+                self._host = (self._process.cpu_percent(interval=None), vm.available, vm.total)
+            except Exception:  # a /proc that cannot be read: unknown, not a failed run
+                self._host = (None, None, None)
+        return self._host
+
     def read(self) -> MemorySample:
+        cpu, available, host_total = self.host()
+        host = dict(cpu_percent=cpu, cpu_cores=self._cores, host_available=available, host_total=host_total)
         if self.device.type != "cuda":
-            return MemorySample(device=str(self.device), rss=self.rss())
+            return MemorySample(device=str(self.device), rss=self.rss(), **host)
         stats = torch.cuda.memory_stats(self._index)
         now = time.monotonic()
         if self._nvml is not None and now - self._util_at >= 1.0:
@@ -69,13 +106,16 @@ class MemoryProbe:
             peak=stats.get("allocated_bytes.all.peak", 0),
             total=self._total,
             utilization=self._util,
+            **host,
         )
 
 
 # One rank's slot: a presence mark (1: after the sum, 1 in every slot means every rank wrote its
 # own), the device (kind, index), then the sample's numbers. None is -1 (every number is >= 0).
 # Bytes are integers below 2**53: exact in float64, and so is their sum with zeros.
-SLOT = ("present", "kind", "index", "rss", "allocated", "reserved", "peak", "total", "utilization")
+SLOT = ("present", "kind", "index", "rss", "allocated", "reserved", "peak", "total", "utilization",
+        "cpu_percent", "cpu_cores", "host_available", "host_total")
+FLOATS = ("utilization", "cpu_percent")  # the others are whole numbers
 KINDS = ("cpu", "cuda", "mps", "xpu")
 _NONE = -1.0
 
@@ -103,9 +143,9 @@ def unpack(vector: list[float], world: int) -> tuple[MemorySample, ...]:
         _, kind, index, *numbers = vector[r * n:(r + 1) * n]
         name = KINDS[int(kind)] if 0 <= kind < len(KINDS) else "?"
         fields = dict(zip(SLOT[3:], (None if v < 0 or not math.isfinite(v) else v for v in numbers)))
-        util = fields.pop("utilization")
-        out.append(MemorySample(device=name if index < 0 else f"{name}:{int(index)}", rss=int(fields.pop("rss") or 0),
-                                **{k: None if v is None else int(v) for k, v in fields.items()}, utilization=util))
+        fields["rss"] = fields["rss"] or 0
+        out.append(MemorySample(device=name if index < 0 else f"{name}:{int(index)}",
+                                **{k: v if v is None or k in FLOATS else int(v) for k, v in fields.items()}))
     return tuple(out)
 
 

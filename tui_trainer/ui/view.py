@@ -27,6 +27,7 @@ from tui_trainer.engine.events import (
     TrainableChanged,
 )
 from tui_trainer.text.format import event_line
+from tui_trainer.ui.memory_history import MachineHistory
 
 
 class Series:
@@ -92,6 +93,7 @@ class RunView:
         # used bytes (allocated on a GPU, else RSS) at each sample: this process's device, or with
         # many ranks the fullest rank's (the one nearest to running out)
         self.memory_history: deque[float] = deque(maxlen=300)
+        self.machine = MachineHistory()  # the Memory pane's charts and the header's input wait
         self.badges: list[str] = []
         self.log: deque[tuple[float, str, str]] = deque(maxlen=2000)
         self.log_count = 0  # total lines ever logged: the log pane writes the ones it has not seen
@@ -169,6 +171,8 @@ class RunView:
             self.memory = e.memory
             self.ranks = e.ranks
             self.memory_history.append(float(max(map(used_bytes, e.ranks or (e.memory,)))))
+            self.dirty.add("memory")
+        if self.machine.add(e):
             self.dirty.add("memory")
         self.dirty |= {"header", "loss", "lr"}
 

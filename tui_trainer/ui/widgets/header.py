@@ -1,4 +1,6 @@
-"""Header: run name, device, state, epoch/step with a bar, samples/s, ETA, loud warning badges.
+"""Header: run name, device, state, epoch/step with a bar, samples/s, the share of time spent
+waiting for data (`data 34%`, loud above DATA_WAIT_LOUD: the run is input-bound), ETA, loud warning
+badges.
 
 A run of many ranks says how many beside the device ("NVIDIA H200 · 16 ranks on 2 nodes"; samples/s
 count the global batch), in a shorter form ("×16 on 2 nodes", "×16") when the long one would push
@@ -12,6 +14,8 @@ from textual.widgets import Static
 from tui_trainer.text.format import duration
 from tui_trainer.ui.widgets.draw import bar
 from tui_trainer.ui.view import RunView
+
+DATA_WAIT_LOUD = 0.2  # above this share of wall time waiting for batches, the figure stands out
 
 STATE_STYLE = {
     "starting": "bold black on grey70",
@@ -47,12 +51,11 @@ class RunHeader(Static):
             top.append(device, style="cyan")
         label = "disconnected" if link_down else view.state if view.state in STATE_STYLE else "running"
         top.append(badge, style=STATE_STYLE.get(label, ""))
-        if view.samples_per_s:
-            top.append(f"  {view.samples_per_s:,.0f} samples/s", style="bold")
-        if view.eta_s is not None and view.state in ("running", "paused"):
-            top.append(f"  ETA {duration(view.eta_s)}")
-        if view.manual_factor != 1.0:
-            top.append(f"  LR ×{view.manual_factor:g} by hand", style="yellow")
+        for short in (False, True):  # "812/s" for "812 samples/s" when the line would not fit whole
+            pace = pace_text(view, short)
+            if pace.cell_len + top.cell_len <= self.size.width:
+                break
+        top.append_text(pace)
 
         line = Text()
         total = view.total_steps or 1
@@ -66,6 +69,29 @@ class RunHeader(Static):
         joined = Text("\n").join([top, line])
         joined.no_wrap, joined.overflow = True, "ellipsis"  # crop at draw time, whatever the width
         self.update(joined, layout=False)  # fixed size: no layout pass for a new number
+
+
+def pace_text(view: RunView, short: bool = False) -> Text:
+    """samples/s, the input wait (`data 34%`, loud when the run is input-bound), ETA, a manual LR."""
+    text = Text()
+    if view.samples_per_s:
+        text.append(f"  {view.samples_per_s:,.0f}{'/s' if short else ' samples/s'}", style="bold")
+    wait = view.machine.data_wait
+    if wait is not None and view.final is None:  # the loop's figure, while it runs
+        if wait > DATA_WAIT_LOUD:  # input-bound: the figure on a coloured ground
+            text.append(" ")
+            text.append(f" {data_wait_text(wait)} ", style="bold black on dark_orange")
+        else:
+            text.append(f"  {data_wait_text(wait)}")
+    if view.eta_s is not None and view.state in ("running", "paused"):
+        text.append(f"  ETA {duration(view.eta_s)}")
+    if view.manual_factor != 1.0:
+        text.append(f"  LR ×{view.manual_factor:g} by hand", style="yellow")
+    return text
+
+
+def data_wait_text(wait: float) -> str:
+    return f"data {100 * wait:.0f}%"
 
 
 def world_forms(world: int, nodes: int) -> list[str]:

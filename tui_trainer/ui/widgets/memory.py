@@ -12,14 +12,19 @@ line counts the others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
 
 from tui_trainer.engine.events import MemorySample
-from tui_trainer.text.format import human_bytes, short_bytes
+from tui_trainer.text.format import duration, human_bytes, short_bytes
+from tui_trainer.ui.memory_history import columns, cpu_share
 from tui_trainer.ui.view import RunView, used_bytes
-from tui_trainer.ui.widgets.draw import bar, bar2, spark
+from tui_trainer.ui.widgets.draw import BLOCKS, bar, bar2, spark
+from tui_trainer.ui.widgets.header import DATA_WAIT_LOUD
 
 HOST_WIDTH = 8  # at most this much of a host name labels its ranks (several nodes)
 
@@ -43,29 +48,18 @@ class MemoryPane(Vertical):
             self._draw_ranks(view)
             return
         m = view.memory
-        width = max(8, self.size.width - 34)
-        text = Text()
+        width, height = max(20, self.size.width), max(1, self.size.height)
         if m is None:
-            text.append("waiting for the first report…", style="grey50")
-        elif m.allocated is not None and m.total:
-            text.append(f"GPU {m.device}", style="bold")
-            if m.utilization is not None:
-                text.append(f"  util {m.utilization:.0f}%")
-            for label, value in (("allocated", m.allocated), ("reserved ", m.reserved), ("peak     ", m.peak)):
-                text.append(f"\n{label} ")
-                text.append_text(bar(value / m.total, width))
-                text.append(f" {human_bytes(value)} / {human_bytes(m.total)}")
-            text.append(f"\nhost RSS {human_bytes(m.rss)}", style="grey50")
+            text = Text("waiting for the first report…", style="grey50")
+            lines = 1
         else:
-            text.append("CPU: process resident memory (RSS)\n", style="bold")
-            text.append(human_bytes(m.rss))
-        shape = m.allocated is None if m is not None else None
-        self._show(text, m is None or self._shape != shape, shape)
-        top = m.total if m is not None and m.total else None
-        label = "allocated" if m is not None and m.allocated is not None else "RSS"
-        line = Text(spark(list(view.memory_history), max(8, self.size.width - 4), top), style="cyan")
-        line.append(f"\n{label} history, 0 to {'total' if top else 'max'}", style="grey50")
-        self._spark(line)
+            head = gpu_lines(m, width) if m.allocated is not None and m.total else []
+            body = fit_tracks(tracks(view), view.machine.span_s(), width, height - len(head))
+            text = Text("\n", no_wrap=True, overflow="ellipsis").join(head + body)
+            lines = len(head) + len(body)
+        shape = ("one", lines)
+        self._show(text, self._shape != shape, shape)
+        self._spark(None)
 
     # ------------------------------------------------------------------ many ranks
 
@@ -223,3 +217,141 @@ class RankRows:
             text.append(" " * self.bar)
             text.append(self._numbers({"RSS": short_bytes(sum(m.rss for m in ms))}))
         return text
+
+
+# --------------------------------------------------------------------------- one process
+
+
+@dataclass
+class Track:
+    """One number with its history: a row `label value ▁▂▃▅` (inline), or a line `label … value` over
+    a chart several rows high (stacked). The chart goes from 0 to `top` (None: the history's max)."""
+
+    label: str  # inline, at most LABEL characters
+    value: str  # inline, at most VALUE characters
+    long_label: str
+    long_value: str
+    history: list[float | None]
+    top: float | None
+    keep: Callable = max  # how a column of several samples is summed up (min for what runs out)
+    loud: float | None = None  # columns above this stand out
+
+
+LABEL, VALUE = 11, 6
+MAX_CHART_ROWS = 4
+
+
+def tracks(view: RunView) -> list[Track]:
+    """What the pane charts, most telling first (the last ones go first when the pane is short).
+    CPU: the process's RSS, its CPU use, the host's available memory, the input wait. GPU: allocated
+    memory, the input wait, utilisation, the process's CPU use and RSS, the host's memory."""
+    m, h = view.memory, view.machine
+    out: dict[str, Track] = {}
+    wait = h.data_wait
+    if wait is not None or h.known("data_wait"):
+        history = [None if v is None else 100 * v for v in h.series("data_wait")]
+        text = "?" if wait is None else f"{100 * wait:.0f}%"
+        out["data"] = Track("data wait", text, "waiting for data (share of time)", text, history, 100.0,
+                            loud=100 * DATA_WAIT_LOUD)
+    out["rss"] = Track("RSS", short_bytes(m.rss), "process RSS", human_bytes(m.rss), h.series("rss"), None)
+    if m.cpu_percent is not None or h.known("cpu"):
+        share = cpu_share(m)
+        cores = m.cpu_cores or 1
+        text = "?" if share is None else f"{share:.0f}%"
+        out["cpu"] = Track(f"CPU {cores} core{'s' if cores != 1 else ''}"[:LABEL], text,
+                           f"process CPU, of {cores} core{'s' if cores != 1 else ''}", text, h.series("cpu"), 100.0)
+    if m.host_available is not None or h.known("available"):
+        total = m.host_total
+        out["free"] = Track("host free", short_bytes(m.host_available), "host memory available",
+                            f"{human_bytes(m.host_available)} of {human_bytes(total)}" if total
+                            else human_bytes(m.host_available), h.series("available"), total, keep=min)
+    if m.allocated is not None and m.total:
+        util = m.utilization
+        out["alloc"] = Track("allocated", short_bytes(m.allocated), "GPU allocated",
+                             f"{human_bytes(m.allocated)} of {human_bytes(m.total)}", h.series("allocated"), m.total)
+        if util is not None or h.known("utilization"):
+            text = "?" if util is None else f"{util:.0f}%"
+            out["util"] = Track("GPU util", text, "GPU utilisation (NVML)", text, h.series("utilization"), 100.0)
+        order = ("alloc", "data", "util", "cpu", "rss", "free")
+    else:
+        order = ("rss", "cpu", "free", "data")
+    return [out[k] for k in order if k in out]
+
+
+def fit_tracks(shown: list[Track], span_s: float, width: int, height: int) -> list[Text]:
+    """The tracks in `height` rows of `width`: stacked with charts of 1..MAX_CHART_ROWS rows when
+    every track gets two rows at least, else one row each; a caption (the time the charts span) when
+    a row is left; tracks from the end left out when even one row each does not fit."""
+    if height <= 0 or not shown:
+        return []
+    n = len(shown)
+    rows = (height - 1) // n - 1  # chart rows of each stacked track, the caption's row kept
+    caption = Text(f"history: last {duration(span_s)}, each chart from 0", style="grey50")
+    if rows >= 1:
+        rows = min(rows, MAX_CHART_ROWS)
+        out = []
+        for t in shown:
+            out.append(spread(t.long_label, t.long_value, width))
+            out.extend(chart(t, width, rows))
+        return out + [caption]
+    shown = shown[:height]
+    room = width - LABEL - VALUE - 2
+    out = []
+    for t in shown:
+        line = Text(f"{t.label:<{LABEL}.{LABEL}} ", style="bold")
+        line.append(f"{t.value:>{VALUE}} ")
+        if room >= 4:
+            line.append_text(chart(t, room, 1)[0])
+        out.append(line)
+    return out + [caption] if len(out) < height else out
+
+
+def spread(label: str, value: str, width: int) -> Text:
+    """`label` on the left, `value` on the right of one line of `width`."""
+    text = Text(label, style="bold")
+    text.append(" " * max(1, width - len(label) - len(value)))
+    text.append(value)
+    return text
+
+
+def chart(t: Track, width: int, rows: int) -> list[Text]:
+    """The track's history as an area chart of `rows` rows, the newest at the right; a gap (no
+    number) is a blank column; a column of many samples shows `t.keep` of them."""
+    values = columns(t.history, width, t.keep)
+    known = [v for v in values if v is not None]
+    top = t.top or max(known, default=0.0) or 1.0
+    levels = 8 * rows
+    heights = []
+    for v in values:
+        if v is None:
+            heights.append(None)
+            continue
+        level = round(min(1.0, max(0.0, v / top)) * levels)
+        heights.append(max(1, level) if v > 0 else 0)
+    pad = width - len(values)
+    out = []
+    for r in reversed(range(rows)):
+        line = Text(" " * pad)
+        for v, level in zip(values, heights):
+            if level is None:
+                line.append(" ")
+                continue
+            style = "dark_orange" if t.loud is not None and v > t.loud else "cyan"
+            line.append(BLOCKS[min(8, max(0, level - 8 * r))], style=style)
+        out.append(line)
+    return out
+
+
+def gpu_lines(m: MemorySample, width: int) -> list[Text]:
+    """The device, its utilisation, and bars of allocated, reserved and peak of its total."""
+    title = Text(f"GPU {m.device}", style="bold")
+    if m.utilization is not None:
+        title.append(f"  util {m.utilization:.0f}%")
+    out = [title]
+    size = max(8, width - 25)
+    for label, value in (("allocated", m.allocated), ("reserved ", m.reserved), ("peak     ", m.peak)):
+        line = Text(f"{label} ")
+        line.append_text(bar((value or 0) / m.total, size))
+        line.append(f" {short_bytes(value)} of {short_bytes(m.total)}")
+        out.append(line)
+    return out
