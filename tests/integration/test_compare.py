@@ -103,6 +103,36 @@ def test_a_live_run_is_read_as_it_grows(tiny_preset, tmp_path, one_torch_thread)
     assert (live.best, live.best_epoch, live.step) == (whole.best, whole.best_epoch, whole.step)
 
 
+def test_a_detached_run_is_live_until_it_ends(tiny_preset, tmp_path):
+    """A run training in another process: read as running (its socket answers) while it grows, and
+    as ended by the signal once SIGTERM stopped it."""
+    import os
+    import signal
+
+    from tests.conftest import ONE_THREAD_ENV
+    from tests.helpers.runs import wait_until
+    from tui_trainer.run.history import serving
+
+    started = run_cli(str(tiny_preset()), "--detach", "--run-dir", "live", "--set", "train.epochs=5000",
+                      "--set", "train.log_every=1", cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert started.returncode == 0, started.stderr
+    live = tmp_path / "live"
+    pid = json.loads((live / "control.json").read_text())["pid"]
+    try:
+        wait_until(lambda: b"StepReport" in (live / "events.jsonl").read_bytes(), "the first report")
+        run = open_runs([live, FIXTURES / "small-lr"])[0]
+        assert run.state == "running" and not run.final and serving(live)
+        step = run.step
+        wait_until(lambda: run.poll() and run.step > step + 20, "more steps read")
+        assert run.check_alive() is False and run.state == "running"  # still served: nothing changed
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: run.poll() and run.final, "the run's end read")
+    assert run.state == "signal"
+    wait_until(lambda: not serving(live), "the socket gone")
+    assert run.check_alive() is False and run.state == "signal"  # a final event stays final
+
+
 # ---------------------------------------------------------------------- the command's bad input
 
 
