@@ -1,8 +1,10 @@
-"""Two DDP ranks: the engine against a bare DDP loop, and what the command broadcast costs.
+"""Two DDP ranks: the engine against a bare DDP loop, and what the engine's collectives cost.
 
 (a) A bare 2-rank DDP loop against (b) the engine on 2 ranks, as `tui-trainer PRESET --no-ui --set
-train.devices=2` runs it, and (c) the same engine with the command broadcast (`Dist.share`) replaced
-by nothing; plus the cost of one `Dist.share([])` alone.
+train.devices=2` runs it (one sync about every 100 ms: losses, memory and commands in one
+all_reduce), and (c) the same engine with `train.log_min_interval_s = 0` (a sync at every multiple
+of log_every and every epoch end: what the engine did before the syncs were paced, with the
+command count folded in); plus the cost of one `Dist.share([])` alone (the pause-time broadcast).
 
     python benchmarks/ddp.py                       # tiny and resnet18, alternating windows, + the broadcast
     python benchmarks/ddp.py --workload tiny --variants ab
@@ -20,9 +22,8 @@ and steps), and each rank takes its slice of every global batch (parts/batches.p
      (run_headless: rank 0 writes the run directory, the log lines to a file and serves the control
      socket; the command broadcast at the step boundaries the engine picks, every step until
      a6d93c1 and about every 50 ms since; the loss all-reduce at every report).
-  c  engine without the broadcast: (b) with `Dist.share` patched to return at once, without any
-     communication. Safe here because no command is ever sent. b against c is the broadcast's cost
-     in place; never a way to run.
+  c  engine with exact reports: (b) with `--set train.log_min_interval_s=0`. b against c is what
+     pacing the collectives gains.
 
 A window is one run of every variant, in a rotating order. Inside each rank, the clocks (wall, process
 CPU, thread CPU) are read right after step `warmup` and after step `steps` (in the engine: right after
@@ -53,7 +54,8 @@ from benchmarks.workloads import DIGITS_TRAIN, WORKLOADS, Workload, quick  # noq
 
 WORLD = 2
 GOAL = 0.98  # b/a, on both workloads (issue 13)
-NAMES = {"a": "a bare DDP loop", "b": "b engine, --no-ui", "c": "c engine, no share()"}
+NAMES = {"a": "a bare DDP loop", "b": "b engine, --no-ui", "c": "c engine, log_min_interval_s=0"}
+EXACT = ["train.log_min_interval_s=0"]  # variant c
 WINDOWS = {"tiny": {"warmup": 300, "steps": 1300, "windows": 10},
            "resnet18": {"warmup": 5, "steps": 25, "windows": 5}}
 SHARE_CALLS, SHARE_WARMUP = 5000, 500
@@ -128,43 +130,32 @@ def bare_rank(preset_path: str, warmup: int, steps: int, threads: int) -> dict:
         dist.destroy_process_group()
 
 
-def _no_share(self, commands, every: int = 1, *args, **kwargs):
-    """`Dist.share` without any communication (variant c): what one process does. Only right
-    because no command is ever sent in this benchmark; `every` (steps to the next share, when the
-    engine passes it) is kept as rank 0 would have told every rank."""
-    if hasattr(self, "every"):
-        self.every = every
-    return list(commands) if self.writer else []
-
-
 def engine_rank(preset_path: str, run_dir: str, warmup: int, steps: int, threads: int, share: bool) -> dict:
     """(b) One rank exactly as the CLI's launcher starts it (`ranks.rank_main`: run_headless, rank 0
     serving), with the clocks read after the trainer's report of steps `warmup` and `steps`.
-    (c) The same with `Dist.share` returning at once (no command is ever sent here)."""
+    (c) The same with exact reports (`share` False: train.log_min_interval_s = 0)."""
     rank, _ = _rank_setup(threads)
-    from tui_trainer.engine.distributed import Dist
     from tui_trainer.engine.trainer import Trainer
     from tui_trainer.run.ranks import rank_main
 
     taken: dict[int, Clocks] = {}
-    report = Trainer._report
+    step = Trainer._step
 
-    def timed_report(self) -> None:
-        report(self)
-        if self.step in (warmup, steps) and self.step not in taken:
-            taken[self.step] = Clocks.now()
+    def timed_step(self, batch) -> bool:
+        done = step(self, batch)
+        if done and self.step in (warmup, steps) and self.step not in taken:
+            taken[self.step] = Clocks.now()  # right after the step, as the bare loop; syncs fall inside
+        return done
 
-    Trainer._report = timed_report  # this rank's process only
-    if not share:
-        Dist.share = _no_share
-    code = rank_main(preset_path, [], None, run_dir)
+    Trainer._step = timed_step  # this rank's process only
+    code = rank_main(preset_path, [] if share else EXACT, None, run_dir)
     if code != 0:
         raise RuntimeError(f"rank {rank}: engine run failed (exit {code}); see {run_dir}/events.jsonl")
     return _window(taken, warmup, steps, rank)
 
 
 PIECES = (("Trainer", "_step"), ("Trainer", "_update"), ("Trainer", "_between_steps"), ("Dist", "share"),
-          ("Trainer", "_report"), ("Dist", "sum_"), ("Trainer", "_end_epoch"), ("Recorder", "__call__"),
+          ("Trainer", "_sync"), ("Trainer", "_read"), ("Dist", "commands"), ("Trainer", "_report"), ("Dist", "sum_"), ("Trainer", "_end_epoch"), ("Recorder", "__call__"),
           ("LineReporter", "__call__"), ("ControlServer", "__call__"))
 
 
@@ -182,8 +173,6 @@ def pieces_rank(preset_path: str, run_dir: str, steps: int, threads: int, share:
 
     classes = {"Trainer": Trainer, "Dist": Dist, "Recorder": Recorder, "LineReporter": LineReporter,
                "ControlServer": ControlServer}
-    if not share:
-        Dist.share = _no_share
     spent: dict[str, list[int]] = {}
 
     def timed(name, call):
@@ -199,10 +188,8 @@ def pieces_rank(preset_path: str, run_dir: str, steps: int, threads: int, share:
         return wrapper
 
     for cls, attr in PIECES + (("Trainer", "run"),):
-        if cls == "Dist" and attr == "share" and not share:
-            continue
         setattr(classes[cls], attr, timed(f"{cls}.{attr}", getattr(classes[cls], attr)))
-    code = rank_main(preset_path, [], None, run_dir)
+    code = rank_main(preset_path, [] if share else EXACT, None, run_dir)
     if code != 0:
         raise RuntimeError(f"rank {rank}: engine run failed (exit {code})")
     return {"rank": rank, "steps": steps, "pieces": spent}
@@ -378,7 +365,7 @@ def report(result: dict) -> None:
         print(line)
     s = result["share_in_place"]
     if s:
-        print(f"  the broadcast in place (b against c): {s['wall_share']:+.1%} +-{s['wall_spread_abs']:.1%} of a step"
+        print(f"  pacing the syncs (b against c, the exact cadence): {s['wall_share']:+.1%} +-{s['wall_spread_abs']:.1%} of a step"
               f" (wall), {s['cpu_share']:+.1%} +-{s['cpu_spread_abs']:.1%} (CPU); {s['us_per_step']:+.0f} us per step"
               " from the medians")
     n = result["noise"]

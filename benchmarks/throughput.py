@@ -119,9 +119,11 @@ def bare_loop(preset_path: Path, w: Workload, run_dir: Path) -> tuple[float, dic
 
 @contextlib.contextmanager
 def clocks_at_reports(steps: tuple[int, int]):
-    """Read the Clocks in the training thread when the StepReports of `steps` reach the run-dir
-    Recorder (the sink that writes events.jsonl, whose time stamps give the wall-clock window).
-    Patched on the class for one run only; costs nothing measurable on the other reports."""
+    """Read the Clocks in the training thread when a StepReport of a step in `steps` = (first, last)
+    reaches the run-dir Recorder (the sink that writes events.jsonl, whose time stamps give the
+    wall-clock window). Reports are paced (train.log_min_interval_s), so the window is from the first
+    report at or after `first` to the last one at or before `last` (`_window`). Patched on the class
+    for one run only; costs nothing measurable on the other reports."""
     from tui_trainer.engine.events import StepReport
     from tui_trainer.run import rundir
 
@@ -129,7 +131,7 @@ def clocks_at_reports(steps: tuple[int, int]):
     original = rundir.Recorder.__call__
 
     def call(self, event):
-        if isinstance(event, StepReport) and event.step in steps and event.step not in taken:
+        if isinstance(event, StepReport) and steps[0] <= event.step <= steps[1] and event.step not in taken:
             taken[event.step] = Clocks.now()
         return original(self, event)
 
@@ -141,10 +143,10 @@ def clocks_at_reports(steps: tuple[int, int]):
 
 
 def _window(run_dir: Path, w: Workload, taken: dict[int, Clocks]) -> tuple[float, dict]:
-    if w.warmup not in taken or w.steps not in taken:
-        raise RuntimeError(f"{run_dir}: no StepReport reached the recorder at steps {w.warmup} and {w.steps}")
-    return common.window_rate(run_dir, w.warmup, w.steps), cpu_split(taken[w.warmup], taken[w.steps],
-                                                                      w.steps - w.warmup)
+    if len(taken) < 2:
+        raise RuntimeError(f"{run_dir}: fewer than 2 StepReports reached the recorder in steps {w.warmup}..{w.steps}")
+    first, last = min(taken), max(taken)
+    return common.window_rate(run_dir, first, last), cpu_split(taken[first], taken[last], last - first)
 
 
 def engine_headless(preset_path: Path, w: Workload, run_dir: Path) -> tuple[float, dict]:

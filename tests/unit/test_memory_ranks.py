@@ -231,7 +231,7 @@ class StandIn(Dist):
                 t += t.clone()
 
 
-def run_as_rank_0(tiny_preset, tmp_path, monkeypatch, dist: StandIn | None, name: str):
+def run_as_rank_0(tiny_preset, tmp_path, monkeypatch, dist: StandIn | None, name: str, fused: bool = True):
     from tui_trainer.run.launch import prepare
 
     monkeypatch.setattr(probes, "hosts", lambda d: ("here", "there") if d.active else ())
@@ -240,6 +240,7 @@ def run_as_rank_0(tiny_preset, tmp_path, monkeypatch, dist: StandIn | None, name
                       sinks=[seen.append])
     if dist is not None:
         session.trainer.dist = dist
+        session.trainer._fused = fused  # False: the CUDA way (commands on the control group, losses at reports)
     try:
         session.trainer.run()
     finally:
@@ -247,10 +248,11 @@ def run_as_rank_0(tiny_preset, tmp_path, monkeypatch, dist: StandIn | None, name
     return seen
 
 
-def test_report_of_rank_0_carries_every_rank_and_the_same_loss(tiny_preset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["cpu-one-collective", "cuda-split"])
+def test_report_of_rank_0_carries_every_rank_and_the_same_loss(tiny_preset, tmp_path, monkeypatch, fused):
     other = ev.MemorySample("cpu", rss=123_456_789)
     alone = run_as_rank_0(tiny_preset, tmp_path, monkeypatch, None, "one")
-    many = run_as_rank_0(tiny_preset, tmp_path, monkeypatch, StandIn(other), "two")
+    many = run_as_rank_0(tiny_preset, tmp_path, monkeypatch, StandIn(other), "two", fused)
     (started,) = [e for e in many if isinstance(e, ev.RunStarted)]
     assert (started.world, started.nodes, started.hosts) == (2, 2, ("here", "there"))
     reports = [e for e in many if isinstance(e, ev.StepReport)]

@@ -149,6 +149,7 @@ class Trainer:
         self._paused = False
         self._share_now = True  # many ranks: share rank 0's commands before the first step (--paused)
         self._sync_at = 1  # many ranks: the step after which every rank syncs next (rank 0 picks it)
+        self._fused = self.device.type == "cpu"  # many ranks: the losses ride in the sync's collective (_sync)
         self._synced_step, self._synced_t = 0, time.monotonic()
         self._stop: Stop | None = None
         self._saved_step = -1
@@ -454,11 +455,22 @@ class Trainer:
     # ------------------------------------------------------------------ reporting
 
     def _sync(self) -> None:
-        """Many ranks, at the step rank 0 named in the last sync: one collective reads the losses,
-        every rank's memory, rank 0's commands and the steps to the next sync; a StepReport follows
-        when a multiple of log_every was passed; then every rank applies the same commands."""
-        commands = self._read(share=True)
-        if self.step // self.log_every > (self._values_first - 1) // self.log_every:
+        """Many ranks, at the step rank 0 named in the last sync: rank 0's commands and the steps to
+        the next sync reach every rank; a StepReport follows when a multiple of log_every was passed;
+        then every rank applies the same commands.
+
+        On CPU (gloo) one all_reduce carries it all with the losses and every rank's memory (`_read`).
+        On CUDA the losses are on the device and reading them is a host sync, so the commands travel
+        alone on the CPU control group (`Dist.share`: no CUDA sync) and the losses' all_reduce and
+        read come only with a report, as in one process."""
+        if self._fused:
+            commands = self._read(share=True)
+        else:
+            writer = self.dist.writer
+            commands = self.dist.share(self._rank0_commands() if writer else [], self._sync_every() if writer else 0)
+            self._sync_at = self.step + self.dist.every
+        first = self._values_first if self._values else self._pending_first  # the first step not reported
+        if self.step // self.log_every > (first - 1) // self.log_every:
             self._report()
         for cmd in commands:
             self._apply(cmd)
