@@ -280,8 +280,9 @@ def tracks(view: RunView) -> list[Track]:
 
 def fit_tracks(shown: list[Track], span_s: float, width: int, height: int) -> list[Text]:
     """The tracks in `height` rows of `width`: stacked with charts of 1..MAX_CHART_ROWS rows when
-    every track gets two rows at least, else one row each; a caption (the time the charts span) when
-    a row is left; tracks from the end left out when even one row each does not fit."""
+    every track gets two rows at least (the rows left over go to the first tracks' charts), else one
+    row each; a caption (the time the charts span) when a row is left; tracks from the end left out
+    when even one row each does not fit."""
     if height <= 0 or not shown:
         return []
     n = len(shown)
@@ -289,10 +290,11 @@ def fit_tracks(shown: list[Track], span_s: float, width: int, height: int) -> li
     caption = Text(f"history: last {duration(span_s)}, each chart from 0", style="grey50")
     if rows >= 1:
         rows = min(rows, MAX_CHART_ROWS)
+        spare = height - 1 - n * (1 + rows)  # rows left over: a row more for the first tracks' charts
         out = []
-        for t in shown:
+        for i, t in enumerate(shown):
             out.append(spread(t.long_label, t.long_value, width))
-            out.extend(chart(t, width, rows))
+            out.extend(chart(t, width, min(MAX_CHART_ROWS, rows + (i < spare))))
         return out + [caption]
     shown = shown[:height]
     room = width - LABEL - VALUE - 2
