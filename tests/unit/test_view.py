@@ -9,7 +9,7 @@ import pytest
 from tests.helpers.factories import T0, epoch_end, run_started
 from tui_trainer.engine import events as ev
 from tui_trainer.parts.optim import LrPlan
-from tui_trainer.ui.view import RunView, Series
+from tui_trainer.ui.view import MinMaxSeries, RunView, Series
 
 
 def report(step: int, losses, lrs=(0.1,), first_step: int | None = None, memory=None, epoch: int = 1):
@@ -73,6 +73,78 @@ def test_series_keeps_the_newest_point_when_it_halves():
     assert s.ys == [0.5, 2.5, 4.0]
 
 
+# --------------------------------------------------------------------------- MinMaxSeries
+
+
+def test_minmax_series_keeps_every_point_below_its_cap():
+    s = MinMaxSeries(8)
+    for x, y in enumerate([3.0, math.nan, 1.0, math.inf, 2.0]):
+        s.add(x, y)
+    assert (list(s.xs), list(s.lo), list(s.hi), s.per_bucket, s.added) == ([0, 2, 4], [3, 1, 2], [3, 1, 2], 1, 3)
+    assert s.columns(8) == ([0, 2, 4], [3, 1, 2], [3, 1, 2], [3, 1, 2]) and s.last == 2.0
+
+
+def test_minmax_series_merges_pairs_keeping_min_max_and_the_mean():
+    s = MinMaxSeries(4)
+    for x, y in enumerate([1.0, 5.0, 2.0, 4.0, 3.0]):  # the fifth bucket: pairs merge, each holds 2 points now
+        s.add(x, y)
+    assert s.per_bucket == 2 and len(s) == 3
+    assert (list(s.xs), list(s.lo), list(s.hi)) == ([1, 3, 4], [1, 2, 3], [5, 4, 3])
+    assert [m / c for m, c in zip(s.sums, s.counts)] == [3.0, 3.0, 3.0]
+    s.add(5, 0.5)  # fills the newest bucket in place: the latest point is always there
+    assert (list(s.xs), s.lo[-1], s.hi[-1], s.counts[-1], len(s)) == ([1, 3, 5], 0.5, 3.0, 2, 3)
+
+
+def test_minmax_series_a_one_step_spike_survives_a_million_steps():
+    s = MinMaxSeries(256)
+    for x in range(1_000_000):
+        s.add(x, 1000.0 if x == 123_457 else 1.0 + (x % 7) * 0.01)
+    assert max(s.hi) == 1000.0, "the spike is still some bucket's max"
+    spike = max(range(len(s)), key=lambda i: s.hi[i])
+    assert s.xs[spike - 1] < 123_457 <= s.xs[spike]
+    assert min(s.lo) == 1.0 and sum(s.sums) / sum(s.counts) < 1.04, "the mean is barely moved"
+    xs, lo, hi, mean = s.columns(88)  # a chart's dot columns: the spike is in one of them
+    assert len(xs) <= 88 and max(hi) == 1000.0 and min(lo) == 1.0 and xs[-1] == 999_999
+
+
+def test_minmax_series_memory_is_capped_after_a_million_adds():
+    import tracemalloc
+
+    cap = 5 * 8 * 2049  # five columns of doubles: 2,048 buckets and the newest
+
+    def held(s: MinMaxSeries) -> int:
+        return sum(col.buffer_info()[1] * col.itemsize for col in (s.xs, s.lo, s.hi, s.sums, s.counts))
+
+    s = MinMaxSeries(2048)
+    for x in range(900_000):
+        s.add(x, float(x % 13))
+        if (x + 1) % 100_000 == 0:
+            assert len(s) <= 2049 and held(s) <= cap, f"after {x + 1} adds"
+    tracemalloc.start()  # the last 100k adds: whatever they allocate and keep, not only the columns
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for x in range(900_000, 1_000_000):
+            s.add(x, float(x % 13))
+        kept = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert kept < cap * 1.25, f"{kept} bytes kept by 100k adds: more than the columns (at most {cap} + slack)"
+    assert held(s) <= cap and len(s) <= 2049 and s.added == 1_000_000 and s.xs[-1] == 999_999
+
+
+def test_minmax_series_columns_group_consecutive_buckets():
+    s = MinMaxSeries(64)
+    for x in range(10):
+        s.add(x, float(x))
+    xs, lo, hi, mean = s.columns(4)  # 10 buckets into 3 columns of 3, 3 and the rest
+    assert (xs, lo, hi, mean) == ([2, 5, 8, 9], [0, 3, 6, 9], [2, 5, 8, 9], [1, 4, 7, 9])
+
+
+def test_minmax_series_needs_room_for_a_pair():
+    with pytest.raises(ValueError):
+        MinMaxSeries(1)
+
+
 # --------------------------------------------------------------------------- events in
 
 
@@ -111,9 +183,9 @@ def test_state_changes_go_to_the_header(view):
 def test_step_report_feeds_every_per_step_loss(view):
     view.apply(report(4, [2.0, 1.0, math.nan, 3.0], lrs=(0.05,)))
     assert (view.step, view.epoch, view.samples_per_s, view.eta_s, view.lrs) == (4, 1, 320.0, 12.5, (0.05,))
-    assert (view.loss.xs, view.loss.ys) == ([1, 2, 4], [2.0, 1.0, 3.0]), "x is each loss's own step"
-    assert list(view.recent) == [2.0, 1.0, 3.0]
-    assert list(view.smoothed) == pytest.approx([2.0, 1.9, 2.01]), "EMA 0.9/0.1 over finite losses"
+    assert (list(view.loss.xs), list(view.loss.hi)) == ([1, 2, 4], [2.0, 1.0, 3.0]), "x is each loss's own step"
+    assert list(view.loss_ema.hi) == pytest.approx([2.0, 1.9, 2.01]), "EMA 0.9/0.1 over finite losses"
+    assert (view.last_loss, view.ema) == (3.0, pytest.approx(2.01))
     assert (view.lr_history[0].xs, view.lr_history[0].ys) == ([4], [0.05])
     assert view.take_dirty() == {"header", "loss", "lr"}, "no memory sample, no memory pane; no log line"
     assert len(view.log) == 2
@@ -132,10 +204,11 @@ def test_step_report_memory_uses_allocated_on_cuda_and_rss_on_cpu(view):
 def test_histories_are_bounded(view):
     for step in range(1, 1001):
         view.apply(report(step, [1.0 / step], memory=ev.MemorySample("cpu", rss=step)))
-    assert len(view.recent) == len(view.smoothed) == RunView.RECENT
-    assert view.recent[-1] == 1 / 1000 and view.recent[0] == 1 / 401
     assert len(view.memory_history) == 300 and view.memory_history[-1] == 1000.0
-    assert len(view.loss) == 1000 and len(view.lr_history[0]) == 1000  # caps 2048 and 1024 not reached
+    assert len(view.loss) == len(view.loss_ema) == 1000 and len(view.lr_history[0]) == 1000  # caps not reached
+    for step in range(1001, 5001):
+        view.apply(report(step, [1.0 / step]))
+    assert len(view.loss) <= RunView.LOSS_BUCKETS and view.loss.xs[-1] == 5000 and view.loss.hi[0] == 1.0
 
 
 def test_log_is_bounded_but_counts_every_line():
@@ -171,6 +244,21 @@ def test_epochs_are_bounded():
     for epoch in range(1, 1203):
         v.apply(epoch_end(epoch))
     assert len(v.epochs) == 1000 and v.epochs[0].epoch == 203 and v.last_epoch.epoch == 1202
+
+
+def test_epoch_values_are_kept_for_the_chart_bounded(view):
+    view.apply(epoch_end(1, val_loss=0.9, val_acc=None, metrics={"val_dice": 0.5, "val_iou": None}))
+    view.apply(epoch_end(2, step=8, val_loss=0.7, val_acc=0.6, metrics={"val_dice": 0.6, "val_iou": 0.4}))
+    history = view.epoch_history
+    assert list(history) == ["val_loss", "val_dice", "val_acc", "val_iou"], "nothing measured: no point"
+    assert (list(history["val_loss"].xs), list(history["val_loss"].hi)) == ([4, 8], [0.9, 0.7]), "at the epoch's step"
+    assert list(history["val_iou"].xs) == [8] and list(history["val_acc"].hi) == [0.6]
+    v = RunView()
+    for epoch in range(1, 3001):
+        v.apply(epoch_end(epoch, step=4 * epoch, metrics={f"val_m{epoch % 100}": 1.0}))
+    assert len(v.metric_names) == RunView.MAX_METRICS and len(v.epoch_history) == RunView.MAX_METRICS + 2
+    assert all(len(h) <= RunView.METRIC_BUCKETS for h in v.epoch_history.values())
+    assert v.epoch_history["val_loss"].xs[-1] == 12_000 and v.epoch_history["val_loss"].added == 3000
 
 
 def test_manual_lr_changes_are_remembered_and_rescale_the_plan(view):

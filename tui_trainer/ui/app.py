@@ -58,6 +58,9 @@ class TrainerApp(App[int]):
         Binding("l", "lr_down", "LR lower"),
         Binding("L", "lr_up", "LR undo"),
         Binding("question_mark", "help", "Help"),
+        # the Loss pane's chart (its border says so; the footer has no room for them at 80 columns)
+        Binding("m", "chart_metric", "Metric", show=False),
+        Binding("g", "chart_log", "Log scale", show=False),
         Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
         Binding("ctrl+q", "interrupt", "Stop", show=False, priority=True),
         *[Binding(str(i + 1), f"show_pane('{name}')", show=False) for i, name in enumerate(PANES)],
@@ -265,6 +268,27 @@ class TrainerApp(App[int]):
             self.exit(130)
         else:
             self._send(Stop(reason="user"), "stopping after this step; ctrl+c again aborts without saving")
+
+    def action_chart_metric(self) -> None:
+        """The Loss chart shows the next metric the run reports (drawn at once, not paced)."""
+        pane = self._pane("loss")
+        pane.next_metric(self.view)
+        self._chart_changed(pane)
+
+    def action_chart_log(self) -> None:
+        """A log scale for the Loss chart's losses, on / off."""
+        pane = self._pane("loss")
+        pane.toggle_log()
+        self._chart_changed(pane)
+
+    def _chart_changed(self, pane) -> None:
+        if pane.display:
+            pane.draw(self.view, "loss")
+            self._drawn_at["loss"] = time.monotonic()
+            self._redraw.discard("loss")
+        else:  # a small terminal showing another pane: say it, and draw when the pane is shown
+            self._redraw.add("loss")
+            self.notify(pane.title, timeout=2)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

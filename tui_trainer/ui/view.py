@@ -1,7 +1,9 @@
 """What the app knows about the run: a pure-Python model fed by engine events (no Textual here).
 
-Every history is bounded: `Series` halves its resolution when full, so a million-step run keeps
-the same few thousand points for the whole-run view; recent windows are fixed-size deques.
+Every history is bounded: `Series` halves its resolution when full (pairwise means), and so does
+`MinMaxSeries` (pairwise min, max and sums, so a spike survives any length of run): a
+million-step run keeps the same few thousand points for the whole-run views; recent windows are
+fixed-size deques.
 `dirty` names the panes whose data changed since the app last drew them.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections import deque
 
 from tui_trainer.engine.events import (
@@ -61,8 +64,87 @@ class Series:
         return len(self.xs)
 
 
+class MinMaxSeries:
+    """The whole run at a fixed cost, spikes kept: buckets of consecutive points, each with its last
+    x, the lowest and highest y, and the sum and count of its y (its mean). Past `max_buckets`,
+    neighbours merge pairwise (min of the mins, max of the maxes, sums and counts added) and a
+    bucket holds twice as many points from then on: the memory is fixed and a one-step spike is
+    still a bucket's max a million steps later, where a mean would have diluted it. The newest
+    bucket fills in place, so the latest point is always there. Arrays of doubles: 40 bytes a bucket."""
+
+    def __init__(self, max_buckets: int = 2048):
+        if max_buckets < 2:
+            raise ValueError("max_buckets must be at least 2")
+        self.max_buckets = max_buckets
+        self.per_bucket = 1  # points a full bucket holds (doubles at each merge)
+        self.xs = array("d")  # the last x of each bucket
+        self.lo = array("d")
+        self.hi = array("d")
+        self.sums = array("d")
+        self.counts = array("d")
+        self.added = 0  # finite points ever added
+
+    def add(self, x: float, y: float) -> None:
+        if not math.isfinite(y):
+            return
+        self.added += 1
+        if self.counts and self.counts[-1] < self.per_bucket:
+            self.xs[-1] = x
+            if y < self.lo[-1]:
+                self.lo[-1] = y
+            if y > self.hi[-1]:
+                self.hi[-1] = y
+            self.sums[-1] += y
+            self.counts[-1] += 1
+            return
+        for column, value in ((self.xs, x), (self.lo, y), (self.hi, y), (self.sums, y), (self.counts, 1.0)):
+            column.append(value)
+        if len(self.xs) > self.max_buckets:
+            self._merge_pairs()
+
+    def _merge_pairs(self) -> None:
+        n = len(self.xs)
+        end = n - n % 2  # an odd newest bucket has no partner: it stays as it is (and keeps filling)
+
+        def pairs(column: array, how) -> array:
+            merged = array("d", map(how, column[0:end:2], column[1:end:2]))
+            merged.extend(column[end:])
+            return merged
+
+        self.xs = pairs(self.xs, lambda a, b: b)
+        self.lo = pairs(self.lo, min)
+        self.hi = pairs(self.hi, max)
+        self.sums = pairs(self.sums, float.__add__)
+        self.counts = pairs(self.counts, float.__add__)
+        self.per_bucket *= 2
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    @property
+    def last(self) -> float | None:
+        """The mean of the newest bucket (the latest point while buckets hold one)."""
+        return self.sums[-1] / self.counts[-1] if self.counts else None
+
+    def columns(self, n: int) -> tuple[list[float], list[float], list[float], list[float]]:
+        """At most `n` columns (a chart's dots across): (last x, min, max, mean) of each group of
+        consecutive buckets. Buckets hold equally many points, so equal groups are equal spans of
+        the run; grouped with C-level min/max over slices, a draw costs well under a millisecond."""
+        size = len(self.xs)
+        k = -(-size // max(1, n))  # buckets per column
+        if k <= 1:
+            return list(self.xs), list(self.lo), list(self.hi), [s / c for s, c in zip(self.sums, self.counts)]
+        starts = range(0, size, k)
+        xs = [self.xs[min(i + k, size) - 1] for i in starts]
+        lo = [min(self.lo[i:i + k]) for i in starts]
+        hi = [max(self.hi[i:i + k]) for i in starts]
+        mean = [sum(self.sums[i:i + k]) / sum(self.counts[i:i + k]) for i in starts]
+        return xs, lo, hi, mean
+
+
 class RunView:
-    RECENT = 600  # per-step losses kept raw for the sparklines
+    LOSS_BUCKETS = 2048  # the whole run's per-step train loss (MinMaxSeries): about 80 KiB each, whatever its length
+    METRIC_BUCKETS = 512  # each per-epoch series (val loss, val acc, each metric)
     MAX_METRICS = 64  # metric names kept: a run has a handful; a wild one cannot grow this
 
     def __init__(self) -> None:
@@ -75,10 +157,14 @@ class RunView:
         self.lrs: tuple[float, ...] = ()
         self.manual_factor = 1.0
         self.manual_changes: list[tuple[int, float]] = []  # (step, factor after the change)
-        self.loss = Series(2048)
-        self.recent: deque[float] = deque(maxlen=self.RECENT)
-        self.smoothed: deque[float] = deque(maxlen=self.RECENT)
-        self._ema: float | None = None
+        # the whole run's train loss for the Loss pane's chart: every step's loss (its min, max and
+        # mean per bucket) and its EMA (0.9), the smoothed line; both bounded
+        self.loss = MinMaxSeries(self.LOSS_BUCKETS)
+        self.loss_ema = MinMaxSeries(self.LOSS_BUCKETS)
+        self.last_loss: float | None = None
+        self.ema: float | None = None
+        # per epoch, at the epoch's last step: "val_loss", "val_acc" and every EpochEnd.metrics name
+        self.epoch_history: dict[str, MinMaxSeries] = {}
         self.lr_history: list[Series] = []
         self.epochs: deque[EpochEnd] = deque(maxlen=1000)  # the pane shows the last few
         self.metric_names: list[str] = []  # the [[metrics]] seen in EpochEnd.metrics, first seen first
@@ -160,11 +246,11 @@ class RunView:
         self.samples_per_s, self.eta_s = e.samples_per_s, e.eta_s
         self.lrs = e.lrs
         for i, loss in enumerate(e.losses):
-            self.loss.add(e.first_step + i, loss)
             if math.isfinite(loss):
-                self.recent.append(loss)
-                self._ema = loss if self._ema is None else 0.9 * self._ema + 0.1 * loss
-                self.smoothed.append(self._ema)
+                self.loss.add(e.first_step + i, loss)
+                self.last_loss = loss
+                self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+                self.loss_ema.add(e.first_step + i, self.ema)
         for series, lr in zip(self.lr_history, e.lrs):
             series.add(e.step, lr)
         if e.memory is not None:
@@ -186,6 +272,14 @@ class RunView:
         for name in e.metrics:
             if name not in self.metric_names and len(self.metric_names) < self.MAX_METRICS:
                 self.metric_names.append(name)
+        for name, value in (("val_loss", e.val_loss), ("val_acc", e.val_acc), *e.metrics.items()):
+            if value is None or (name not in self.epoch_history and name not in ("val_loss", "val_acc")
+                                 and name not in self.metric_names):
+                continue  # nothing measured, or a metric past MAX_METRICS
+            history = self.epoch_history.get(name)
+            if history is None:
+                history = self.epoch_history[name] = MinMaxSeries(self.METRIC_BUCKETS)
+            history.add(e.step, value)
         self.dirty |= {"loss", "header", "lr"}
 
     def _on_lr_changed(self, e: LrChanged) -> None:

@@ -19,6 +19,8 @@ KEYS = (
     ("f", "layers: freeze from the top down to the selected row, train the rest"),
     ("u", "layers: unfreeze everything"),
     ("→ / ←", "layers: expand / collapse a block"),
+    ("m", "loss chart: the next metric (train loss, val loss, val acc, each [[metrics]] entry)"),
+    ("g", "loss chart: log scale for losses, on / off"),
     ("tab", "move focus between panes (scroll the log)"),
     ("1-5", "small terminals: show layers, LR, loss, memory, log"),
     ("?", "this help (any key closes it)"),

@@ -1,5 +1,6 @@
-"""Loss: train-loss sparklines (raw and smoothed), validation and [[metrics]] per epoch, best so far,
-early stop."""
+"""Loss: a chart of the whole run (train loss smoothed over its raw min-max band, validation
+points; `m` cycles through every metric the run reports, `g` a log scale for losses), and the
+epoch table: validation and [[metrics]] per epoch, best so far, early stop."""
 
 from __future__ import annotations
 
@@ -7,35 +8,60 @@ from dataclasses import dataclass
 
 from rich.text import Text
 from textual.containers import Vertical
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 
 from tui_trainer.text.format import metric_text
 from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.loss_chart import TRAIN, chart, chart_metrics, display_name, is_loss
+
+CHART_ROWS = 6  # the chart's least height: 5 rows of braille (20 dots) and the x axis; the table gives way
 
 
 class LossPane(Vertical):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.metric = TRAIN  # what the chart shows (`m`)
+        self.log_scale = False  # `g`: for losses
+
     def compose(self):
-        yield Static(id="loss-raw-label", classes="spark-label")
-        yield Sparkline([], id="loss-raw")
-        yield Static(id="loss-smooth-label", classes="spark-label")
-        yield Sparkline([], id="loss-smooth")
+        yield Static(id="loss-legend")
+        yield Static(id="loss-chart")
         yield Static(id="loss-epochs")
 
     def on_mount(self) -> None:
         self.border_title = "Loss"
+        self.border_subtitle = "m metric · g log"
+
+    # ------------------------------------------------------------------ keys (called by the app)
+
+    def next_metric(self, view: RunView) -> str:
+        """Show the next of `chart_metrics` (after the last, the train loss again)."""
+        names = chart_metrics(view)
+        at = names.index(self.metric) if self.metric in names else -1
+        self.metric = names[(at + 1) % len(names)]
+        return self.metric
+
+    def toggle_log(self) -> bool:
+        self.log_scale = not self.log_scale
+        return self.log_scale
+
+    @property
+    def title(self) -> str:
+        """What the chart shows: "Loss · val_dice", "Loss · train loss · log"."""
+        log = " · log" if self.log_scale and is_loss(self.metric) else ""
+        return f"Loss · {display_name(self.metric)}{log}"
+
+    # ------------------------------------------------------------------ drawing
+
+    def on_resize(self) -> None:
+        # shown at last (a small terminal's key 3) or resized: a draw before the layout had no room
+        if getattr(self, "_view", None) is not None:
+            self.draw(self._view, "loss")
 
     def draw(self, view: RunView, what: str) -> None:
-        width = max(10, self.size.width - 2)
-        raw = list(view.recent)[-width * 2:]
-        smooth = list(view.smoothed)[-width * 2:]
-        self.query_one("#loss-raw", Sparkline).data = raw
-        self.query_one("#loss-smooth", Sparkline).data = smooth
-        last = f"{raw[-1]:.4f}" if raw else "-"
-        self.query_one("#loss-raw-label", Static).update(
-            Text.assemble(("train loss ", "bold"), f"{last}", (f"  (last {len(raw)} steps)", "grey50")), layout=False)
-        ema = f"{smooth[-1]:.4f}" if smooth else "-"
-        self.query_one("#loss-smooth-label", Static).update(
-            Text.assemble(("smoothed ", "bold"), ema, ("  (EMA 0.9)", "grey50")), layout=False)
+        self._view = view
+        if self.border_title != self.title:
+            self.border_title = self.title
         shown = (len(view.epochs), view.epochs[-1].epoch if view.epochs else 0, self.size)
         if shown != getattr(self, "_epochs_shown", None):  # the table changes once an epoch
             self._epochs_shown = shown
@@ -43,6 +69,21 @@ class LossPane(Vertical):
             lines = text.plain.count("\n")
             self.query_one("#loss-epochs", Static).update(text, layout=lines != getattr(self, "_epoch_lines", None))
             self._epoch_lines = lines
+        # the chart's box from the pane's (the table's height is its lines), not from its own size,
+        # which is only laid out again after this call when the table grew
+        self._draw_chart(view, self.size.width, self.size.height - 1 - (self._epoch_lines + 1))
+
+    def _draw_chart(self, view: RunView, width: int, height: int) -> None:
+        if width < 8 or height < 2:
+            return
+        # only when something visible moved: new losses or epochs, the metric, the scale, the size
+        signature = (self.metric, self.log_scale, width, height, view.loss.added, len(view.epochs))
+        if signature == getattr(self, "_drawn", None):
+            return
+        self._drawn = signature
+        legend, text = chart(view, self.metric, self.log_scale, width, height)
+        self.query_one("#loss-legend", Static).update(legend, layout=False)
+        self.query_one("#loss-chart", Static).update(text, layout=False)
 
     def _epochs(self, view: RunView) -> Text:
         """Fixed-width lines, not a rich Table: with short epochs this redraws several times a
@@ -62,7 +103,13 @@ class LossPane(Vertical):
         text.append(header, style="bold")
         if table.hidden:
             text.append(table.more, style="grey50")
-        rows = max(1, self.size.height - 9)  # what the labels, sparklines, header and footer leave
+        # what the legend and the chart (at least CHART_ROWS, and 60% of the pane) leave: the header
+        # and the last epoch always; then the best line, the early-stop line and more epochs
+        height = self.size.height
+        room = height - 1 - max(CHART_ROWS, int(0.6 * (height - 1))) - 2
+        best = last is not None and last.best is not None and room >= 1
+        early = bool(last is not None and last.patience) and room >= 1 + best
+        rows = max(1, 1 + room - best - early)
         for e in list(view.epochs)[-rows:]:
             line = f"\n{e.epoch:>{table.epoch_width}}{pad}{_f(e.train_loss):>7}{pad}{_f(e.val_loss):>8}"
             if table.acc:
@@ -73,11 +120,11 @@ class LossPane(Vertical):
             text.append(line)
             if e.improved:
                 text.append(table.marker, style="green3")
-        if last is not None and last.best is not None:
+        if best:
             text.append("\n" + _fit([f"best {last.monitor} {last.best:.4f} @ epoch {last.best_epoch}",
                                       f"best {last.monitor} {last.best:.4f} @ {last.best_epoch}"], width),
                         style="green3")
-        if last is not None and last.patience:
+        if early:
             style = "yellow" if last.bad_epochs else ""
             text.append(f"\nearly stop: no improvement {last.bad_epochs}/{last.patience}", style=style)
         return text
