@@ -279,3 +279,9 @@ def test_a_log_axis_is_labelled_in_values_and_keeps_the_width():
         labels = [float(r.split("┤")[0]) for r in rows if "┤" in r]
         assert labels[0] > 2.3 and 0.05 < labels[-1] < 0.1  # 0.0 has no log: left out
     assert "above 0" in overlay([Line("a", [1], [0.0], "red")], 40, 10, log=True).plain
+
+
+def test_without_a_legend_the_plot_takes_every_row():
+    lines = [Line("a", [1, 2], [1.0, 2.0], "red"), Line("b", [1, 2], [2.0, 1.0], "blue")]
+    text = overlay(lines, 40, 8, with_legend=False)
+    assert "━" not in text.plain and len(text.plain.split("\n")) == 8

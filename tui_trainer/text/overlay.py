@@ -80,12 +80,17 @@ def ranges(lines: list[Line], floor: bool = True) -> tuple[tuple[float, float], 
     return (x0, x1), (low, y1 + pad)
 
 
-def overlay(lines: list[Line], width: int, height: int, empty: str = "no points yet", log: bool = False) -> Text:
-    """The legend, then every line on one plot (later lines drawn over earlier ones) filling
-    `height` rows in all. `log`: a log10 y axis (values <= 0 are left out), labelled in the values."""
-    text = legend(lines, width)
-    rows = text.plain.count("\n") + 1
-    text.append("\n")
+def overlay(lines: list[Line], width: int, height: int, empty: str = "no points yet", log: bool = False,
+            with_legend: bool = True) -> Text:
+    """The legend (unless `with_legend` is False), then every line on one plot (later lines drawn
+    over earlier ones) filling `height` rows in all. `log`: a log10 y axis (values <= 0 are left
+    out), labelled in the values."""
+    if with_legend:
+        text = legend(lines, width)
+        rows = text.plain.count("\n") + 1
+        text.append("\n")
+    else:
+        text, rows = Text(no_wrap=True, overflow="ellipsis"), 0
     if log:
         lines = [Line(line.label, *_log10(line.xs, line.ys), line.style, line.note, line.marks) for line in lines]
     found = ranges(lines, floor=not log)

@@ -19,7 +19,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Footer, Static
 
 from tui_trainer.run.history import TRAIN_LOSS, RunHistory, config_diff, value_text
-from tui_trainer.text.overlay import RUN_COLORS, Line, overlay
+from tui_trainer.text.overlay import RUN_COLORS, Line, legend, overlay
 
 POLL_S = 1.0
 STATE_STYLE = {"running": "green3", "paused": "yellow", "stopping": "magenta", "starting": "grey70",
@@ -180,7 +180,10 @@ class CompareApp(App[int]):
         scale = " · log y" if self.log_y else ""
         pane.border_subtitle = f"x: {'epoch' if self.by_epoch else 'step'}{scale} · m metric · x axis · l log"
         empty = f"no run has {self.metric} yet" if self.metric != TRAIN_LOSS else "no steps reported yet"
-        plot.update(overlay(self._lines(), width, height, empty=empty, log=self.log_y))
+        lines = self._lines()
+        # a short screen: the plot keeps its rows and the Runs table's colour marks are the legend
+        with_legend = height - legend(lines, width).plain.count("\n") - 1 >= 6
+        plot.update(overlay(lines, width, height, empty=empty, log=self.log_y, with_legend=with_legend))
 
     def _draw_tables(self) -> None:
         monitors = {run.monitor for run in self.runs}
@@ -210,7 +213,7 @@ class CompareApp(App[int]):
         parts: list = []
         if rows:
             diff = Table(box=None, expand=True, pad_edge=False, padding=(0, 1), header_style="bold underline")
-            diff.add_column("key", no_wrap=True, overflow="ellipsis", ratio=2)
+            diff.add_column("key", no_wrap=True, overflow="ellipsis", ratio=3)
             for i, run in enumerate(self.runs):
                 diff.add_column(Text(run.label, style=f"bold {RUN_COLORS[i % len(RUN_COLORS)]}"), ratio=2,
                                 no_wrap=True, overflow="ellipsis")
