@@ -3,9 +3,9 @@
 One chart overlays a curve of every run (train loss per step, or a per-epoch value: val loss,
 val accuracy, each [[metrics]] entry; `m` cycles them, `x` puts epochs on the x axis, `l` makes
 the y axis logarithmic), one colour and one legend entry per run. Below it, each run's state and
-best value, and the config.toml keys whose values differ, one column per run. Everything comes from the runs' events.jsonl
-(run/history.py): read whole at start, then only what was appended, once a second, so live runs
-move and finished ones cost nothing. Nothing is ever sent to a run.
+best value, and the config.toml keys whose values differ, one column per run. Everything comes
+from the runs' events.jsonl (run/history.py): read whole at start, then only what was appended,
+once a second, so live runs move and finished ones cost nothing. Nothing is ever sent to a run.
 """
 
 from __future__ import annotations
