@@ -300,3 +300,12 @@ def test_compare_in_tmux(two_runs):
         tty.wait_for("EXIT=0")
     finally:
         tty.close()
+
+
+def test_the_read_benchmark_runs_and_reports():
+    """benchmarks/compare_read.py on a small run (its numbers mean something only on a quiet box)."""
+    from benchmarks import compare_read
+
+    out = compare_read.main(["--steps", "5000", "--log-every", "10", "--polls", "5"])
+    assert out["lines"] > 500 and out["curve_points"] <= 2048 and out["open_s"] > 0
+    assert out["poll_one_report_us"] > 0 and out["poll_nothing_new_us"] > 0
