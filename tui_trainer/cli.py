@@ -102,7 +102,7 @@ def _ls_parser() -> argparse.ArgumentParser:
 def _compare_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tui-trainer compare",
                 description="Show 2-6 runs side by side, read-only: their loss and metric curves on one chart (m"
-                            " cycles the metric, x the axis, l a log scale), their state and best value, and the"
+                            " cycles the metric, x the axis, g a log scale), their state and best value, and the"
                             " config.toml keys that differ. Live runs update as they train.")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                    help="run directories (default: the newest --last runs under runs/)")

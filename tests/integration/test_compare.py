@@ -211,7 +211,7 @@ async def _metric_and_axis_keys():
         assert "x: epoch" in chart.border_subtitle and text_of(plot) != by_step
         assert text_of(plot).rstrip().splitlines()[-1].split() == ["1", "2.5", "4"]  # epochs 1..4 on the x axis
         linear = text_of(plot)
-        await pilot.press("l")
+        await pilot.press("g")
         await pilot.pause()
         assert "log y" in chart.border_subtitle and text_of(plot) != linear
         labels = [float(row.split("┤")[0].split()[-1]) for row in text_of(plot).splitlines() if "┤" in row]

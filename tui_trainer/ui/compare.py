@@ -1,7 +1,7 @@
 """`tui-trainer compare RUN_DIR RUN_DIR [...]`: 2-6 runs side by side, read-only.
 
 One chart overlays a curve of every run (train loss per step, or a per-epoch value: val loss,
-val accuracy, each [[metrics]] entry; `m` cycles them, `x` puts epochs on the x axis, `l` makes
+val accuracy, each [[metrics]] entry; `m` cycles them, `x` puts epochs on the x axis, `g` makes
 the y axis logarithmic), one colour and one legend entry per run. Below it, each run's state and
 best value, and the config.toml keys whose values differ, one column per run. Everything comes
 from the runs' events.jsonl (run/history.py): read whole at start, then only what was appended,
@@ -59,7 +59,7 @@ class CompareApp(App[int]):
         Binding("m", "metric(1)", "Next metric"),
         Binding("M", "metric(-1)", "Prev metric"),
         Binding("x", "axis", "Step/epoch axis"),
-        Binding("l", "log", "Log scale"),
+        Binding("g", "log", "Log scale"),  # g as in the Loss pane (l lowers the LR there)
         Binding("q", "quit_compare", "Quit"),
         Binding("ctrl+c", "quit_compare", "Quit", show=False, priority=True),
     ]
@@ -178,7 +178,7 @@ class CompareApp(App[int]):
         what = "per step" if self.metric == TRAIN_LOSS else "per epoch"
         pane.border_title = f"{self.metric} {what}"
         scale = " · log y" if self.log_y else ""
-        pane.border_subtitle = f"x: {'epoch' if self.by_epoch else 'step'}{scale} · m metric · x axis · l log"
+        pane.border_subtitle = f"x: {'epoch' if self.by_epoch else 'step'}{scale} · m metric · x axis · g log"
         empty = f"no run has {self.metric} yet" if self.metric != TRAIN_LOSS else "no steps reported yet"
         lines = self._lines()
         # a short screen: the plot keeps its rows and the Runs table's colour marks are the legend
