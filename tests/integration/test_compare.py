@@ -250,6 +250,26 @@ async def _a_growing_run(tmp_path):
         assert "28/28" in text_of(best)
 
 
+def test_a_run_whose_events_go_away_says_so_and_keeps_its_curves(tmp_path):
+    asyncio.run(_events_go_away(tmp_path))
+
+
+async def _events_go_away(tmp_path):
+    from tui_trainer.ui.compare import CompareApp
+
+    moved = Path(shutil.copytree(FIXTURES / "large-lr", tmp_path / "moved"))
+    app = CompareApp(open_runs([FIXTURES / "small-lr", moved]), poll_s=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        best = app.query_one("#cmp-best")
+        await until(pilot, lambda: "moved" in text_of(best), "the table drawn")
+        (moved / "events.jsonl").unlink()
+        await until(pilot, lambda: "events.jsonl unreadable" in text_of(best), "the run said to be unreadable")
+        assert app.errors == {1: "events.jsonl unreadable (No such file or directory)"}
+        assert "━ moved" in text_of(app.query_one("#cmp-plot"))  # what was read stays on the chart
+        await pilot.press("q")
+    assert app.return_code == 0
+
+
 # ---------------------------------------------------------------------- snapshots of the fixed runs
 
 

@@ -288,3 +288,15 @@ def test_without_a_legend_the_plot_takes_every_row():
     lines = [Line("a", [1, 2], [1.0, 2.0], "red"), Line("b", [1, 2], [2.0, 1.0], "blue")]
     text = overlay(lines, 40, 8, with_legend=False)
     assert "━" not in text.plain and len(text.plain.split("\n")) == 8
+
+
+def test_an_unreadable_events_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    # root reads any file whatever its mode, so the refusal is made here
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(EventTail, "read", refuse)
+    with pytest.raises(UserError) as err:
+        open_runs([FIXTURES / "small-lr", FIXTURES / "large-lr"])
+    assert str(err.value) == (f"compare: cannot read {FIXTURES / 'small-lr' / 'events.jsonl'} (Permission denied);"
+                              " check its permissions (chmod u+r) or give another run")
