@@ -265,6 +265,9 @@ async def _events_go_away(tmp_path):
         (moved / "events.jsonl").unlink()
         await until(pilot, lambda: "events.jsonl unreadable" in text_of(best), "the run said to be unreadable")
         assert app.errors == {1: "events.jsonl unreadable (No such file or directory)"}
+        shutil.copy(FIXTURES / "large-lr" / "events.jsonl", moved)  # back again
+        await until(pilot, lambda: "completed" in text_of(best).split("moved")[1], "readable again")
+        assert app.errors == {}
         assert "━ moved" in text_of(app.query_one("#cmp-plot"))  # what was read stays on the chart
         await pilot.press("q")
     assert app.return_code == 0

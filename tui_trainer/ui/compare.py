@@ -104,6 +104,7 @@ class CompareApp(App[int]):
         for i, run in enumerate(self.runs):
             try:
                 changed |= run.poll()
+                changed |= self.errors.pop(i, None) is not None  # readable again
             except OSError as exc:  # moved or made unreadable while we watch: keep what we have, say so
                 if i not in self.errors:
                     self.errors[i] = f"events.jsonl unreadable ({exc.strerror or exc})"
