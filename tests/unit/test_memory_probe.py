@@ -141,3 +141,13 @@ def test_columns_keep_spikes_and_gaps():
     assert min(columns([5.0] * 50 + [1.0] + [5.0] * 49, 10, keep=min)) == 1.0, "and a dip, where the low matters"
     assert columns([None] * 20 + [1.0] * 20, 4) == [None, None, 1.0, 1.0]
     assert len(columns(list(range(1000)), 42)) == 42 and columns(list(range(1000)), 42)[-1] == 999
+
+
+def test_the_headline_wait_is_the_mean_of_the_last_few_seconds():
+    h = MachineHistory()
+    h.add(report(10, cpu(), data_wait=0.1, steps=10, at=0.0))
+    h.add(report(40, cpu(), data_wait=0.5, steps=30, at=1.0))
+    assert math.isclose(h.data_wait, (0.1 * 10 + 0.5 * 30) / 40), "steps-weighted over the window"
+    h.add(report(50, cpu(), data_wait=0.2, steps=10, at=1.0 + MachineHistory.WAIT_WINDOW_S + 0.5))
+    assert math.isclose(h.data_wait, 0.2), "older rows leave the window"
+    assert [r.data_wait for r in h.rows] == [0.1, 0.5, 0.2], "the chart keeps each row's own figure"

@@ -6,6 +6,8 @@ use, the host's available memory, on a GPU its allocated bytes and utilisation, 
 wall time the loop waited for its batches over the reports since the previous row (`data_wait`,
 the mean of the reports' figures weighted by their steps). Reports come more often than samples;
 without samples (a source that sends none) a row closes every ROW_EVERY_S of event time anyway.
+The headline figure (the header's `data 34%`, the pane's number) is the rows' mean over the last
+WAIT_WINDOW_S: a single window of a few steps swings between 10% and 40% on a steady run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class MachineRow:
     allocated: int | None = None
     utilization: float | None = None
     data_wait: float | None = None  # 0..1
+    wait_steps: int = 0  # the steps `data_wait` is the mean of
 
 
 def cpu_share(m: MemorySample) -> float | None:
@@ -37,10 +40,11 @@ def cpu_share(m: MemorySample) -> float | None:
 class MachineHistory:
     MAX_ROWS = 600  # about 5 minutes at the engine's pace (a row every 0.5 s), longer on slow steps
     ROW_EVERY_S = 2.0
+    WAIT_WINDOW_S = 5.0  # the headline input wait: the rows of the last 5 s (one report swings a lot)
 
     def __init__(self) -> None:
         self.rows: deque[MachineRow] = deque(maxlen=self.MAX_ROWS)
-        self.data_wait: float | None = None  # the latest closed window's figure (the header's)
+        self.data_wait: float | None = None  # the last WAIT_WINDOW_S's figure (the header's)
         self._wait_sum = 0.0
         self._wait_steps = 0
         self._open_at: float | None = None
@@ -58,16 +62,30 @@ class MachineHistory:
         m = e.memory
         if m is None and (self._wait_steps == 0 or e.time - self._open_at < self.ROW_EVERY_S):
             return False
-        wait = self._wait_sum / self._wait_steps if self._wait_steps else None
-        if wait is not None:
-            self.data_wait = wait
+        steps = self._wait_steps
+        wait = self._wait_sum / steps if steps else None
         self._wait_sum, self._wait_steps, self._open_at = 0.0, 0, e.time
         if m is None:
-            self.rows.append(MachineRow(e.time, data_wait=wait))
+            self.rows.append(MachineRow(e.time, data_wait=wait, wait_steps=steps))
         else:
             self.rows.append(MachineRow(e.time, rss=m.rss, cpu=cpu_share(m), available=m.host_available,
-                                        allocated=m.allocated, utilization=m.utilization, data_wait=wait))
+                                        allocated=m.allocated, utilization=m.utilization, data_wait=wait,
+                                        wait_steps=steps))
+        if wait is not None:
+            self.data_wait = self._recent_wait()
         return True
+
+    def _recent_wait(self) -> float | None:
+        """The input wait of the rows of the last WAIT_WINDOW_S, weighted by their steps."""
+        total = steps = 0.0
+        newest = self.rows[-1].time
+        for row in reversed(self.rows):
+            if newest - row.time > self.WAIT_WINDOW_S:
+                break
+            if row.data_wait is not None:
+                total += row.data_wait * row.wait_steps
+                steps += row.wait_steps
+        return total / steps if steps else None
 
     def series(self, name: str) -> list[float | None]:
         return [getattr(r, name) for r in self.rows]
