@@ -44,7 +44,7 @@ def test_ssh_argv_uses_the_system_client(monkeypatch):
     monkeypatch.delenv("TUI_TRAINER_SSH", raising=False)
     argv = ssh_argv(SshTarget("gpu", "alice", 2222), "tui-trainer attach --stdio /r")
     assert argv[0] == "ssh" and "-T" in argv and argv[-3:] == ["--", "alice@gpu", "tui-trainer attach --stdio /r"]
-    assert argv[argv.index("-p") + 1] == "2222" and "BatchMode=yes" not in argv
+    assert argv[argv.index("-p") + 1] == "2222" and "BatchMode=yes" not in argv and "Compression=yes" in argv
     assert "BatchMode=yes" in ssh_argv(SshTarget("gpu"), "x", batch=True)  # a reconnect never prompts
     monkeypatch.setenv("TUI_TRAINER_SSH", "/opt/ssh -F '/my config'")
     assert ssh_argv(SshTarget("gpu"), "x")[:3] == ["/opt/ssh", "-F", "/my config"]
@@ -190,7 +190,48 @@ def test_ssh_link_reconnects_and_shows_only_what_it_missed(tmp_path, monkeypatch
     finally:
         link.close()
         server.close()
-    assert [e.step for e in got if isinstance(e, StepReport)] == list(range(1, 11))  # each once
+    shown = [e.first_step + i for e in got if isinstance(e, StepReport) for i in range(len(e.losses))]
+    assert shown == list(range(1, 11))  # each step's loss once (the relay may join reports)
     states = [e.state for e in got if isinstance(e, StateChanged)]
     assert states[0] == "running" and states[-1] == "running"  # the last picture's state, restored
     assert control.queue.empty()  # the refused command was never sent
+
+
+def test_reports_that_follow_each_other_leave_as_one():
+    from tui_trainer.run.relay import Coalescer
+
+    sent: list[bytes] = []
+    out = Coalescer(sent.append, window_s=0.2)
+
+    def line(event) -> bytes:
+        return event.json_line.encode() + b"\n"
+
+    reports = [StepReport(s, 1, s, (float(s),), (0.1,), 100.0 + s, None, time=1000.0 + s) for s in range(1, 4)]
+    data = b"".join(map(line, reports))
+    out.feed(data[:50], now=0.0)  # a line split across reads
+    out.feed(data[50:], now=0.01)
+    assert sent == [] and out.timeout(0.1) == pytest.approx(0.11)  # due 0.2 s after the first whole report
+    warning = RunWarning(3, "w", time=1003.5)
+    out.feed(line(warning) + line(StepReport(9, 1, 7, (7.0, 8.0, 9.0), (0.1,), 1.0, None, time=1009.0)), now=0.02)
+    lines = lambda: [json.loads(x) for x in b"".join(sent).splitlines()]  # noqa: E731
+    joined, passed = lines()[0], lines()[1]
+    assert joined["losses"] == [1.0, 2.0, 3.0] and joined["first_step"] == 1 and joined["step"] == 3
+    assert joined["time"] == 1003.0 and joined["samples_per_s"] == 103.0  # the rest from the last one
+    assert passed["message"] == "w"  # other events at once, after what was pending
+    out.feed(line(StepReport(12, 1, 11, (1.0, 1.0), (0.1,), 1.0, None, time=1012.0)), now=0.03)  # not contiguous
+    assert lines()[2]["losses"] == [7.0, 8.0, 9.0]
+    out.flush()
+    assert lines()[3]["first_step"] == 11 and len(lines()) == 4
+
+
+def test_the_viewer_never_shows_a_step_twice():
+    from tui_trainer.ui.remote import SshLink
+
+    link = SshLink.__new__(SshLink)  # the filter alone
+    link._report_step = -1
+    first = {"kind": "StepReport", "first_step": 1, "step": 5, "losses": [1, 2, 3, 4, 5]}
+    assert link._fresh_losses(first) and first["losses"] == [1, 2, 3, 4, 5]
+    across = {"kind": "StepReport", "first_step": 4, "step": 8, "losses": [4, 5, 6, 7, 8]}  # spans the drop
+    assert link._fresh_losses(across) and across["first_step"] == 6 and across["losses"] == [6, 7, 8]
+    assert not link._fresh_losses({"kind": "StepReport", "first_step": 7, "step": 8, "losses": [7, 8]})
+    assert link._fresh_losses({"kind": "EpochEnd", "step": 3})

@@ -116,6 +116,7 @@ class SshLink(_Buffered):
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._step = 0
+        self._report_step = -1  # the last step whose loss was shown
         self._state: StateChanged | None = None  # the last state the run reported (restored on reconnect)
         self._connect(batch=False)
         if self.hello.get("run"):  # reconnects go to this run, not to whichever is newest then
@@ -189,7 +190,7 @@ class SshLink(_Buffered):
             self.bytes_in += len(line)
             try:
                 data = json.loads(line)
-                if not self._seen.new(data):
+                if not self._seen.new(data) or not self._fresh_losses(data):
                     continue
                 event = from_json(data)
             except (ValueError, KeyError, TypeError):
@@ -202,6 +203,20 @@ class SshLink(_Buffered):
             proc.wait(timeout=5)
         except Exception:  # noqa: BLE001 - hung on its way out: it is gone for us either way
             proc.kill()
+
+    def _fresh_losses(self, data: dict) -> bool:
+        """A step report keeps only the steps not shown yet (the relay joins reports, so one may
+        span the moment the link dropped); False when none is left."""
+        if data.get("kind") != "StepReport":
+            return True
+        first, losses = data.get("first_step"), data.get("losses")
+        if isinstance(first, int) and isinstance(losses, list) and first <= self._report_step:
+            skip = self._report_step + 1 - first
+            if skip >= len(losses):
+                return False
+            data["losses"], data["first_step"] = losses[skip:], first + skip
+        self._report_step = max(self._report_step, data.get("step", 0))
+        return True
 
     def _reconnect(self) -> bool:
         self._seen.dropped()
