@@ -105,7 +105,7 @@ async def test_cpu_rows_at_the_sizes_the_app_gives():
     said = [line for line in lines if line[:1].isalpha()]  # the rest are charts
     assert [line.split()[0] for line in said] == ["process", "process", "host", "waiting", "history:"], lines
     assert said[0].endswith("1.1 GiB") and "of 2 cores" in said[1] and said[2].endswith("of 16.0 GiB")
-    assert said[3].endswith(" 4%") and said[4].startswith("history: last 0:44"), "90 samples half a second apart"
+    assert said[3].endswith(" 3%") and said[4].startswith("history: last 0:44"), "90 samples half a second apart"
     assert len(lines) == 11 and lines[-1] == said[-1], "the 11 rows used, the spare ones by the first charts"
     assert [lines.index(line) for line in said] == [0, 3, 6, 8, 10]
     assert all(len(line) <= 42 for line in lines)

@@ -7,7 +7,8 @@ wall time the loop waited for its batches over the reports since the previous ro
 the mean of the reports' figures weighted by their steps). Reports come more often than samples;
 without samples (a source that sends none) a row closes every ROW_EVERY_S of event time anyway.
 The headline figure (the header's `data 34%`, the pane's number) is the rows' mean over the last
-WAIT_WINDOW_S: a single window of a few steps swings between 10% and 40% on a steady run.
+WAIT_WINDOW_S: one row swings between 10% and 40% on a steady run, and the header (2 Hz) and the
+pane (1 Hz) would disagree by that much.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def cpu_share(m: MemorySample) -> float | None:
 class MachineHistory:
     MAX_ROWS = 600  # about 5 minutes at the engine's pace (a row every 0.5 s), longer on slow steps
     ROW_EVERY_S = 2.0
-    WAIT_WINDOW_S = 5.0  # the headline input wait: the rows of the last 5 s (one report swings a lot)
+    WAIT_WINDOW_S = 10.0  # the headline input wait: the rows of the last 10 s (one row swings a lot)
 
     def __init__(self) -> None:
         self.rows: deque[MachineRow] = deque(maxlen=self.MAX_ROWS)
