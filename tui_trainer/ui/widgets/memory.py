@@ -330,16 +330,19 @@ def chart(t: Track, width: int, rows: int) -> list[Text]:
             continue
         level = round(min(1.0, max(0.0, v / top)) * levels)
         heights.append(max(1, level) if v > 0 else 0)
-    pad = width - len(values)
+    styles = ["dark_orange" if t.loud is not None and v is not None and v > t.loud else "cyan" for v in values]
     out = []
     for r in reversed(range(rows)):
-        line = Text(" " * pad)
-        for v, level in zip(values, heights):
-            if level is None:
-                line.append(" ")
-                continue
-            style = "dark_orange" if t.loud is not None and v > t.loud else "cyan"
-            line.append(BLOCKS[min(8, max(0, level - 8 * r))], style=style)
+        line = Text(" " * (width - len(values)))
+        run, style = [], None  # cells of one style appended together (a Text span each, not per cell)
+        for level, cell_style in zip(heights, styles):
+            if cell_style != style and run:
+                line.append("".join(run), style=style)
+                run = []
+            style = cell_style
+            run.append(" " if level is None else BLOCKS[min(8, max(0, level - 8 * r))])
+        if run:
+            line.append("".join(run), style=style)
         out.append(line)
     return out
 
