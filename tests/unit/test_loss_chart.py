@@ -85,3 +85,15 @@ def test_epoch_metric_chart():
     assert plot.plain.count("●") == 4 and plot.plain.split("\n")[-1].split() == ["0", "100", "200"]
     assert chart(fed(steps=20), "val_dice", False, 60, 10)[0].plain.startswith("val_dice: no value yet")
     assert chart(RunView(), "train_loss", False, 60, 10)[0].plain == "the chart starts with the first report"
+
+
+def test_a_long_run_of_epochs_shows_the_latest_value_and_the_whole_range():
+    view = RunView()
+    view.apply(run_started(monitor="val_dice"))
+    for e in range(1, 2001):  # 2,000 epochs: the 512-bucket history merged twice
+        view.apply(epoch_end(e, step=10 * e, metrics={"val_dice": 0.1 + e / 10_000}, monitor="val_dice"))
+    history = view.epoch_history["val_dice"]
+    assert history.per_bucket == 4 and len(history) <= RunView.METRIC_BUCKETS
+    legend, plot = chart(view, "val_dice", False, 60, 10)
+    assert legend.plain == "━● val_dice 0.3000  min 0.1001  max 0.3000", "the last epoch's value, not a bucket's mean"
+    assert plot.plain.split("\n")[-1].split() == ["0", "1.0e+04", "2.0e+04"]

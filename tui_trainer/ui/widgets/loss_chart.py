@@ -48,14 +48,15 @@ def chart(view: RunView, metric: str, log: bool, width: int, height: int) -> tup
     return _epoch_chart(view, metric, log, width, height)
 
 
-def _extent(*histories: MinMaxSeries | None) -> tuple[float, float] | None:
-    """The x range the chart spans: from just before the first point it has to the latest."""
-    firsts = [h.xs[0] - h.per_bucket for h in histories if h is not None and len(h)]  # where its first bucket began
+def _extent(view: RunView, *histories: MinMaxSeries | None) -> tuple[float, float] | None:
+    """The x range the chart spans: from the run's start (or resume) step to the latest point."""
+    firsts = [h.xs[0] - h.per_bucket for h in histories if h is not None and len(h)]  # where a first bucket began
     lasts = [h.xs[-1] for h in histories if h is not None and len(h)]
     if not firsts:
         return None
-    x0, x1 = max(0.0, min(firsts)), max(lasts)
-    return x0, max(x1, x0 + 1)
+    x0 = view.started.start_step if view.started is not None else max(0.0, min(firsts))
+    x0 = min(x0, max(0.0, min(firsts)))
+    return x0, max(max(lasts), x0 + 1)
 
 
 def _band(xs: list[float], lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
@@ -84,6 +85,14 @@ def _y_range(lows: list[float], highs: list[float], log: bool) -> tuple[float, f
     return y0, hi + 0.05 * span
 
 
+def _latest(view: RunView, name: str) -> float | None:
+    """The latest epoch's value of `name` (a bucket's mean is not it once buckets hold several)."""
+    e = view.last_epoch
+    value = None if e is None else {"val_loss": e.val_loss, "val_acc": e.val_acc}.get(name, e.metrics.get(name))
+    history = view.epoch_history.get(name)
+    return value if value is not None else history.last if history is not None else None
+
+
 def _legend(variants: list[list[tuple[str, str, str]]], width: int) -> Text:
     """The first variant (a list of (style, glyph, words) entries) that fits `width`, else the last."""
     for entries in variants:
@@ -102,7 +111,7 @@ def _legend(variants: list[list[tuple[str, str, str]]], width: int) -> Text:
 
 def _train_chart(view: RunView, log: bool, width: int, height: int) -> tuple[Text, Text]:
     val = view.epoch_history.get("val_loss")
-    span = _extent(view.loss, val)
+    span = _extent(view, view.loss, val)
     if span is None:
         return Text("the chart starts with the first report", style="grey50"), Text()
     n = 2 * width  # a braille cell is 2 dots wide: more columns only cost time
@@ -120,7 +129,7 @@ def _train_chart(view: RunView, log: bool, width: int, height: int) -> tuple[Tex
         lows += vlo
         highs += vhi
     ema, last = metric_text(view.ema), metric_text(view.last_loss)
-    vals = [metric_text(val.last)] if points else []
+    vals = [metric_text(_latest(view, "val_loss"))] if points else []
     legend = _legend([
         [(SMOOTH, "━", f"train loss, smoothed {ema}"), (RAW, "⣿", f"raw {last}"), *[(VAL, "●", f"val loss {v}") for v in vals]],
         [(SMOOTH, "━", f"smooth {ema}"), (RAW, "⣿", f"raw {last}"), *[(VAL, "●", f"val {v}") for v in vals]],
@@ -133,15 +142,14 @@ def _train_chart(view: RunView, log: bool, width: int, height: int) -> tuple[Tex
 
 def _epoch_chart(view: RunView, metric: str, log: bool, width: int, height: int) -> tuple[Text, Text]:
     history = view.epoch_history.get(metric)
-    span = _extent(view.loss, history)  # the train loss's steps too: the same x axis as its chart
+    span = _extent(view, view.loss, history)  # the train loss's steps too: the same x axis as its chart
     if history is None or not len(history) or span is None:
         return Text(f"{display_name(metric)}: no value yet (after the first epoch)", style="grey50"), Text()
-    xs, lo, hi = list(history.xs), list(history.lo), list(history.hi)
-    means = [s / c for s, c in zip(history.sums, history.counts)]
+    xs, lo, hi, means = history.columns(2 * width)  # at most a column per dot: a bounded draw
     series = [(*_band(xs, lo, hi), METRIC)]
     points = [(xs, means, METRIC)]
     name = display_name(metric)
-    last, low, high = metric_text(history.last), metric_text(min(lo)), metric_text(max(hi))
+    last, low, high = metric_text(_latest(view, metric)), metric_text(min(lo)), metric_text(max(hi))
     legend = _legend([
         [(METRIC, "━●", f"{name} {last}"), ("", "", f"min {low}"), ("", "", f"max {high}")],
         [(METRIC, "━●", last), ("", "", f"min {low}"), ("", "", f"max {high}")],
