@@ -18,7 +18,8 @@ def fed(steps: int = 200, per_report: int = 10, spike_at: int | None = None, mon
     view.apply(run_started(monitor=monitor, total_steps=steps))
     for step in range(per_report, steps + 1, per_report):
         first = step - per_report + 1
-        losses = tuple(50.0 if s == spike_at else 2.0 * math.exp(-s / (steps / 4)) + 0.1 for s in range(first, step + 1))
+        losses = tuple(50.0 if s == spike_at else 2.0 * math.exp(-s / (steps / 4)) + 0.1
+                       for s in range(first, step + 1))
         view.apply(ev.StepReport(step, 1, first, losses, (0.1,), 10.0, 1.0, time=T0 + step))
         if step % epochs_every == 0:
             e = step // epochs_every
@@ -95,5 +96,5 @@ def test_a_long_run_of_epochs_shows_the_latest_value_and_the_whole_range():
     history = view.epoch_history["val_dice"]
     assert history.per_bucket == 4 and len(history) <= RunView.METRIC_BUCKETS
     legend, plot = chart(view, "val_dice", False, 60, 10)
-    assert legend.plain == "━● val_dice 0.3000  min 0.1001  max 0.3000", "the last epoch's value, not a bucket's mean"
+    assert legend.plain == "━● val_dice 0.3000  min 0.1001  max 0.3000", "the last epoch's, not a bucket's mean"
     assert plot.plain.split("\n")[-1].split() == ["0", "1.0e+04", "2.0e+04"]

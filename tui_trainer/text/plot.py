@@ -19,6 +19,10 @@ def _label(value: float) -> str:
     return f"{value:.1e}"
 
 
+def _log_label(value: float) -> str:
+    return _label(10 ** value)
+
+
 def braille_plot(series: list[tuple[list[float], list[float], str]], width: int, height: int,
                  x_range: tuple[float, float], y_range: tuple[float, float],
                  marker: tuple[float, str] | None = None,
@@ -34,11 +38,8 @@ def braille_plot(series: list[tuple[list[float], list[float], str]], width: int,
 
     Pure Python and linear in the number of points: a few milliseconds where plotext took ~100.
     """
-    label = _label
+    label = _log_label if log_y else _label
     if log_y:
-        def label(value: float) -> str:
-            return _label(10 ** value)
-
         def logs(xs, ys):
             kept = [(x, math.log10(y)) for x, y in zip(xs, ys) if y > 0]
             return [x for x, _ in kept], [y for _, y in kept]

@@ -130,8 +130,9 @@ def _train_chart(view: RunView, log: bool, width: int, height: int) -> tuple[Tex
         highs += vhi
     ema, last = metric_text(view.ema), metric_text(view.last_loss)
     vals = [metric_text(_latest(view, "val_loss"))] if points else []
-    legend = _legend([
-        [(SMOOTH, "━", f"train loss, smoothed {ema}"), (RAW, "⣿", f"raw {last}"), *[(VAL, "●", f"val loss {v}") for v in vals]],
+    legend = _legend([  # the roomiest that fits
+        [(SMOOTH, "━", f"train loss, smoothed {ema}"), (RAW, "⣿", f"raw {last}"),
+         *[(VAL, "●", f"val loss {v}") for v in vals]],
         [(SMOOTH, "━", f"smooth {ema}"), (RAW, "⣿", f"raw {last}"), *[(VAL, "●", f"val {v}") for v in vals]],
         [(SMOOTH, "━", ema), (RAW, "⣿", last), *[(VAL, "●", v) for v in vals]],
     ], width)
