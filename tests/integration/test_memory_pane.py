@@ -180,3 +180,15 @@ async def test_a_narrow_header_keeps_the_wait_and_the_eta():
         await until(pilot, lambda: not app.redraw_pending, "drawn")
         line = "".join(s.text for s in header_segments(app))
     assert "812/s" in line and "data 34%" in line and "ETA" in line, line
+
+
+def test_narrow_app_gives_the_pane_the_whole_width(snap_compare):
+    """80x24, key 4: the Memory pane alone in the app (header, tabs and footer around it)."""
+
+    async def memory_pane(pilot):
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        await until(pilot, lambda: not pilot.app.redraw_pending, "every pane drawn")
+        await pilot.pause(0.2)
+
+    assert snap_compare(TrainerApp(ReplayLink(machine_run())), terminal_size=(80, 24), run_before=memory_pane)

@@ -44,6 +44,9 @@ class MemoryPane(Vertical):
 
     def draw(self, view: RunView, what: str) -> None:
         self._view = view
+        # alone in its row (the log hidden: one pane at a time): the whole width (app.tcss), and a
+        # resize, which draws again
+        self.set_class(not any(w.display for w in self.parent.children if w is not self), "-alone")
         if view.ranks:
             self._draw_ranks(view)
             return
