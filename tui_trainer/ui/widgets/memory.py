@@ -1,13 +1,19 @@
-"""Memory: on CUDA allocated / reserved / peak of total as bars (+ utilisation via NVML);
-on CPU the process RSS. A sparkline of the history underneath.
+"""Memory: what the machine is doing, each number over a chart of its recent history (`Track`s,
+ui/memory_history.py; every chart from 0, the newest on the right, orange where the input wait was
+above 20%). CPU: the process's RSS, its CPU use of the cores it may use, the host's available
+memory, the input wait. CUDA: allocated / reserved / peak of the device's total as bars, then
+allocated, input wait, utilisation (NVML), CPU use, RSS, host memory. `fit_tracks` picks the
+densest form the pane's rows allow: stacked charts of 1-4 rows, else a row a track
+(`RSS  1.11G ▆▆▇█`), the last tracks left out when even that does not fit. Alone in its row (one
+pane at a time, under 100x30) the pane takes the whole width (class -alone).
 
 Many ranks (StepReport.ranks): one row per rank, in rank order, with a Σ row under them. On GPUs
 a row is the rank (its host first when the run spans several nodes), a bar of allocated (bright)
 within reserved (dim) of the device's total, then allocated, reserved, peak and utilisation; on
-CPUs a bar of each rank's RSS against the largest. The rows must fit the pane (42 columns; 18 rows
-at 80x24, 11 at 120x40, 7 at 100x30): the sparkline's label, the column heading and the sparkline
-(of the fullest rank) give way first; past that the fullest ranks are shown, in rank order, and a
-line counts the others.
+CPUs a bar of each rank's RSS against the largest. The rows must fit the pane (42 columns beside the
+log, the whole width alone; 18 rows at 80x24, 11 at 120x40, 7 at 100x30): the sparkline's label,
+the column heading and the sparkline (of the fullest rank) give way first; past that the fullest
+ranks are shown, in rank order, and a line counts the others.
 """
 
 from __future__ import annotations
