@@ -121,6 +121,7 @@ def test_attach_over_ssh_steers_survives_a_dropped_link_and_stops_the_run(sshd, 
         client.kill()
         viewer.wait(r"reconnecting… \(2\)", "the header says it is reconnecting")
         assert re.search(r"step \d+/", viewer.screen()), "the last picture stays"
+        viewer.wait(r"dropped at step", "the Log pane says the link dropped")
         viewer.keys("l")  # refused while the link is down: never queued, never applied
         viewer.wait(r"not sent", "the refusal is shown")
         down_at = _step(run)

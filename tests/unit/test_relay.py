@@ -195,6 +195,8 @@ def test_ssh_link_reconnects_and_shows_only_what_it_missed(tmp_path, monkeypatch
     states = [e.state for e in got if isinstance(e, StateChanged)]
     assert states[0] == "running" and states[-1] == "running"  # the last picture's state, restored
     assert control.queue.empty()  # the refused command was never sent
+    notes = [e.text for e in got if isinstance(e, Printed)]  # the Log pane says what happened
+    assert "dropped at step 5" in notes[0] and "Network is unreachable" in notes[1] and "is back" in notes[-1]
 
 
 def test_reports_that_follow_each_other_leave_as_one():

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from tui_trainer.engine.commands import Command
-from tui_trainer.engine.events import StateChanged, from_json
+from tui_trainer.engine.events import Printed, StateChanged, from_json
 from tui_trainer.errors import UserError
 from tui_trainer.ui.link import _Buffered
 
@@ -219,7 +219,11 @@ class SshLink(_Buffered):
         return True
 
     def _reconnect(self) -> bool:
+        """Retry with backoff until connected (True) or closed (False). The Log pane says when the
+        link dropped, why a retry failed (each new reason once) and when it is back."""
         self._seen.dropped()
+        self._note(f"the link to {self.target.where} dropped at step {self._step}; reconnecting")
+        said = None
         while not self._closed.is_set():
             self.attempt += 1
             self.sink(StateChanged(f"reconnecting… ({self.attempt})", self._step))
@@ -228,14 +232,22 @@ class SshLink(_Buffered):
             try:
                 self._connect(batch=True)
             except UserError as err:
-                self._last_error = str(err)
+                if err.message != said:
+                    said = err.message
+                    self._note(f"reconnect {self.attempt} failed: {err.message}")
                 continue
             if self._closed.is_set():
                 return False
+            self._note(f"the link to {self.target.where} is back (after {self.attempt} tries); the missed events follow",
+                       "note")
             if self._state is not None:  # the last picture's state until the replay says more
                 self.sink(StateChanged(self._state.state, self._step))
             return True
         return False
+
+    def _note(self, text: str, stream: str = "stderr") -> None:
+        """A line of the link's own in the Log pane (not from the run, so never filtered)."""
+        self.sink(Printed(self._step, text, stream))
 
     # ------------------------------------------------------------------ the app's side
 
