@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -191,6 +192,8 @@ def main() -> int:
     window = 5.0 if args.quick else args.window
     presses = 4 if args.quick else args.presses
     from tests.helpers.sshd import serve
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops sshd and removes its files
 
     results: dict = {"versions": common.versions(), "bandwidth": [], "latency": []}
     with tempfile.TemporaryDirectory(prefix="tt-ssh-bench-") as scratch, serve() as sshd:
