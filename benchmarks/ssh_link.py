@@ -133,6 +133,7 @@ def bandwidth(bench: Bench, workload, mode: str, window_s: float, steps: int) ->
         rate = tail.rate_between(t0, t1)
         bench.close_viewer()
     finally:
+        bench.close_viewer()
         proc.terminate()
         proc.wait(60)
     span = c1["time"] - c0["time"]
@@ -176,6 +177,7 @@ def latency(bench: Bench, mode: str, delay: float, presses: int) -> dict:
             time.sleep(2.5)  # the toast (2 s) is gone before the next press
         bench.close_viewer()
     finally:
+        bench.close_viewer()
         proc.terminate()
         proc.wait(60)
     return {"mode": mode, "rtt_added_ms": 2000 * delay, "presses": presses,
