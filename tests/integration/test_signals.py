@@ -32,6 +32,9 @@ def _preset(tmp_path, workers: int):
 def _deliver(run, how: str) -> None:
     if how == "ctrl-c":
         run.type(b"\x03")
+        # the pty turns ^C into SIGINT on its own time: the handler has run once it says so (else the
+        # "go" below may come first, and the stop lands a step later, as a late Ctrl+C should)
+        _await_text(run, "stopping after this step")
     elif how == "ctrl-c twice":
         run.type(b"\x03")
         _await_text(run, "Ctrl+C again aborts")  # two signals sent at once arrive as one

@@ -113,7 +113,7 @@ def test_override_paths_that_do_not_exist(raw, item, message):
         ({"Train": {}}, "Train", 'unknown key in the top level; did you mean "train"?'),  # case only
         ({"train": {"zzzqqq": 1}}, "train.zzzqqq", "unknown key in [train]; known keys: accumulate, amp, deterministic,"
                                                    " device, devices, epochs, freeze_bn_stats, grad_clip_norm,"
-                                                   " grad_clip_norm_type, grad_clip_value, log_every, max_steps,"
+                                                   " grad_clip_norm_type, grad_clip_value, log_every, log_min_interval_s, max_steps,"
                                                    " nonfinite, sync_bn"),
         ({"data": {"image_size": 0}}, "data.image_size", "got 0; must be greater than 0"),
         ({"ui": {"refresh_hz": 61}}, "ui.refresh_hz", "got 61; must be at most 60.0"),

@@ -75,7 +75,7 @@ def test_csv_columns_of_a_plain_run_are_unchanged():
     assert metric_fields() == METRIC_FIELDS
     assert metric_fields(["val_dice", "val_iou"], 3) == [
         "time", "phase", "epoch", "step", "loss", "val_loss", "val_acc", "val_dice", "val_iou", "lr", "lr_1", "lr_2",
-        "samples_per_s"]
+        "samples_per_s", "data_wait"]
     assert metric_fields(["val_acc", "val_dice", "val_dice"]) == metric_fields(["val_dice"])  # no column twice
 
 
@@ -93,8 +93,11 @@ def test_csv_has_a_column_per_metric_and_per_param_group(tmp_path):
     assert rows[1]["val_acc"] == "0.5" and rows[1]["lr"] == "" and rows[1]["lr_1"] == ""
 
 
+OLD_FIELDS = ["time", "phase", "epoch", "step", "loss", "val_loss", "val_acc", "lr", "samples_per_s"]  # before data_wait
+
+
 def test_a_resumed_run_keeps_an_old_files_header(tmp_path):
-    old = ",".join(METRIC_FIELDS) + "\r\n1.000,train,1,1,0.5,,,0.1,320.0\r\n"
+    old = ",".join(OLD_FIELDS) + "\r\n1.000,train,1,1,0.5,,,0.1,320.0\r\n"
     (tmp_path / "metrics.csv").write_text(old, encoding="utf-8", newline="")
     rec = Recorder(RunDir(tmp_path), ["val_dice"], groups=2)  # this run would have made more columns
     rec(report(2, lrs=(0.1, 0.01)))
@@ -104,9 +107,9 @@ def test_a_resumed_run_keeps_an_old_files_header(tmp_path):
         text = f.read()
     assert text.startswith(old)  # the header and the rows already there are untouched
     fields, rows = rows_of(tmp_path / "metrics.csv")
-    assert fields == METRIC_FIELDS and len(rows) == 3
+    assert fields == OLD_FIELDS and len(rows) == 3
     with open(tmp_path / "metrics.csv", newline="", encoding="utf-8") as f:
-        assert all(len(row) == len(METRIC_FIELDS) for row in csv.reader(f))  # well-formed: no extra values
+        assert all(len(row) == len(OLD_FIELDS) for row in csv.reader(f))  # well-formed: no extra values (data_wait)
     assert rows[1]["lr"] == "0.1" and rows[2]["val_acc"] == "0.5" and rows[2]["loss"] == "1"
 
 

@@ -206,13 +206,13 @@ class Trainer:
                 self.control.send(Stop(reason="callback"))  # applied before the first step, as a key would be
             batches, clock = iter(data.train), time.perf_counter
             while True:
-                if not self._micro and (status := self._between_steps()):
-                    return status  # commands act between optimizer steps, never inside an accumulation
                 t = clock()
                 batch = next(batches, _END)
                 self._wait += clock() - t  # host time blocked on the data (no device sync)
                 if batch is _END:
                     break
+                if not self._micro and (status := self._between_steps()):
+                    return status  # commands act between optimizer steps, never inside an accumulation
                 if not self._step(batch):
                     continue  # train.accumulate: more batches before this optimizer step
                 if self.dist.active:
