@@ -124,8 +124,8 @@ class TrainSection(_Strict):
     grad_clip_value: float = Field(default=0.0, ge=0)  # clip_grad_value_; 0 = off
     log_every: int = Field(default=10, gt=0)
     # at least this long between two reports (each still carries every step's loss): a fast run reports
-    # ~20 times a second, not every few ms; 0 = exactly every log_every steps
-    log_min_interval_s: float = Field(default=0.05, ge=0)
+    # ~10 times a second, not every few ms; 0 = exactly every log_every steps
+    log_min_interval_s: float = Field(default=0.1, ge=0)
     deterministic: bool = False
     freeze_bn_stats: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"

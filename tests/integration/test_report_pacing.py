@@ -1,4 +1,4 @@
-"""Reports are paced (train.log_min_interval_s, default 0.05 s), and every report says how much of
+"""Reports are paced (train.log_min_interval_s, default 0.1 s), and every report says how much of
 its time the loop waited for its batches (StepReport.data_wait, EpochEnd.data_wait, metrics.csv,
 the headless line); a run that waits too long is warned about as input-bound."""
 
@@ -14,27 +14,65 @@ from tui_trainer.engine.events import EpochEnd, RunWarning, StepReport
 from tui_trainer.engine.trainer import INPUT_BOUND_S, input_bound_advice
 
 
+def _check_paced(reports, ends, final_step: int, floor: float) -> None:
+    """Every step's loss in exactly one report, in order; reports at least `floor` apart but for the
+    run's last (an epoch's end reads its losses but leaves them to the next report when too soon);
+    each epoch's train_loss is the mean of its own steps' losses."""
+    losses = {s: v for r in reports for s, v in zip(range(r.first_step, r.step + 1), r.losses)}
+    assert [s for r in reports for s in range(r.first_step, r.step + 1)] == list(range(1, final_step + 1))
+    for before, report in zip(reports[:-1], reports[1:-1]):
+        assert report.time - before.time >= floor - 0.005, (before.step, report.step, report.time - before.time)
+    first = 1
+    for end in ends:
+        mean = sum(losses[s] for s in range(first, end.step + 1)) / (end.step - first + 1)
+        assert end.train_loss == pytest.approx(mean, rel=1e-6)
+        first = end.step + 1
+
+
 def test_reports_are_at_least_the_floor_apart_and_carry_every_loss_once(tmp_path):
-    """log_every 1 on ~1 ms steps: without the floor every step would be a report, ~1 ms apart.
-    A report the floor paces comes >= 0.05 s after the previous one; the epoch's end and the run's
-    end still report at once; every step's loss is in exactly one report, in order."""
+    """log_every 1 on ~1 ms steps: without the floor every step would be a report, ~1 ms apart."""
     preset = write_preset(tmp_path / "p.toml", data={"dataset": "tests.helpers.user_code:pair", "batch_size": 2},
-                          train={"epochs": 2, "log_every": 1, "log_min_interval_s": 0.05})
+                          train={"epochs": 3, "log_every": 1, "log_min_interval_s": 0.05})
     out = run(preset, run_dir=tmp_path / "run")
     assert out.final.status == "completed"
-    reports = out.of(StepReport)
-    steps = [s for r in reports for s in range(r.first_step, r.step + 1)]
-    assert steps == list(range(1, out.final.step + 1))
-    ends = {e.step for e in out.of(EpochEnd)}
-    for before, report in zip(reports, reports[1:]):
-        if report.step not in ends and report.step != out.final.step:
-            assert report.time - before.time >= 0.045, (before.step, report.step, report.time - before.time)
+    _check_paced(out.of(StepReport), out.of(EpochEnd), out.final.step, 0.05)
+
+
+def test_the_loops_reports_are_paced_too(tmp_path):
+    """tui_trainer.loop: the same floor (its default), the same invariants."""
+    import torch
+
+    import tui_trainer
+    from tests.helpers.user_code import Blobs, mlp
+
+    torch.manual_seed(0)
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(Blobs(96), batch_size=2)
+
+    def train(run):
+        for _ in run.epochs(3):
+            for x, y in run.batches(loader):
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                run.log(loss=loss)
+
+    from tui_trainer.run.rundir import read_events
+
+    tui_trainer.loop(train, model=model, optimizer=optimizer, ui=False, run_dir=tmp_path / "run", log_every=1)
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    reports = [e for e in events if isinstance(e, StepReport)]
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    assert len(ends) == 3
+    _check_paced(reports, ends, 3 * 48, 0.1)
 
 
 def test_a_slow_dataset_is_input_bound_and_a_preloaded_one_is_not(tmp_path):
-    """20 ms per sample, batches of 4: the loop waits ~80 ms for each ~1 ms step. The same data
-    preloaded (transformed once, before the run) leaves nothing to wait for."""
-    preset = write_preset(tmp_path / "p.toml", data={"dataset": "tests.helpers.user_code:slow", "batch_size": 4},
+    """20 ms per sample (a sleep in __getitem__), batches of 8: the loop waits ~160 ms for each ~1 ms
+    step. The same data preloaded (transformed once, before the run) leaves nothing to wait for."""
+    preset = write_preset(tmp_path / "p.toml", data={"dataset": "tests.helpers.user_code:slow", "batch_size": 8},
                           train={"epochs": 1})
     slow = run(preset, run_dir=tmp_path / "slow")
     fast = run(preset, "data.preload=true", run_dir=tmp_path / "fast")
@@ -42,12 +80,14 @@ def test_a_slow_dataset_is_input_bound_and_a_preloaded_one_is_not(tmp_path):
         assert out.final.status == "completed"
         assert all(r.data_wait is not None and 0 <= r.data_wait <= 1 for r in out.of(StepReport))
     (slow_end,), (fast_end,) = slow.of(EpochEnd), fast.of(EpochEnd)
-    assert slow_end.data_wait > 0.5 and min(r.data_wait for r in slow.of(StepReport)) > 0.5
+    waits = sorted(r.data_wait for r in slow.of(StepReport))
+    assert slow_end.data_wait > 0.5 and waits[len(waits) // 2] > 0.5
     assert fast_end.data_wait < 0.2
     with open(tmp_path / "slow" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["data_wait"]) for r in rows if r["phase"] == "epoch"] == [pytest.approx(slow_end.data_wait, abs=1e-3)]
-    assert all(float(r["data_wait"]) > 0.5 for r in rows if r["phase"] == "train")
+    assert [float(r["data_wait"]) for r in rows if r["phase"] == "train"] == pytest.approx(
+        [r.data_wait for r in slow.of(StepReport)], abs=1e-3)
 
 
 def test_the_input_bound_warning_comes_once_after_a_minute_above_20_percent(tmp_path):

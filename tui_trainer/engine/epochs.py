@@ -27,10 +27,11 @@ if TYPE_CHECKING:
 
 def end_epoch(t: Trainer) -> bool:
     """Validate, track the best, step the epoch scheduler, checkpoint. True = stop early."""
-    t._report()
-    waited, wall = t._epoch_wait
-    t._epoch_wait = [0.0, 0.0]
+    t._report(force=False)
     t0 = time.monotonic()
+    t._active += t0 - t._t_report  # the training time of losses not reported yet (samples/s)
+    waited, wall = t._epoch_waited, t._epoch_active + t0 - t._epoch_t
+    t._epoch_waited = t._epoch_active = 0.0
     result = validate(t)
     val_loss, val_acc = result.loss, result.acc
     t._val_seconds = time.monotonic() - t0
@@ -74,7 +75,7 @@ def end_epoch(t: Trainer) -> bool:
         t._save(tuple(tags))
     if t._hook("on_epoch_end", epoch=t.epoch - 1, metrics=dict(metrics)):
         t.control.send(Stop(reason="callback"))
-    t._t_report = time.monotonic()  # samples/s measures training, not validation and saving
+    t._t_report = t._epoch_t = time.monotonic()  # samples/s measures training, not validation and saving
     return stop_early
 
 

@@ -143,7 +143,10 @@ class Trainer:
         self._mine = None  # this rank's memory at the last sync (many ranks)
         self._reported_at = 0.0  # when the last StepReport was sent (train.log_min_interval_s)
         self._wait = 0.0  # seconds spent waiting for batches since the last StepReport
-        self._epoch_wait = [0.0, 0.0]  # this epoch's: seconds waiting, seconds of report windows
+        self._active = 0.0  # training seconds before _t_report not reported yet (an epoch's end between)
+        self._epoch_waited = 0.0  # this epoch's seconds waiting for batches ...
+        self._epoch_active = 0.0  # ... and of training (validation and pauses left out), up to _epoch_t
+        self._epoch_t = time.monotonic()
         self._bound_since: float | None = None  # input-bound since (INPUT_BOUND)
         self._bound_warned = False
         self._paused = False
@@ -186,6 +189,7 @@ class Trainer:
             if message:
                 self._emit(RunWarning(self.step, message))
         self._set_state("running")
+        self._t_report = self._epoch_t = time.monotonic()  # the windows start with the training
         try:
             status = self._train()
             # inside the try: the last report or the final save can still find a non-finite loss
@@ -208,7 +212,9 @@ class Trainer:
             while True:
                 t = clock()
                 batch = next(batches, _END)
-                self._wait += clock() - t  # host time blocked on the data (no device sync)
+                waited = clock() - t  # host time blocked on the data (no device sync)
+                self._wait += waited
+                self._epoch_waited += waited
                 if batch is _END:
                     break
                 if not self._micro and (status := self._between_steps()):
@@ -393,10 +399,11 @@ class Trainer:
         elif isinstance(cmd, Pause) and not self._paused:
             self._paused = True
             self._report()
+            self._epoch_active += time.monotonic() - self._epoch_t
             self._set_state("paused")
         elif isinstance(cmd, Resume) and self._paused:
             self._paused = False
-            self._t_report = time.monotonic()  # a pause is not slow training
+            self._t_report = self._epoch_t = time.monotonic()  # a pause is not slow training
             self._set_state("running")
         elif isinstance(cmd, Stop) and self._stop is None:
             self._stop = cmd
@@ -475,12 +482,14 @@ class Trainer:
         for cmd in commands:
             self._apply(cmd)
 
-    def _report(self) -> None:
+    def _report(self, force: bool = True) -> None:
         """Report every loss not reported yet (read first: on many ranks a collective, which every
-        rank reaches at the same point: an epoch's end, a save, a pause)."""
+        rank reaches at the same point: an epoch's end, a save, a pause). `force` False (an epoch's
+        end): read them, but report only if train.log_min_interval_s has passed since the last
+        report; else they go with the next one (short epochs do not double the reports)."""
         if self._pending:
             self._read(share=False)
-        if self._values:
+        if self._values and (force or time.monotonic() - self._reported_at >= self.log_min_s):
             self._emit_report()
 
     def _read(self, share: bool) -> list[Command]:
@@ -529,11 +538,10 @@ class Trainer:
         values, first = self._values, self._values_first
         self._values = []
         now = time.monotonic()
-        dt = max(now - self._t_report, 1e-9)
+        dt = max(self._active + now - self._t_report, 1e-9)  # training time: validation and pauses left out
         self._t_report = self._reported_at = now
+        self._active = 0.0
         wait, self._wait = min(self._wait, dt), 0.0
-        self._epoch_wait[0] += wait
-        self._epoch_wait[1] += dt
         per_step = dt / len(values)
         self._step_time = per_step if self._step_time is None else 0.7 * self._step_time + 0.3 * per_step
         remaining = self.total_steps - self.step
@@ -581,7 +589,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _save(self, tags: tuple[str, ...]) -> Path | None:
-        self._report()  # a save never follows a non-finite loss it has not looked at
+        # a save never follows a non-finite loss it has not read; the run's last ones report them too
+        self._report(force="final" in tags or "emergency" in tags)
         check_weights_finite(self.params, self.step)
         t0 = time.monotonic()
         name = ckpt.file_name(tags, self.step, self.epoch)

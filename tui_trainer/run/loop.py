@@ -534,7 +534,11 @@ class Run:
         self._mem_at = 0.0
         self._reported_at = 0.0  # when the last StepReport was sent (train.log_min_interval_s)
         self._wait = 0.0  # seconds waiting for batches since the last StepReport
-        self._epoch_wait = [0.0, 0.0]  # this epoch's: seconds waiting, seconds of report windows
+        self._active = 0.0  # batch-loop seconds before _t_report whose losses are not reported yet
+        self._unreported: list[float] = []  # losses read, not reported yet (an epoch's end between)
+        self._epoch_waited = 0.0  # this epoch's seconds waiting for batches ...
+        self._epoch_active = 0.0  # ... and in its batches (pauses left out), up to _epoch_t
+        self._epoch_t = time.monotonic()
         self._bound_since: float | None = None
         self._bound_warned = False
         self._workers: int | None = None  # the loader's num_workers, for the input-bound advice
@@ -609,7 +613,7 @@ class Run:
         if self._t_tail is not None:
             self._tail_seconds = time.monotonic() - self._t_tail
             self._t_tail = None
-        self._t_report = time.monotonic()  # samples/s measures training, not validation
+        self._t_report = self._epoch_t = time.monotonic()  # samples/s measures training, not validation
         it = self._iterate(loader, self._in_epoch)
         self._workers = getattr(loader, "num_workers", None)
         empty, should_stop = self._commands.empty, self._should_stop
@@ -626,9 +630,11 @@ class Run:
                 try:
                     t = clock()
                     batch = next(it)
-                    self._wait += clock() - t  # host time blocked on the data (no device sync)
+                    waited = clock() - t  # host time blocked on the data (no device sync)
+                    self._wait += waited
+                    self._epoch_waited += waited
                 except StopIteration:
-                    self._report()  # the epoch's last losses, before the loop's validation prints
+                    self._report(force=False)  # the epoch's last losses read, before the loop's validation prints
                     return
                 except Exception as exc:
                     self._safe_failure = exc  # the state is the last safe point's: an emergency save is sound
@@ -650,6 +656,8 @@ class Run:
         finally:
             self._iterator = None
             self._t_tail = time.monotonic()
+            if not self._paused:
+                self._epoch_active += self._t_tail - self._epoch_t
 
     def log(self, loss=None, **more) -> None:
         """The loss of this batch (a tensor stays on its device: read once per report, every
@@ -769,10 +777,11 @@ class Run:
         elif isinstance(cmd, Pause) and not self._paused:
             self._paused = True
             self._report()
+            self._epoch_active += time.monotonic() - self._epoch_t
             self._set_state("paused")
         elif isinstance(cmd, Resume) and self._paused:
             self._paused = False
-            self._t_report = time.monotonic()  # a pause is not slow training
+            self._t_report = self._epoch_t = time.monotonic()  # a pause is not slow training
             self._set_state("running")
         elif isinstance(cmd, Stop) and self._stop is None:
             self._stop = cmd
@@ -799,7 +808,7 @@ class Run:
 
     def _end_epoch(self) -> None:
         """The epoch's body has run: EpochEnd, best, early stopping, the epoch checkpoint."""
-        self._report()
+        self._report(force=False)
         epoch_no = self.epoch + 1
         total, count = self._epoch_loss
         metrics = dict(self._epoch_metrics)
@@ -825,8 +834,8 @@ class Run:
         self._epoch_trained = False
         seconds = self._tail_seconds if self._t_tail is None else time.monotonic() - self._t_tail
         es = self._early.best if self._early is not None else None
-        waited, wall = self._epoch_wait
-        self._epoch_wait = [0.0, 0.0]
+        waited, wall = self._epoch_waited, self._epoch_active
+        self._epoch_waited = self._epoch_active = 0.0
         self._emit(EpochEnd(epoch_no, self.step, train_loss, val_loss, val_acc, seconds, self._monitor, value,
                             self._best.value, self._best.epoch, improved, es.bad_epochs if es else 0,
                             self._early.patience if self._early is not None else None,
@@ -854,7 +863,10 @@ class Run:
 
     # ------------------------------------------------------------------ reports
 
-    def _report(self) -> None:
+    def _report(self, force: bool = True) -> None:
+        """Read the pending losses (one host read) and report every loss not reported yet. `force`
+        False (an epoch's end): report only if train.log_min_interval_s has passed since the last
+        report; else they go with the next one (short epochs do not double the reports)."""
         pending, more = self._pending, self._pending_more
         if not pending and not more and self.step == self._reported_step:
             return
@@ -869,13 +881,19 @@ class Run:
                 acc = self._epoch_more.setdefault(key, [0.0, 0])
                 acc[0] += v
                 acc[1] += 1
+        bad = next((v for v in values if not math.isfinite(v)), None) if len(finite) != len(values) else None
         now = time.monotonic()
+        self._unreported += values
+        if not force and bad is None and now - self._reported_at < self._log_min_s:
+            self._active += now - self._t_report  # their training time, for samples/s
+            self._t_report = now
+            return
+        values, self._unreported = self._unreported, []
         steps = self.step - self._reported_step
-        dt = max(now - self._t_report, 1e-9)
+        dt = max(self._active + now - self._t_report, 1e-9)  # batch-loop time: validation and pauses left out
         self._t_report = self._reported_at = now
+        self._active = 0.0
         wait, self._wait = min(self._wait, dt), 0.0
-        self._epoch_wait[0] += wait
-        self._epoch_wait[1] += dt
         if steps > 0:
             per_step = dt / steps
             self._step_time = per_step if self._step_time is None else 0.7 * self._step_time + 0.3 * per_step
@@ -895,7 +913,6 @@ class Run:
         self._emit(StepReport(self.step, self.epoch_of_step, self.step - len(values) + 1, tuple(values), lrs,
                               max(steps, 0) * max(self._batch_size, 0) / dt, eta, memory, data_wait=wait / dt))
         self._input_bound(wait / dt, now)
-        bad = next((v for v in values if not math.isfinite(v)), None) if len(finite) != len(values) else None
         if bad is not None and not self._nonfinite:
             if self._stop_on_nonfinite:
                 self._end_nonfinite(f"non-finite loss ({bad}) by step {self.step}")
@@ -929,7 +946,7 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
 
     def _save(self, tags: tuple[str, ...]) -> Path | None:
-        self._report()
+        self._report(force="final" in tags or "emergency" in tags)  # read: no save after an unread non-finite loss
         if self._nonfinite:
             return None
         if not _finite(self._params):
