@@ -77,7 +77,7 @@ class SlowBlobs(Blobs):
         return super().__getitem__(i)
 
 
-def slow(n: int = 24, n_val: int = 4):
+def slow(n: int = 32, n_val: int = 4):
     """(train, val) of SlowBlobs."""
     return SlowBlobs(n), SlowBlobs(n_val, seed=1)
 
