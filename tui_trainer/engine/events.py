@@ -114,7 +114,10 @@ class StateChanged(Event):
 
 @dataclass(frozen=True)
 class StepReport(Event):
-    """Sent every `log_every` steps: the loss of each step since the last report (one host sync).
+    """Sent every `log_every` steps, at most one every `train.log_min_interval_s` (on many ranks, at
+    a sync that passed a multiple of log_every): the loss of each step since the last report (one
+    host sync). A report may span an epoch's end (an epoch's end reads the losses but reports them
+    only once the interval has passed); `epoch` is then the epoch of its last step.
 
     `memory` (at most every 0.5 s, else None) is this process's device: rank 0's in a run of many
     ranks. `ranks` comes with it there: every rank's sample in rank order (`ranks[0]` is `memory`),

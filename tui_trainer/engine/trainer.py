@@ -515,7 +515,7 @@ class Trainer:
             values, self._ranks = read[:n], probes.unpack(read[n:-2], self.dist.world)
             self._mine = mine
             if share:
-                count, every = int(read[-1 - 1]), max(1, int(read[-1]))
+                count, every = int(read[-2]), max(1, int(read[-1]))
                 self._sync_at = self.step + every
                 commands = self.dist.commands(commands, count)
         else:
