@@ -29,39 +29,15 @@ from tui_trainer.engine.events import (
     StepReport,
     TrainableChanged,
 )
+from tui_trainer.run.history import Curve
 from tui_trainer.text.format import event_line
 from tui_trainer.ui.memory_history import MachineHistory
 
 
-class Series:
-    """(x, y) points; past `max_points` neighbours merge pairwise (x of the later, mean of y)."""
-
-    def __init__(self, max_points: int = 1024):
-        self.max_points = max_points
-        self.stride = 1
-        self.xs: list[float] = []
-        self.ys: list[float] = []
-        self._sum = 0.0
-        self._n = 0
-
-    def add(self, x: float, y: float) -> None:
-        if not math.isfinite(y):
-            return
-        self._sum += y
-        self._n += 1
-        if self._n < self.stride:
-            return
-        self.xs.append(x)
-        self.ys.append(self._sum / self._n)
-        self._sum, self._n = 0.0, 0
-        if len(self.xs) > self.max_points:
-            end = len(self.xs) - len(self.xs) % 2  # an odd newest point has no partner: it stays as it is
-            self.xs = self.xs[1:end:2] + self.xs[end:]
-            self.ys = [(a + b) / 2 for a, b in zip(self.ys[:end:2], self.ys[1:end:2])] + self.ys[end:]
-            self.stride *= 2
-
-    def __len__(self) -> int:
-        return len(self.xs)
+def Series(max_points: int = 1024) -> Curve:
+    """(x, y) points; past `max_points` neighbours merge pairwise (x of the later, mean of y): the
+    same bounded curve `tui-trainer compare` keeps (run/history.py)."""
+    return Curve(max_points)
 
 
 class MinMaxSeries:
@@ -165,7 +141,7 @@ class RunView:
         self.ema: float | None = None
         # per epoch, at the epoch's last step: "val_loss", "val_acc" and every EpochEnd.metrics name
         self.epoch_history: dict[str, MinMaxSeries] = {}
-        self.lr_history: list[Series] = []
+        self.lr_history: list[Curve] = []
         self.epochs: deque[EpochEnd] = deque(maxlen=1000)  # the pane shows the last few
         self.metric_names: list[str] = []  # the [[metrics]] seen in EpochEnd.metrics, first seen first
         self.has_val_acc = False  # some epoch had val_acc (a regression run never does)
