@@ -152,6 +152,8 @@ def test_stale_socket_of_a_killed_run_is_cleaned_and_shown_read_only(tmp_path):
     run = tmp_path / "run"
     proc = start_run(tmp_path, held_preset(tmp_path), run)
     wait_until(lambda: (tmp_path / "ready").exists(), "held at step 2")
+    # the recorder writes reports within WRITE_WITHIN_S (its own thread): the history to show is on disk
+    wait_until(lambda: any(e.get("step") == 2 and e["kind"] == "StepReport" for e in events_of(run)), "recorded")
     sock = Path(json.loads((run / "control.json").read_text())["socket"])
     proc.kill()  # SIGKILL: no chance to remove its socket
     proc.wait(timeout=60)

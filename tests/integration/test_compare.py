@@ -88,7 +88,11 @@ class Watch:
             self.seen.append((self.history._tail.offset, self.history.step, self.history.state))
 
 
-def test_a_live_run_is_read_as_it_grows(tiny_preset, tmp_path, one_torch_thread):
+def test_a_live_run_is_read_as_it_grows(tiny_preset, tmp_path, one_torch_thread, monkeypatch):
+    from tui_trainer.run import rundir
+
+    # this run lasts about a second: its recorder writes its reports in batches every 10 ms, not 250
+    monkeypatch.setattr(rundir, "WRITE_WITHIN_S", 0.01)
     run_dir = tmp_path / "live"
     watch = Watch(run_dir)
     run_engine(tiny_preset(), "train.epochs=2", "train.log_every=1", run_dir=run_dir, callbacks=[watch])

@@ -50,7 +50,11 @@ class Session:
         """Leave now without a save (Ctrl+C twice), but leave nothing behind: the control socket
         goes (no stale socket for `ls`/`attach`), and the data workers are killed at once (they
         ignore SIGTERM, so they would linger until they noticed their parent was gone). Safe from a
-        signal handler: no lock is taken, nothing is joined."""
+        signal handler: no lock is waited for, nothing is joined. The reports the recorder holds are
+        written if it is not writing at that moment."""
+        for sink in self.sinks:
+            if isinstance(sink, Recorder):
+                sink.flush(wait=False)
         if self.server is not None:
             self.server.remove_files()
         kill = getattr(self.trainer, "kill_workers", None)

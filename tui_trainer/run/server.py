@@ -100,9 +100,11 @@ class Replay:
         self._started = False
         self._seq = 0
 
-    def add(self, event: Event, line: bytes) -> None:
+    def add(self, event: Event, line: bytes | None = None) -> None:
+        """`event`, with its line when it was made already; else the line is made if a viewer ever
+        asks (`lines`): a run nobody attaches to never encodes its events here."""
         self._seq += 1
-        item = (self._seq, line)
+        item = (self._seq, line if line is not None else event)
         if isinstance(event, Printed):
             self.printed.append(item)
             return
@@ -125,7 +127,7 @@ class Replay:
     def lines(self) -> bytes:
         merged = sorted(self.head + self.reports + self.epochs + list(self.other) + list(self.printed)
                         + ([self.stats] if self.stats else []))
-        return b"".join(line for _, line in merged)
+        return b"".join(x if isinstance(x, bytes) else (x.json_line + "\n").encode() for _, x in merged)
 
 
 def _thinned(items: list, item, recent: int, old_max: int) -> list:
@@ -218,12 +220,12 @@ class ControlServer:
     # ------------------------------------------------------------------ the sink
 
     def __call__(self, event: Event) -> None:
-        line = (event.json_line + "\n").encode()
+        line = (event.json_line + "\n").encode() if self._viewers else None  # no viewer: no JSON made here
         with self._lock:
             self._replay.add(event, line)
             viewers = bool(self._viewers)
-            if viewers:
-                self._outbox.append(line)
+            if viewers:  # (one may have come since)
+                self._outbox.append(line if line is not None else (event.json_line + "\n").encode())
         if viewers:  # nobody to send to: no syscall, no thread woken on the training thread's time
             self._poke()
 
