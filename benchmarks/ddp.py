@@ -155,7 +155,8 @@ def engine_rank(preset_path: str, run_dir: str, warmup: int, steps: int, threads
 
 
 PIECES = (("Trainer", "_step"), ("Trainer", "_update"), ("Trainer", "_between_steps"), ("Dist", "share"),
-          ("Trainer", "_sync"), ("Trainer", "_read"), ("Dist", "commands"), ("Trainer", "_report"), ("Dist", "sum_"), ("Trainer", "_end_epoch"), ("Recorder", "__call__"),
+          ("Trainer", "_sync"), ("Trainer", "_start_sync"), ("Trainer", "_finish_sync"), ("Trainer", "_read"),
+          ("Dist", "commands"), ("Trainer", "_report"), ("Dist", "sum_"), ("Trainer", "_end_epoch"), ("Recorder", "__call__"),
           ("LineReporter", "__call__"), ("ControlServer", "__call__"))
 
 

@@ -115,7 +115,9 @@ def train_run(preset: str, run_dir: str, overrides: list) -> dict:
             "step": final.step, "error": getattr(final, "error", None),
             "weights": [p.detach().double().sum().item() for p in session.trainer.model.parameters()],
             "state": {n: p.detach().clone() for n, p in session.trainer.model.named_parameters()},
-            "events": len(events), "finished": isinstance(final, Finished)}
+            "events": len(events), "finished": isinstance(final, Finished),
+            "losses": [loss for e in events if type(e).__name__ == "StepReport" for loss in e.losses],
+            "early_syncs": session.trainer.early_syncs}
 
 
 class SteerAt:

@@ -47,6 +47,14 @@ def test_two_ranks_of_16_train_as_one_process_of_32(tmp_path):
     assert single.final.step == result[0]["step"]
     for name, p in single.model.named_parameters():
         assert torch.allclose(p.detach(), result[0]["state"][name], atol=1e-6), name
+    # rank 0 reports every step's loss of the global batch: the mean of the two ranks' means, summed in
+    # syncs started before their step's backward (Trainer._start_sync) and read after it
+    from tui_trainer.engine.events import StepReport
+
+    losses = [loss for report in single.of(StepReport) for loss in report.losses]
+    assert len(result[0]["losses"]) == len(losses) == single.final.step
+    assert result[0]["losses"] == pytest.approx(losses, rel=1e-5)
+    assert result[0]["early_syncs"] == result[1]["early_syncs"] >= 2
     assert (tmp_path / "ddp" / "events.jsonl").is_file()  # rank 0 wrote the run directory
 
 

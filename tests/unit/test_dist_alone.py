@@ -85,5 +85,21 @@ def test_rank_0_syncs_about_every_100_ms_and_on_the_epochs_end(tmp_path):
         t._synced_step, t._synced_t = t.step - 10, time.monotonic() - 10 * pace
         t.step, t.log_min_s = 103, 0.0
         assert every(10, 10 * pace) == 7  # exact reports: the next multiple of log_every
+
+        def ahead(steps: int, seconds: float, in_epoch: int, per_epoch: int) -> int:
+            """Asked before the step's backward (a sync started early): as if after the step."""
+            t.step -= 1
+            t.parts.steps_per_epoch, t.batch_in_epoch, t.total_steps = per_epoch, in_epoch - 1, 10**7
+            t._synced_step, t._synced_t = t.step + 1 - steps, time.monotonic() - seconds
+            try:
+                return t._sync_every(ahead=1)
+            finally:
+                t.step += 1
+
+        t.log_min_s = 0.05
+        for in_epoch, per_epoch in ((28, 28), (40, 100), (13, 28)):
+            assert ahead(10, 10 * pace, in_epoch, per_epoch) == every(10, 10 * pace, in_epoch, per_epoch)
+        t.log_min_s = 0.0
+        assert ahead(10, 10 * pace, 3, 100) == every(10, 10 * pace, 3, 100) == 7
     finally:
         session.close()

@@ -222,13 +222,16 @@ class StandIn(Dist):
     def sum_(self, tensors) -> None:
         if self.alone_:
             return
+        width = 2 * len(SLOT)
+        if len(tensors) == 1 and tensors[0].dim() == 1 and tensors[0].numel() >= width + 2:
+            # a sync's payload (Trainer._payload): the losses, both ranks' memory slots, the head
+            t = tensors[0]
+            n = t.numel() - width - 2
+            t[:n] += t[:n].clone()  # the same losses
+            t[n:n + width] += torch.tensor(pack(self.other, 1, 2), dtype=torch.float64)
+            return  # the head (command count, steps to the next sync): rank 0's, the other adds zeros
         for t in tensors:
-            if t.dtype == torch.float64 and t.numel() == 2 * len(SLOT):
-                t += torch.tensor(pack(self.other, 1, 2), dtype=torch.float64)
-            elif t.dtype == torch.float64 and t.numel() == 2:
-                pass  # the sync's head (command count, steps to the next sync): rank 0's, the other adds zeros
-            else:
-                t += t.clone()
+            t += t.clone()
 
 
 def run_as_rank_0(tiny_preset, tmp_path, monkeypatch, dist: StandIn | None, name: str, fused: bool = True):

@@ -4,8 +4,9 @@ every method is a no-op there.
 
 Commands enter on rank 0 only (keys, the control socket, signals, callbacks). They reach every rank
 after the same step in the trainer's sync (Trainer._sync, about every SYNC_EVERY_S = 0.1 s): their
-number rides in the all_reduce that already sums the losses, and their JSON follows in one
-broadcast on a CPU/gloo control group only when there are some (`commands`). Before the first step
+number rides in the all_reduce that already sums the losses (on CPU started before the syncing
+step's backward: `sum_started`), and their JSON follows in one broadcast on a CPU/gloo control
+group only when there are some (`commands`). Before the first step
 and while paused, `share()` asks rank 0 on the control group (a two-element int64 broadcast, about
 250 us on 2 CPU ranks). Never a CUDA sync of their own, never a barrier that only rank 0 reaches.
 A gloo collective costs ~1-2 ms in place on a loaded 2-core box, so the engine makes about ten a
@@ -116,6 +117,17 @@ class Dist:
             t.copy_(flat[start:start + n].reshape(t.shape).to(t.dtype))
             start += n
 
+    def sum_started(self, tensor: torch.Tensor):
+        """Start summing `tensor` over the ranks, in place, on the control group; returns the work to
+        `.wait()` on before reading it (None in one process or alone: the tensor is its own sum).
+        The trainer starts a sync this way before the backward of the step that syncs, so that its
+        round trips overlap the backward instead of adding to the step."""
+        if not self.active or self.alone:
+            return None
+        import torch.distributed as dist
+
+        return dist.all_reduce(tensor, group=self.control, async_op=True)
+
     def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The module to run forward passes through: DDP around `module` (rebuilt after every change
         of the trainable set), or `module` itself in one process."""
@@ -137,3 +149,4 @@ class Dist:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+

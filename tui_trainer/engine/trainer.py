@@ -18,8 +18,9 @@ save) runs at report, epoch or save time.
 Many ranks: one collective about every SYNC_EVERY_S (`_sync`) carries the losses since the last
 one, every rank's memory, rank 0's commands (their number; their JSON follows only when there are
 some) and the number of steps to the next sync, which rank 0 picks from its pace and lands on the
-epoch's end. Every rank applies the same commands after the same step, and no rank decides by
-its own clock.
+epoch's end. On CPU that collective starts before the syncing step's backward and is waited for
+after its update, so it overlaps the step. Every rank applies the same commands after the same
+step, and no rank decides by its own clock.
 """
 
 from __future__ import annotations
@@ -153,6 +154,10 @@ class Trainer:
         self._share_now = True  # many ranks: share rank 0's commands before the first step (--paused)
         self._sync_at = 1  # many ranks: the step after which every rank syncs next (rank 0 picks it)
         self._fused = self.device.type == "cpu"  # many ranks: the losses ride in the sync's collective (_sync)
+        # ... started before the backward of the sync's step (not LBFGS: its closure holds the backward)
+        self._early_sync = self.dist.active and self._fused and not self.needs_closure
+        self._started: tuple | None = None  # a sync under way: (work, payload, losses, first step, commands, memory)
+        self.early_syncs = 0  # syncs started before their step's backward (tests, benchmarks)
         self._synced_step, self._synced_t = 0, time.monotonic()
         self._stop: Stop | None = None
         self._saved_step = -1
@@ -256,6 +261,8 @@ class Trainer:
                 loss = loss_of(self.step_fn(self.net, batch, self.loss_fn))
             if self.accumulate > 1:
                 loss = loss / self.accumulate  # the mean over the step's batches, as one big batch would give
+            if self._early_sync and self.step + 1 >= self._sync_at and self._micro + 1 >= self.accumulate:
+                self._start_sync(loss.detach() if self._micro_loss is None else self._micro_loss + loss.detach())
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
             else:
@@ -323,21 +330,22 @@ class Trainer:
             mine.append(Stop(reason="cancelled"))
         return mine
 
-    def _sync_every(self) -> int:
+    def _sync_every(self, ahead: int = 0) -> int:
         """Rank 0: in how many steps every rank syncs next. About SYNC_EVERY_S from the pace since the
         last sync (1 before a pace is known), spread evenly so that a sync lands on the epoch's last
         step (the epoch's end then has nothing left to reduce); with train.log_min_interval_s = 0,
-        on every multiple of log_every too."""
-        now = time.monotonic()
-        steps, elapsed = self.step - self._synced_step, now - self._synced_t
-        self._synced_step, self._synced_t = self.step, now
+        on every multiple of log_every too. `ahead` 1: asked before the sync's step (a ride), as
+        after it (a sync started before its step's backward)."""
+        now, step = time.monotonic(), self.step + ahead
+        steps, elapsed = step - self._synced_step, now - self._synced_t
+        self._synced_step, self._synced_t = step, now
         every = max(1, min(MAX_SYNC_EVERY, int(SYNC_EVERY_S * steps / elapsed))) if steps > 0 and elapsed > 0 else 1
-        in_epoch = self.batch_in_epoch % self.parts.steps_per_epoch  # 0 at an epoch's end: the next epoch's
-        left = min(self.parts.steps_per_epoch - in_epoch, self.total_steps - self.step)
+        in_epoch = (self.batch_in_epoch + ahead) % self.parts.steps_per_epoch  # 0 at an epoch's end: the next's
+        left = min(self.parts.steps_per_epoch - in_epoch, self.total_steps - step)
         if left > 0:
             every = math.ceil(left / max(1, round(left / every)))
         if self.log_min_s == 0:
-            every = min(every, self.log_every - self.step % self.log_every)
+            every = min(every, self.log_every - step % self.log_every)
         return every
 
     # ------------------------------------------------------------------ one batch
@@ -471,7 +479,7 @@ class Trainer:
         alone on the CPU control group (`Dist.share`: no CUDA sync) and the losses' all_reduce and
         read come only with a report, as in one process."""
         if self._fused:
-            commands = self._read(share=True)
+            commands = self._finish_sync() if self._started is not None else self._read(share=True)
         else:
             writer = self.dist.writer
             commands = self.dist.share(self._rank0_commands() if writer else [], self._sync_every() if writer else 0)
@@ -494,32 +502,69 @@ class Trainer:
 
     def _read(self, share: bool) -> list[Command]:
         """The pending losses, onto the host (the one host sync) into `_values`. Many ranks: in one
-        all_reduce, every rank's mean loss of each step averaged (the global batch's loss), every
-        rank's memory (each into its own slot: probes.pack) and, when `share`, rank 0's command
-        count and its steps to the next sync; returns rank 0's commands (their JSON broadcast only
-        when there are some). A non-finite loss stops here (train.nonfinite = "stop") after its report."""
+        all_reduce with the rest of a sync (`_payload`: on CPU, when `share`, the sync itself);
+        returns rank 0's commands (their JSON broadcast only when there are some). A non-finite loss
+        stops here (train.nonfinite = "stop") after its report."""
         n, first = len(self._pending), self._pending_first
         stacked = torch.stack(self._pending).float() if n else torch.zeros(0, device=self.device)
         self._pending.clear()
-        commands: list[Command] = []
-        if self.dist.active:
-            mine = self._memory.read()  # host-side calls on every rank: no CUDA sync
-            slots = probes.packed(mine, self.dist.rank, self.dist.world, stacked.device)
-            if share and self.dist.writer:
-                commands = self._rank0_commands()
-            head = torch.tensor([len(commands), self._sync_every() if share and self.dist.writer else 0],
-                                dtype=torch.float64, device=stacked.device)  # others: zeros
-            self.dist.sum_([stacked, slots, head])
-            stacked /= slots[::len(probes.SLOT)].sum()  # how many ranks the sum holds (presence marks): world
-            read = torch.cat([stacked.double(), slots, head]).tolist()  # the one host sync
-            values, self._ranks = read[:n], probes.unpack(read[n:-2], self.dist.world)
-            self._mine = mine
-            if share:
-                count, every = int(read[-2]), max(1, int(read[-1]))
-                self._sync_at = self.step + every
-                commands = self.dist.commands(commands, count)
-        else:
-            values = stacked.tolist()  # the one host sync
+        if not self.dist.active:
+            self._take_losses(stacked.tolist(), first)  # the one host sync
+            return []
+        payload, commands, mine = self._payload(stacked, share)
+        self.dist.sum_([payload])
+        return self._synced(payload.tolist(), n, first, share, commands, mine)  # the one host sync
+
+    def _payload(self, stacked: torch.Tensor, share: bool, ahead: int = 0) -> tuple[torch.Tensor, list, object]:
+        """Many ranks: what a sync sums over the ranks, flat (float64): the losses (each rank's mean
+        of each step), every rank's memory (each into its own slot: probes.pack) and, when `share`,
+        rank 0's command count and its steps to the next sync (zeros on the others); with rank 0's
+        commands (taken off its queue) and this rank's memory."""
+        mine = self._memory.read()  # host-side calls on every rank: no CUDA sync
+        slots = probes.packed(mine, self.dist.rank, self.dist.world, stacked.device)
+        commands = self._rank0_commands() if share and self.dist.writer else []
+        head = torch.tensor([len(commands), self._sync_every(ahead) if share and self.dist.writer else 0],
+                            dtype=torch.float64, device=stacked.device)
+        return torch.cat([stacked.double(), slots, head]), commands, mine
+
+    def _synced(self, read: list[float], n: int, first: int, share: bool, commands: list[Command],
+                mine) -> list[Command]:
+        """A sync's sums, read: the global losses into `_values`, every rank's memory, and (`share`)
+        the steps to the next sync and rank 0's commands, on every rank."""
+        width = len(probes.SLOT)
+        slots, head = read[n:n + width * self.dist.world], read[n + width * self.dist.world:]
+        ranks = sum(slots[::width])  # how many ranks the sum holds (presence marks): world
+        values = (torch.tensor(read[:n], dtype=torch.float32) / ranks).tolist() if n else []
+        self._ranks, self._mine = probes.unpack(slots, self.dist.world), mine
+        if share:
+            count, every = int(head[0]), max(1, int(head[1]))
+            self._sync_at = self.step + every
+            commands = self.dist.commands(commands, count)
+        self._take_losses(values, first)
+        return commands
+
+    def _start_sync(self, loss: torch.Tensor) -> None:
+        """Many CPU ranks, before the backward of the step that syncs: its payload (the losses with
+        this step's) starts on its all_reduce, whose round trips then overlap the backward and the
+        update (`_finish_sync` waits for it after the step). On 2 CPU ranks a sync waited for at
+        once cost ~2-3 ms of a ~4 ms step, mostly threads handing off on busy cores."""
+        first = self._pending_first if self._pending else self.step + 1
+        losses = torch.stack([*self._pending, loss]).float()
+        payload, commands, mine = self._payload(losses, share=True, ahead=1)
+        self._started = (self.dist.sum_started(payload), payload, len(losses), first, commands, mine)
+        self.early_syncs += 1
+
+    def _finish_sync(self) -> list[Command]:
+        """The sync `_start_sync` started, read like `_read`'s."""
+        work, payload, n, first, commands, mine = self._started
+        self._started = None
+        if work is not None:
+            work.wait()
+        del self._pending[:n]
+        return self._synced(payload.tolist(), n, first, True, commands, mine)
+
+    def _take_losses(self, values: list[float], first: int) -> None:
+        """Read losses (global on many ranks) into `_values` and the epoch's sum."""
         values, warnings, nonfinite = self.guard.check_losses(values, first)
         for warning in warnings:
             self._emit(warning)
@@ -532,7 +577,6 @@ class Trainer:
         if nonfinite is not None:
             self._emit_report()
             raise nonfinite
-        return commands
 
     def _emit_report(self) -> None:
         values, first = self._values, self._values_first
