@@ -409,6 +409,23 @@ def measure_pieces(w: Workload, device: str, amp: str, scratch: Path, threads: i
             right = f"{r1['wall_us_per_step']:8.1f} / {r1['cpu_us_per_step']:7.1f}" if r1 else f"{'-':>8}   {'-':>7}"
             print(f"    {name:<24} {r0['wall_us_per_step']:8.1f} / {r0['cpu_us_per_step']:7.1f} | {right}"
                   f"   ({r0['calls']}; {r0['wall_us_per_call']:.1f})", flush=True)
+        out[f"{v}_own"] = own = engine_own(rows, ranks)
+        print("    the engine's own (" + " + ".join(OWN) + "), wall per step: "
+              + "; ".join(f"rank {r} {o['us_per_step']:.1f} us = {o['share']:.2%} of its step" for r, o in own.items()))
+    return out
+
+
+OWN = ("Trainer._sync", "Trainer._start_sync", "Trainer._between_steps", "Trainer._end_epoch")  # none inside another
+
+
+def engine_own(rows: dict, ranks: dict) -> dict:
+    """Per rank: the wall time per step of the engine's pieces that do not nest (OWN: the sync, the
+    sync's start inside the step, the commands check, the epoch's end), and its share of the run's
+    wall time per step."""
+    out = {}
+    for r in sorted(ranks):
+        own = sum(rows[name][r]["wall_us_per_step"] for name in OWN if r in rows.get(name, {}))
+        out[r] = {"us_per_step": own, "share": own / rows["Trainer.run"][r]["wall_us_per_step"]}
     return out
 
 
