@@ -149,4 +149,3 @@ class Dist:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-

@@ -334,8 +334,8 @@ class Trainer:
         """Rank 0: in how many steps every rank syncs next. About SYNC_EVERY_S from the pace since the
         last sync (1 before a pace is known), spread evenly so that a sync lands on the epoch's last
         step (the epoch's end then has nothing left to reduce); with train.log_min_interval_s = 0,
-        on every multiple of log_every too. `ahead` 1: asked before the sync's step (a ride), as
-        after it (a sync started before its step's backward)."""
+        on every multiple of log_every too. `ahead` 1: asked before the syncing step's backward
+        (`_start_sync`), answered as after that step."""
         now, step = time.monotonic(), self.step + ahead
         steps, elapsed = step - self._synced_step, now - self._synced_t
         self._synced_step, self._synced_t = step, now
