@@ -1,13 +1,16 @@
 """run/rundir.Recorder: reports and epoch ends written in batches by the recorder's thread, within
-WRITE_WITHIN_S; every other event at once, after those still waiting (the file keeps the order)."""
+WRITE_WITHIN_S; every other event at once, after those still waiting (the file keeps the order).
+The headless LineReporter with `within` does the same with its lines (both use run/batched.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 from tui_trainer.engine import events as ev
 from tui_trainer.run import rundir
+from tui_trainer.run.headless import LineReporter
 from tui_trainer.run.rundir import Recorder, RunDir
 
 
@@ -62,4 +65,53 @@ def test_close_writes_what_is_waiting_and_stops_the_thread(tmp_path):
     rec.close()
     assert time.monotonic() - t0 < rundir.WRITE_WITHIN_S  # the writer's wait ends at once
     assert [step for _, step in kinds(rd)] == list(range(1, 101))
-    assert not rec._writer.is_alive()
+    assert not rec._batched.alive
+
+
+# ---------------------------------------------------------------- the headless lines, the same way
+
+
+class Counted(io.StringIO):
+    """A text stream that counts its writes (one per batch of lines, not one per line)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_headless_lines_of_reports_come_from_a_thread_in_one_write_and_keep_their_order(tmp_path):
+    out = Counted()
+    lines = LineReporter(out, tty=False, within=0.2)
+    try:
+        t0 = time.monotonic()
+        for step in (1, 2, 3):
+            lines(report(step))
+        assert out.getvalue() == "", "a report's line is not written on the training thread"
+        while out.getvalue().count("\n") < 3 and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        assert time.monotonic() - t0 >= 0.2 * 0.9
+        got = out.getvalue().splitlines()
+        assert [line.split(" step ")[1].split("/")[0] for line in got] == ["1", "2", "3"]
+        assert out.writes == 1  # the three lines in one write
+        lines(report(4))
+        lines(ev.RunWarning(step=4, message="look out"))  # not batched: at once, after report 4
+        got = out.getvalue().splitlines()
+        assert "step 4/" in got[3] and "look out" in got[4]
+    finally:
+        lines.close()
+    assert not lines._batched.alive
+
+
+def test_headless_close_writes_the_lines_waiting(tmp_path):
+    out = io.StringIO()
+    lines = LineReporter(out, tty=False, within=30)
+    for step in range(1, 51):
+        lines(report(step))
+    t0 = time.monotonic()
+    lines.close()
+    assert time.monotonic() - t0 < 5  # the thread's 30 s wait is cut short
+    assert out.getvalue().count("\n") == 50

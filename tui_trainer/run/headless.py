@@ -19,19 +19,32 @@ from tui_trainer.engine.events import Event, Failed, Finished, RunStarted, StepR
 from tui_trainer.text.format import duration, event_line, human_count, lrs_text, short_bytes
 from tui_trainer.signals import point_at_devnull
 
+# the reports' and epoch ends' lines are written by a thread within this (LineReporter `within`)
+LINES_WITHIN_S = 0.5
+
 _STYLES = {"info": "", "good": "green", "warn": "yellow", "error": "bold red"}
 
 
 class LineReporter:
-    """A sink that turns events into log lines (plain text; rich colours and a bar on a TTY)."""
+    """A sink that turns events into log lines (plain text; rich colours and a bar on a TTY).
 
-    def __init__(self, stream: TextIO | None = None, tty: bool | None = None):
+    `within` (seconds): the reports' and epoch ends' lines are written by a thread, in batches,
+    within that time of their coming (run/batched.py), not on the training thread; every other
+    event's line at once, after those still waiting. `close()` writes what is waiting."""
+
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None, within: float | None = None):
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
         self.started: RunStarted | None = None
         self.dead = False  # output failed once: the terminal is gone
         self._progress = None
         self._task = None
+        self._gathered: list[str] | None = None  # plain lines of a batch, written together
+        self._batched = None
+        if within is not None:
+            from tui_trainer.run.batched import Batched
+
+            self._batched = Batched(self._lines, "tui-trainer-lines", lambda: within)
         if self.tty:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -47,8 +60,23 @@ class LineReporter:
                     if self._progress is not None else self._plain(f"{stamp} {text}\n"))
 
     def _plain(self, text: str) -> None:
+        if self._gathered is not None:
+            self._gathered.append(text)
+            return
         self.stream.write(text)
         self.stream.flush()
+
+    def _lines(self, events: list[Event]) -> None:
+        """A batch of events (Batched): their plain lines in one write."""
+        self._gathered = []
+        try:
+            for event in events:
+                if not self.dead:
+                    self._event(event)
+        finally:
+            text, self._gathered = "".join(self._gathered), None
+            if text:
+                self._write(lambda: self._plain(text))
 
     def _write(self, write) -> None:
         """Output is best effort: a dropped SSH session (EIO), a closed pipe or a full log disk must
@@ -70,7 +98,11 @@ class LineReporter:
                 detach_from_terminal()
 
     def __call__(self, event: Event) -> None:
-        if not self.dead:
+        if self.dead:
+            return
+        if self._batched is not None:
+            self._batched(event)
+        else:
             self._event(event)
 
     def _event(self, event: Event) -> None:
@@ -128,6 +160,8 @@ class LineReporter:
             self.line(text, _STYLES[level])
 
     def close(self) -> None:
+        if self._batched is not None:
+            self._batched.close()
         self._stop_progress()
 
     def _stop_progress(self) -> None:
@@ -223,7 +257,7 @@ def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream
 
     from tui_trainer.run.launch import prepare
 
-    reporter = LineReporter(stream)
+    reporter = LineReporter(stream, within=LINES_WITHIN_S)
     opener = opener or functools.partial(prepare, preset_path, list(overrides), resume=resume, run_dir=run_dir)
     session = opener(sinks=[reporter], serve=serve)
     handlers = SignalHandlers(session.control, on_abort=session.abort)

@@ -10,15 +10,14 @@ import csv
 import io
 import json
 import os
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tui_trainer.config import Preset, dump_toml
 from tui_trainer.engine.events import EpochEnd, Event, StepReport
 from tui_trainer.errors import UserError
+from tui_trainer.run.batched import Batched
 
 
 class RunDir:
@@ -111,7 +110,7 @@ def writing(rd: RunDir) -> Iterator[None]:
 # data_wait: the share of the row's wall time spent waiting for batches (0..1; input-bound above ~0.2)
 # StepReports and EpochEnds reach the disk within this (a writer thread, in batches); a run killed by
 # SIGKILL loses at most this much of them. Everything else is written at once.
-WRITE_WITHIN_S = 0.25
+WRITE_WITHIN_S = 0.5
 
 METRIC_FIELDS = ["time", "phase", "epoch", "step", "loss", "val_loss", "val_acc", "lr", "samples_per_s", "data_wait"]
 
@@ -153,59 +152,26 @@ class Recorder:
         self.fields = metric_fields(metrics, groups) if new else (_header_of(metrics_path) or METRIC_FIELDS)
         self.metrics = _Appender(metrics_path)
         if new:
-            self.metrics.write(_csv_row(self.fields, None))
+            self.metrics.write(_csv_header(self.fields))
         self.dropped = 0
-        # Reports and epoch ends, waiting for the writer thread. On a fast loop a report is ~10x
-        # dearer on the training thread (cold caches between two reports: ~200 us for its JSON, CSV
-        # row and two writes) than in a batch; they are also the only events that come many a second.
-        self._waiting: deque[Event] = deque()
-        self._lock = threading.Lock()  # one writer at a time, so lines keep the events' order
-        self._wake = threading.Event()  # set: events are waiting
-        self._stop = threading.Event()  # set: closing (the writer's wait ends at once)
-        self._closed = False
-        self._writer = threading.Thread(target=self._write_batches, name="tui-trainer-recorder", daemon=True)
-        self._writer.start()
+        # Reports and epoch ends are written by a thread, in batches (run/batched.py): on a fast loop
+        # a report is ~10x dearer on the training thread (cold caches between two reports: ~200 us
+        # for its JSON, CSV row and two writes) than in a batch; they are also the only events that
+        # come many a second.
+        self._batched = Batched(self._write, "tui-trainer-recorder", lambda: WRITE_WITHIN_S)
 
     def __call__(self, event: Event) -> None:
-        if type(event) in _BATCHED and not self._closed:
-            self._waiting.append(event)  # thread-safe; the writer takes them within WRITE_WITHIN_S
-            if not self._wake.is_set():
-                self._wake.set()
-            return
-        with self._lock:  # any other event: now, after the ones waiting (the file keeps their order)
-            self._write([*self._take(), event])
+        self._batched(event)
 
     def flush(self, wait: bool = True) -> None:
         """Write every event waiting for the writer thread now. `wait` False (a signal handler, which
         may have interrupted a write of this thread): only if no write is under way."""
-        if not self._lock.acquire(blocking=wait):
-            return
-        try:
-            self._write(self._take())
-        finally:
-            self._lock.release()
+        self._batched.flush(wait)
 
     def close(self) -> None:
-        self._closed = True
-        self._stop.set()
-        self._wake.set()
-        self._writer.join(timeout=5)
-        self.flush()
+        self._batched.close()
         self.events.close()
         self.metrics.close()
-
-    def _write_batches(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._stop.wait(WRITE_WITHIN_S)  # gather a batch: one write per file for all of them
-            self._wake.clear()
-            self.flush()
-
-    def _take(self) -> list[Event]:
-        out = []
-        while self._waiting:
-            out.append(self._waiting.popleft())
-        return out
 
     def _write(self, events: list[Event]) -> None:
         """The events' lines to events.jsonl and their rows to metrics.csv, one write each (a full
@@ -217,10 +183,10 @@ class Recorder:
             lines.append(event.json_line + "\n")
             row = self._row(event)
             if row is not None:
-                rows.append(_csv_row(self.fields, row))
+                rows.append(row)
         ok = self.events.write("".join(lines))
         if rows:
-            ok &= self.metrics.write("".join(rows))
+            ok &= self.metrics.write(_csv_rows(self.fields, rows))
         if not ok:
             self.dropped += len(events)
 
@@ -245,8 +211,6 @@ class Recorder:
                 return row
         return None
 
-
-_BATCHED = (StepReport, EpochEnd)
 
 
 def _header_of(path: Path) -> list[str] | None:
@@ -307,13 +271,16 @@ def _warn(text: str) -> None:
         pass
 
 
-def _csv_row(fields: list[str], row: dict | None) -> str:
+def _csv_header(fields: list[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fields, extrasaction="ignore")
-    if row is None:
-        writer.writeheader()
-    else:
-        writer.writerow(row)
+    csv.DictWriter(out, fields).writeheader()
+    return out.getvalue()
+
+
+def _csv_rows(fields: list[str], rows: list[dict]) -> str:
+    """Rows of metrics.csv, one writer for them all."""
+    out = io.StringIO()
+    csv.DictWriter(out, fields, extrasaction="ignore").writerows(rows)
     return out.getvalue()
 
 
