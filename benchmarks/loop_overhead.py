@@ -1,7 +1,8 @@
 """What `tui_trainer.loop` costs: the same textbook loop with and without `run.epochs`,
 `run.batches` and `run.log`, on the tiny workload, headless.
 
-    python benchmarks/loop_overhead.py              # 30 alternating windows of 1,000 steps each
+    python benchmarks/loop_overhead.py              # 30 alternating windows of 1,000 steps, then 300 pairs
+    python benchmarks/loop_overhead.py --windows 0  # the pairs alone (~40 s)
     python benchmarks/loop_overhead.py --quick      # smoke: a few steps
 
 Both variants build the same model, optimizer, loss and preloaded batches from the tiny preset
@@ -27,6 +28,14 @@ and the wall ratio (a's steps/s) / (b's); reported: their medians over the windo
 the goal (<= 1.02) from that interval: met when all of it is <= 1.02, MISSED when all of it is
 above, else not resolved at this noise (and no verdict from fewer than 10 windows). Before the
 windows, a short run of each checks that they train identically (the same per-step losses).
+
+Paired in one run (`paired`, `--pairs`): the issue's own words, "run.batches + run.log against the
+same loop without them", measured inside one `tui_trainer.loop` run whose epochs alternate between
+the plain `for` (a) and `run.batches` + `run.log` (b), a b b a ...: each pair is ~80 ms apart, so
+the host's minute-to-minute noise (which the windows cannot pair away on this VM) mostly cancels.
+A b block holds its epoch end and its reports; every other thread's CPU (the recorder's and the
+headless lines' writers) is charged to b. It leaves out what the windows include: the run's start,
+and the idle threads' cost to a's epochs; the windows stay the strict comparison.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from benchmarks.workloads import TINY, Workload, quick  # noqa: E402
 
 GOAL = 0.02  # run.batches + run.log cost <= 2% per step
 DEFAULT_WINDOWS = 30
+DEFAULT_PAIRS = 300
 MIN_WINDOWS = 10
 NAMES = {"a": "a plain loop", "b": "b tui_trainer.loop"}
 
@@ -141,6 +151,80 @@ def with_loop(preset: Path, w: Workload, scratch: Path, record: list | None = No
 
 
 VARIANTS = {"a": plain, "b": with_loop}
+
+
+def paired(preset: Path, w: Workload, scratch: Path, pairs: int) -> dict:
+    """The issue's own comparison, "run.batches + run.log against the same loop without them", inside
+    one `tui_trainer.loop` run so that both sides share the host's minute: epochs alternate between
+    `for x, y in batches` (a) and `for x, y in run.batches(batches): ...; run.log(loss=loss)` (b), in
+    the order a b b a ... (so neither side always goes first). A block is one epoch (56 steps, ~40 ms);
+    its clocks are read around the whole `for` statement, so a b block holds the epoch end that
+    `run.batches` does when it is called (the headless epoch line, the recorder's EpochEnd) and its
+    last report. CPU: the training thread's time in each block; the time of every other thread of
+    the process over the whole run (the recorder's writer, the control socket) is charged to b
+    alone. Returns the per-pair ratios b/a (wall, CPU)."""
+    import time
+
+    import tui_trainer
+
+    parts = _parts(preset)
+    data, batches = parts.data.train, parts.data.train_batches
+    blocks: list[tuple[str, int, float, float]] = []  # (variant, steps, wall s, thread CPU s)
+    spans: dict[str, float] = {}
+    warm = 4  # blocks of each kind before the measured ones
+
+    def block(run, kind: str, epoch: int) -> tuple[int, float, float]:
+        batches.set_epoch(epoch)
+        n = 0
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if kind == "a":
+            for x, y in data:
+                _step(parts, x, y)
+                n += 1
+        else:
+            for x, y in run.batches(data):
+                loss = _step(parts, x, y)
+                run.log(loss=loss)
+                n += 1
+        _sync(parts)
+        return n, time.perf_counter() - t0, time.thread_time() - c0
+
+    def train(run):
+        parts.model.train()
+        order = "abba"
+        for i in range(2 * (pairs + warm)):
+            if i == 2 * warm:
+                spans["process0"], spans["thread0"] = time.process_time(), time.thread_time()
+            kind = order[i % 4]
+            n, wall, cpu = block(run, kind, i)
+            if i >= 2 * warm:
+                blocks.append((kind, n, wall, cpu))
+        spans["process1"], spans["thread1"] = time.process_time(), time.thread_time()
+
+    run_dir = scratch / "paired-run"
+    with open(scratch / "paired-run.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        code = tui_trainer.loop(train, model=parts.model, optimizer=parts.optimizer, ui=False, run_dir=run_dir,
+                                name="bench_paired", log_every=w.log_every, every_epochs=0, save_best=False)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if code != 0:
+        raise RuntimeError(f"the paired run failed (exit {code}); see {scratch / 'paired-run.log'}")
+    a = [b for b in blocks if b[0] == "a"]
+    b = [b for b in blocks if b[0] == "b"]
+    b_steps = sum(x[1] for x in b)
+    others = (spans["process1"] - spans["process0"]) - (spans["thread1"] - spans["thread0"])
+    other_per_step = max(0.0, others) / b_steps  # the other threads' CPU, all charged to b
+    wall, cpu = [], []
+    for (_, na, wa, ca), (_, nb, wb, cb) in zip(a, b):
+        wall.append((wb / nb) / (wa / na))
+        cpu.append((cb / nb + other_per_step) / (ca / na))
+    totals = {"wall": (sum(x[2] for x in b) / b_steps) / (sum(x[2] for x in a) / sum(x[1] for x in a)),
+              "cpu": (sum(x[3] for x in b) / b_steps + other_per_step) / (sum(x[3] for x in a) / sum(x[1] for x in a))}
+    return {"pairs": len(wall), "steps_per_block": [a[0][1], b[0][1]], "wall_per_pair": wall, "cpu_per_pair": cpu,
+            "wall": common.median(wall), "wall_ci95": bootstrap_median(wall), "wall_spread": spread(wall),
+            "cpu": common.median(cpu), "cpu_ci95": bootstrap_median(cpu), "cpu_spread": spread(cpu),
+            "totals": totals, "other_threads_us_per_b_step": other_per_step * 1e6,
+            "a_us_per_step": common.median([x[2] / x[1] for x in a]) * 1e6,
+            "b_us_per_step": common.median([x[2] / x[1] for x in b]) * 1e6}
 
 
 @contextlib.contextmanager
@@ -251,10 +335,13 @@ def verdict(interval: tuple[float, float] | None, median: float, n: int) -> str:
     return f"not resolved at this noise (median {'within' if median <= limit else 'above'} the goal)"
 
 
-def measure(w: Workload, windows: int, device: str, scratch: Path) -> dict:
+def measure(w: Workload, windows: int, device: str, scratch: Path, pairs: int = 0) -> dict:
     preset = w.write(scratch, device=device)
     identical = same_losses(preset, w, scratch)
     parts = breakdown(preset, w, scratch)
+    together = paired(preset, w, scratch, pairs) if pairs else None
+    if together is not None:
+        together["verdict"] = {k: verdict(together[f"{k}_ci95"], together[k], together["pairs"]) for k in ("wall", "cpu")}
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cost, wall, loads = [], [], []
@@ -270,6 +357,9 @@ def measure(w: Workload, windows: int, device: str, scratch: Path) -> dict:
         print(f"  window {i + 1:>2}/{windows}: " + "  ".join(
             f"{v} {this[v][0]:,.1f}/s {this[v][1]['process'] * 1e3:.4g} ms" for v in VARIANTS)
             + f"  b/a CPU {cost[-1]:.4f} wall {wall[-1]:.4f}  (load {loads[-1]:.2f})", flush=True)
+    if not windows:
+        return {"workload": w.name, "windows": 0, "log_every": w.log_every, "batch_size": w.batch_size, "goal": GOAL,
+                "same_losses": identical, "breakdown": parts, "paired": together}
     c_med, w_med = common.median(cost), common.median(wall)
     c_ci, w_ci = bootstrap_median(cost), bootstrap_median(wall)
     return {
@@ -284,23 +374,23 @@ def measure(w: Workload, windows: int, device: str, scratch: Path) -> dict:
                  "wall": w_med, "wall_spread": spread(wall), "wall_ci95": w_ci,
                  "wall_verdict": verdict(w_ci, w_med, windows)},
         "load_1min": {"min": min(loads), "median": common.median(loads), "max": max(loads)},
-        "breakdown": parts,
+        "breakdown": parts, "paired": together,
     }
 
 
 def report(result: dict) -> None:
-    print(f"  {'variant':<22} {'steps/s':>9} {'spread':>7}  {'CPU ms/step':>11} {'spread':>7}")
-    for v in VARIANTS:
-        print(f"  {NAMES[v]:<22} {result['median'][v]:>9,.1f} {_pm(result['spread'][v]):>7}"
-              f"  {result['cpu_ms'][v]:>11.4f} {_pm(result['cpu_spread'][v]):>7}")
-    c = result["cost"]
-    print(f"  b/a per step: CPU {c['cpu']:.4f} {_pm(c['cpu_spread'])} (95% CI {_ci(c['cpu_ci95'])})"
-          f"   wall {c['wall']:.4f} {_pm(c['wall_spread'])} (95% CI {_ci(c['wall_ci95'])})")
-    print(f"  goal <= {1 + GOAL:.2f}: CPU {c['verdict']}; wall {c['wall_verdict']}")
+    if result["windows"]:
+        report_windows(result)
+    p = result.get("paired")
+    if p:
+        print(f"  paired in one run ({p['pairs']} pairs of epochs of {p['steps_per_block'][0]} steps, a b b a ...;"
+              f" a {p['a_us_per_step']:.1f} us/step, b {p['b_us_per_step']:.1f}):")
+        print(f"    b/a wall {p['wall']:.4f} {_pm(p['wall_spread'])} (95% CI {_ci(p['wall_ci95'])}), totals"
+              f" {p['totals']['wall']:.4f}: {p['verdict']['wall']}")
+        print(f"    b/a CPU  {p['cpu']:.4f} {_pm(p['cpu_spread'])} (95% CI {_ci(p['cpu_ci95'])}), totals"
+              f" {p['totals']['cpu']:.4f}, with the other threads' {p['other_threads_us_per_b_step']:.1f} us a b step:"
+              f" {p['verdict']['cpu']}")
     print(f"  per-step losses: {'identical' if result['same_losses'] else 'DIFFERENT'} (a short run of each)")
-    load = result["load_1min"]
-    print(f"  load average (1 min) after each window: min {load['min']:.2f}, median {load['median']:.2f},"
-          f" max {load['max']:.2f}")
     b = result["breakdown"]
     print(f"  where b's time goes inside the window (one instrumented run, CPU us per step of"
           f" {b['cpu_us_per_step']:.1f}; the clock's own {b['clock_ns'] / 1e3:.1f} us per timed call taken off):")
@@ -309,10 +399,26 @@ def report(result: dict) -> None:
               f" {part['us_per_call']:.1f} us each)")
 
 
+def report_windows(result: dict) -> None:
+    print(f"  {'variant':<22} {'steps/s':>9} {'spread':>7}  {'CPU ms/step':>11} {'spread':>7}")
+    for v in VARIANTS:
+        print(f"  {NAMES[v]:<22} {result['median'][v]:>9,.1f} {_pm(result['spread'][v]):>7}"
+              f"  {result['cpu_ms'][v]:>11.4f} {_pm(result['cpu_spread'][v]):>7}")
+    c = result["cost"]
+    print(f"  b/a per step: CPU {c['cpu']:.4f} {_pm(c['cpu_spread'])} (95% CI {_ci(c['cpu_ci95'])})"
+          f"   wall {c['wall']:.4f} {_pm(c['wall_spread'])} (95% CI {_ci(c['wall_ci95'])})")
+    print(f"  goal <= {1 + GOAL:.2f}: CPU {c['verdict']}; wall {c['wall_verdict']}")
+    load = result["load_1min"]
+    print(f"  load average (1 min) after each window: min {load['min']:.2f}, median {load['median']:.2f},"
+          f" max {load['max']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--windows", type=int, default=None, help=f"alternating windows (default {DEFAULT_WINDOWS};"
                                                               " 2 with --quick)")
+    p.add_argument("--pairs", type=int, default=None, help=f"pairs of epochs in the one-run comparison (default"
+                                                          f" {DEFAULT_PAIRS}; 4 with --quick; 0: none)")
     p.add_argument("--window", type=int, default=1000, help="steps measured per window (default 1000); warm-up is"
                                                            " extra (300)")
     p.add_argument("--log-every", type=int, default=TINY.log_every,
@@ -323,11 +429,12 @@ def main(argv: list[str] | None = None) -> dict:
     w = replace(TINY, warmup=300, steps=300 + args.window, log_every=args.log_every)
     if args.quick:
         w = quick(replace(TINY, log_every=args.log_every))
-    windows = args.windows or (2 if args.quick else DEFAULT_WINDOWS)
+    windows = args.windows if args.windows is not None else (2 if args.quick else DEFAULT_WINDOWS)
+    pairs = args.pairs if args.pairs is not None else (4 if args.quick else DEFAULT_PAIRS)
     print(f"loop overhead (tiny, headless): steps {w.warmup}..{w.steps} measured, log_every {w.log_every},"
           f" {args.device}, {threads} thread(s), {windows} windows; load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tui-loop-") as tmp:
-        result = measure(w, windows, args.device, Path(tmp))
+        result = measure(w, windows, args.device, Path(tmp), pairs)
     report(result)
     result.update({"versions": common.versions(), "threads": threads, "device": args.device, "quick": args.quick})
     common.write_json(args.json, result)

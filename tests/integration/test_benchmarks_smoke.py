@@ -9,7 +9,8 @@ import torch
 
 import pytest
 
-from benchmarks import ddp, footprint, run_all, step_costs, step_forms, sync_check, throughput, ui_latency
+from benchmarks import (ddp, footprint, loop_overhead, run_all, step_costs, step_forms, sync_check, throughput,
+                        ui_latency)
 from tests.conftest import tiny_preset_text
 
 
@@ -114,6 +115,17 @@ def test_sync_check_new_cases_are_required_and_run_on_cpu(name, tmp_path):
     assert case[3], "required to pass"
     r = sync_check.run_case(*case, device="cpu", steps=20, log_every=10, scratch=tmp_path)
     assert r.steps == 20 and r.reports == 2 and r.strict_error is None and r.passed
+
+
+def test_loop_overhead_reports_the_windows_and_the_pairs_in_one_run(tmp_path):
+    result = loop_overhead.main(["--quick", "--json", str(tmp_path / "l.json")])
+    assert result["same_losses"] is True
+    assert len(result["cost_per_window"]) == 2 and all(r > 0 for r in result["wall_per_window"])
+    pairs = result["paired"]
+    assert pairs["pairs"] == 4 and pairs["steps_per_block"][0] == pairs["steps_per_block"][1] > 0
+    assert len(pairs["wall_per_pair"]) == 4 and all(r > 0 for r in pairs["cpu_per_pair"])
+    assert pairs["other_threads_us_per_b_step"] >= 0  # the writer threads' CPU, charged to b
+    assert "run.log" in result["breakdown"]["parts"]
 
 
 def test_ui_latency_reports_the_blocked_loop_and_key_latency(tmp_path):
