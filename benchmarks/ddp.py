@@ -9,6 +9,7 @@ command count folded in); plus the cost of one `Dist.share([])` alone (the pause
     python benchmarks/ddp.py                       # tiny and resnet18, alternating windows, + the broadcast
     python benchmarks/ddp.py --workload tiny --variants ab
     python benchmarks/ddp.py --pieces              # + the engine's pieces timed in place on each rank
+    python benchmarks/ddp.py --workload tiny --windows 0 --pairs 300   # epochs paired inside one run
     python benchmarks/ddp.py --quick               # smoke: tiny, a few steps, seconds
 
 Every run is a fresh pair of ranks started the way the CLI starts them: torch's elastic launcher,
@@ -154,8 +155,109 @@ def engine_rank(preset_path: str, run_dir: str, warmup: int, steps: int, threads
     return _window(taken, warmup, steps, rank)
 
 
+def _writers_cpu() -> float:
+    """CPU seconds of this process's own threads of tui-trainer (the recorder's and the headless
+    lines' writers, the control socket's server)."""
+    import threading
+
+    total = 0.0
+    for th in threading.enumerate():
+        if th.name.startswith("tui-trainer") and th.ident is not None:
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(th.ident))
+            except (OSError, ProcessLookupError):
+                pass  # ended between the listing and the read
+    return total
+
+
+def paired_rank(preset_path: str, run_dir: str, warm: int, block: int, pairs: int, threads: int,
+                by_thread: bool = False) -> dict:
+    """The engine on one rank (as `engine_rank`), with a bare block of `block` DDP steps run inside it
+    at every `block`-th step boundary after `warm` (at the start of `Trainer._step`, when no sync is in
+    flight): the same DDP module, optimizer and loss, a live iterator over the same shard, the textbook
+    body and nothing else. Both ranks do it at the same steps. Per block: wall, process CPU and the
+    CPU of tui-trainer's own threads; with `by_thread`, every thread's CPU (from /proc's schedstat:
+    gloo's TCP loops and run loops too) summed per kind of block. The pace of the syncs is kept to
+    the engine's own time (the bare block's wall is taken off `_synced_t`), so bare blocks do not
+    thin the engine's syncs."""
+    rank, _ = _rank_setup(threads)
+    from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.run.ranks import rank_main
+
+    step = Trainer._step
+    blocks: list[tuple[str, int, float, float, float]] = []  # (kind, steps, wall, process CPU, writers' CPU)
+    state: dict = {"it": None, "mark": None}
+
+    threads_cpu: dict[str, dict[str, float]] = {"engine": {}, "bare": {}}
+
+    def tasks() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat") as f:
+                    ns = int(f.read().split()[0])
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            out[f"{name}:{tid}"] = ns / 1e9
+        return out
+
+    def now():
+        return time.perf_counter(), time.process_time(), _writers_cpu(), tasks() if by_thread else {}
+
+    def count(kind, t0, t1) -> None:
+        for key, v in t1[3].items():
+            d = threads_cpu[kind]
+            d[key] = d.get(key, 0.0) + v - t0[3].get(key, v)
+
+    def bare_block(self) -> None:
+        net, optimizer, loss_fn, device = self.net, self.optimizer, self.loss_fn, self.device
+        n = 0
+        while n < block:
+            if state["it"] is None:
+                state["it"] = iter(self.parts.data.train)
+            try:
+                x, y = next(state["it"])
+            except StopIteration:
+                state["it"] = None
+                continue
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            optimizer.step()
+            n += 1
+
+    def stepped(self, batch) -> bool:
+        k = self.step - warm
+        if k >= 0 and k % block == 0 and k // block <= pairs:
+            t = now()
+            if state["mark"] is not None:
+                m = state["mark"]
+                blocks.append(("engine", block, t[0] - m[0], t[1] - m[1], t[2] - m[2]))
+                count("engine", m, t)
+            if k // block < pairs:
+                bare_block(self)
+                u = now()
+                blocks.append(("bare", block, u[0] - t[0], u[1] - t[1], u[2] - t[2]))
+                count("bare", t, u)
+                self._synced_t += u[0] - t[0]  # the pace of the syncs: the engine's own time
+                state["mark"] = now()
+            else:
+                state["mark"] = None
+        return step(self, batch)
+
+    Trainer._step = stepped  # this rank's process only
+    code = rank_main(preset_path, [], None, run_dir)
+    if code != 0:
+        raise RuntimeError(f"rank {rank}: engine run failed (exit {code}); see {run_dir}/events.jsonl")
+    return {"rank": rank, "blocks": blocks, "threads_cpu": threads_cpu}
+
+
 PIECES = (("Trainer", "_step"), ("Trainer", "_update"), ("Trainer", "_between_steps"), ("Dist", "share"),
           ("Trainer", "_sync"), ("Trainer", "_start_sync"), ("Trainer", "_finish_sync"), ("Trainer", "_read"),
+          ("Trainer", "_payload"), ("Dist", "sum_started"), ("MemoryProbe", "read"),
           ("Dist", "commands"), ("Trainer", "_report"), ("Dist", "sum_"), ("Trainer", "_end_epoch"), ("Recorder", "__call__"),
           ("LineReporter", "__call__"), ("ControlServer", "__call__"))
 
@@ -166,6 +268,7 @@ def pieces_rank(preset_path: str, run_dir: str, steps: int, threads: int, share:
     and the sinks). Each wrapped call adds about 1 us of timer overhead."""
     rank, _ = _rank_setup(threads)
     from tui_trainer.engine.distributed import Dist
+    from tui_trainer.engine.probes import MemoryProbe
     from tui_trainer.engine.trainer import Trainer
     from tui_trainer.run.headless import LineReporter
     from tui_trainer.run.ranks import rank_main
@@ -173,7 +276,7 @@ def pieces_rank(preset_path: str, run_dir: str, steps: int, threads: int, share:
     from tui_trainer.run.server import ControlServer
 
     classes = {"Trainer": Trainer, "Dist": Dist, "Recorder": Recorder, "LineReporter": LineReporter,
-               "ControlServer": ControlServer}
+               "ControlServer": ControlServer, "MemoryProbe": MemoryProbe}
     spent: dict[str, list[int]] = {}
 
     def timed(name, call):
@@ -375,6 +478,71 @@ def report(result: dict) -> None:
           f" load average {load['min']:.2f}..{load['max']:.2f}")
 
 
+def measure_paired(w: Workload, pairs: int, device: str, amp: str, scratch: Path, threads: int,
+                   by_thread: bool = False) -> dict:
+    """Bare and engine blocks of one epoch each inside one engine run (`paired_rank`), in the order
+    B E B E ...; each engine block against the mean of the bare blocks on either side of it. Speed:
+    rank 0's wall (the ranks step in lockstep), bare / engine per step (>= 0.98 is the goal). CPU:
+    both ranks' process CPU per step, tui-trainer's own threads taken out of every block and all of
+    their CPU charged to the engine's blocks."""
+    block = DIGITS_TRAIN // (w.batch_size * WORLD) // w.accumulate  # one epoch: one epoch end per engine block
+    warm = _round_up(w.warmup, block)
+    pw = replace(w, steps=warm + (pairs + 1) * block + 2)
+    preset = write_preset(pw, scratch, device, amp)
+    run_dir = scratch / f"paired-{w.name}"
+    out = launch(paired_rank, str(preset), str(run_dir), warm, block, pairs, threads, by_thread, threads=threads,
+                 log_dir=str(scratch / f"logs-paired-{w.name}"))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    ranks = [out[r]["blocks"] for r in sorted(out)]
+    for r in sorted(out):
+        per = out[r]["threads_cpu"]
+        for key in sorted(per["engine"], key=lambda k: -per["engine"][k]):
+            e, b = per["engine"][key], per["bare"].get(key, 0.0)
+            print(f"    rank {r} thread {key:<28} engine {e * 1e3:8.1f} ms  bare {b * 1e3:8.1f} ms")
+    kinds = [b[0] for b in ranks[0]]
+    n_engine = sum(1 for k in kinds if k == "engine")
+    engine_steps = n_engine * block
+    writers = sum(b[4] for r in ranks for b in r)  # every rank's own threads, over every block
+    wall = [b[2] / b[1] for b in ranks[0]]
+    cpu = [sum(r[i][3] - r[i][4] for r in ranks) / ranks[0][i][1] for i in range(len(kinds))]
+    extra = writers / engine_steps if engine_steps else 0.0
+    speed, cost = [], []
+    for i, k in enumerate(kinds):
+        if k != "engine" or i + 1 >= len(kinds):
+            continue
+        bare_wall = (wall[i - 1] + wall[i + 1]) / 2
+        bare_cpu = (cpu[i - 1] + cpu[i + 1]) / 2
+        speed.append(bare_wall / wall[i])
+        cost.append(bare_cpu / (cpu[i] + extra))
+    from benchmarks.step_forms import bootstrap_median
+
+    e_wall = [wall[i] for i, k in enumerate(kinds) if k == "engine"]
+    b_wall = [wall[i] for i, k in enumerate(kinds) if k == "bare"]
+    result = {"pairs": len(speed), "block_steps": block, "warm_steps": warm,
+              "bare_us_per_step": common.median(b_wall) * 1e6, "engine_us_per_step": common.median(e_wall) * 1e6,
+              "writers_us_per_engine_step": extra * 1e6,
+              "wall": common.median(speed), "wall_ci95": bootstrap_median(speed), "wall_spread": spread(speed),
+              "cpu": common.median(cost), "cpu_ci95": bootstrap_median(cost), "cpu_spread": spread(cost),
+              "wall_per_pair": speed, "cpu_per_pair": cost}
+    ci, cci = result["wall_ci95"], result["cpu_ci95"]
+    print(f"  paired in one engine run ({len(speed)} engine blocks of {block} steps, each against the bare"
+          f" blocks on either side; bare {result['bare_us_per_step']:.0f} us/step, engine"
+          f" {result['engine_us_per_step']:.0f}):")
+    print(f"    engine/bare speed {result['wall']:.4f} {_pm(result['wall_spread'])} (95% CI"
+          f" {'-' if ci is None else f'{ci[0]:.4f}..{ci[1]:.4f}'}): goal >= {GOAL} {_paired_verdict(ci)}")
+    print(f"    bare/engine CPU   {result['cpu']:.4f} {_pm(result['cpu_spread'])} (95% CI"
+          f" {'-' if cci is None else f'{cci[0]:.4f}..{cci[1]:.4f}'}), with tui-trainer's threads"
+          f" {result['writers_us_per_engine_step']:.1f} us an engine step: {_paired_verdict(cci)}", flush=True)
+    return result
+
+
+def _paired_verdict(ci) -> str:
+    if ci is None:
+        return "too few pairs for a verdict"
+    lo, hi = ci
+    return "met" if lo >= GOAL else "MISSED" if hi < GOAL else "not resolved at this noise"
+
+
 def measure_share(calls: int, warmup: int, threads: int, scratch: Path) -> dict:
     out = launch(share_rank, calls, warmup, threads, threads=threads, log_dir=str(scratch / "logs-share"))
     ranks = [out[r] for r in sorted(out)]
@@ -443,6 +611,11 @@ def main(argv: list[str] | None = None) -> dict:
                         " all-reduces the losses")
     p.add_argument("--share-calls", type=int, default=None,
                    help=f"Dist.share([]) calls timed (default {SHARE_CALLS}; 200 with --quick; 0: none)")
+    p.add_argument("--pairs", type=int, default=0,
+                   help="also bare and engine blocks of one epoch each, paired inside one engine run (this many"
+                        " pairs; 3 with --quick)")
+    p.add_argument("--by-thread", action="store_true",
+                   help="with --pairs: every thread's CPU in the engine's and the bare blocks, per rank")
     p.add_argument("--pieces", action="store_true",
                    help="also time the engine's pieces in place on each rank (Dist.share, _report, sum_ ...), b and c")
     args = p.parse_args(argv)
@@ -473,16 +646,22 @@ def main(argv: list[str] | None = None) -> dict:
                 w = replace(w, log_every=args.log_every, warmup=_round_up(w.warmup, args.log_every),
                             steps=_round_up(w.steps, args.log_every))
             w = quick(w) if args.quick else w
-            windows = args.windows or (1 if args.quick else shape["windows"])
+            windows = args.windows if args.windows is not None else (1 if args.quick else shape["windows"])
             print(f"{name}: {WORLD} ranks (elastic launch, spawn, {'gloo' if args.device == 'cpu' else 'nccl'}),"
                   f" batch {w.batch_size} per rank, steps {w.warmup}..{w.steps} measured, log_every {w.log_every},"
                   f" {args.device}, amp {args.amp}, {threads} thread(s) per rank, {windows} windows", flush=True)
-            result = measure(w, windows, args.variants, args.device, args.amp, scratch, threads)
-            if results["share"]:
+            if not windows:
+                result = {"workload": name, "noise": {"noisy": False}}
+            else:
+                result = measure(w, windows, args.variants, args.device, args.amp, scratch, threads)
+                report(result)
+            pairs = min(args.pairs, 3) if args.quick else args.pairs
+            if pairs:
+                result["paired"] = measure_paired(w, pairs, args.device, args.amp, scratch, threads, args.by_thread)
+            if results["share"] and windows:
                 a_ms = 1e3 / result["median"]["a"] if "a" in result["median"] else None
                 med = results["share"]["ranks"][0]["median_us"]
                 result["share_of_bare_step"] = med / (a_ms * 1e3) if a_ms else None
-            report(result)
             if result.get("share_of_bare_step") is not None:
                 print(f"  one Dist.share([]) alone ({results['share']['ranks'][0]['median_us']:.1f} us) is"
                       f" {result['share_of_bare_step']:.2%} of the bare loop's step here", flush=True)

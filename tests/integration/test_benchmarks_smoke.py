@@ -77,7 +77,7 @@ def test_step_forms_accumulation_is_reported_apart(capsys):
 def test_ddp_reports_ratios_and_the_broadcast(tmp_path, capsys):
     # 2 real gloo ranks per run (elastic launch, spawn): the bare DDP loop, the engine, the engine without share()
     out = tmp_path / "d.json"
-    result = ddp.main(["--quick", "--json", str(out)])
+    result = ddp.main(["--quick", "--pairs", "3", "--json", str(out)])
     (tiny,) = result["workloads"]
     assert tiny["workload"] == "tiny" and tiny["windows"] == 1 and tiny["world"] == 2
     assert all(tiny["median"][v] > 0 and tiny["cpu_ms_per_step"][v] > 0 for v in "abc")
@@ -89,6 +89,10 @@ def test_ddp_reports_ratios_and_the_broadcast(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "b/a  wall" in text and "goal >= 0.98" in text and "Dist.share([])" in text
     assert json.loads(out.read_text())["workloads"][0]["ratio"]["b"] == tiny["ratio"]["b"]
+    paired = tiny["paired"]  # bare blocks run inside the engine's run, both ranks at the same steps
+    assert paired["pairs"] == 2 and paired["block_steps"] > 0  # 3 engine blocks; the last has no bare after it
+    assert all(r > 0 for r in paired["wall_per_pair"] + paired["cpu_per_pair"])
+    assert "paired in one engine run" in text
 
 
 def test_step_costs_reports_each_part():
