@@ -6,7 +6,8 @@ Commands enter on rank 0 only (keys, the control socket, signals, callbacks). Th
 after the same step in the trainer's sync (Trainer._sync, about every SYNC_EVERY_S = 0.1 s): their
 number rides in the all_reduce that already sums the losses (on CPU started before the syncing
 step's backward: `sum_started`), and their JSON follows in one broadcast on a CPU/gloo control
-group only when there are some (`commands`). Before the first step
+group (the default group itself on CPU ranks, a gloo group of its own beside NCCL) only when there
+are some (`commands`). Before the first step
 and while paused, `share()` asks rank 0 on the control group (a two-element int64 broadcast, about
 250 us on 2 CPU ranks). Never a CUDA sync of their own, never a barrier that only rank 0 reaches.
 A gloo collective costs ~1-2 ms in place on a loaded 2-core box, so the engine makes about ten a
@@ -34,7 +35,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    control: Any = None  # the gloo process group commands travel on
+    control: Any = None  # the gloo process group commands travel on (None: the default group, gloo on CPU)
     alone: bool = False  # this rank failed: the others will not meet it in any collective again
     every: int = 1  # steps until the next share, as rank 0 said in the last one
 
@@ -67,7 +68,11 @@ class Dist:
 
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        control = dist.new_group(backend="gloo")  # every rank, same order: right after joining
+        # NCCL: a gloo group of its own for the commands (CPU tensors, no CUDA sync), made by every
+        # rank in the same order right after joining. Gloo: the default group already is one; a
+        # second would add three threads a rank (two run loops and a TCP loop) that wake at every
+        # sync: on 2 CPU ranks ~25 us of CPU a step, for nothing.
+        control = dist.new_group(backend="gloo") if device_type == "cuda" else None
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), control)
 
     def share(self, commands: list[Command], every: int = 1) -> list[Command]:
