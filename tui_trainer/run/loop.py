@@ -461,6 +461,7 @@ class Run:
         self._control = control
         self._commands: queue.SimpleQueue = control.queue
         self._should_stop = should_stop or (lambda: False)
+        self._asked_stop = should_stop  # None: nothing outside can ask (the fast path skips the call)
         self._outer = outer
         self._checkpoints = ckpt.CheckpointDir(run_dir.checkpoints, cfg.checkpoint.keep_last)
         self._device = next(model.parameters()).device
@@ -616,12 +617,12 @@ class Run:
         self._t_report = self._epoch_t = time.monotonic()  # samples/s measures training, not validation
         it = self._iterate(loader, self._in_epoch)
         self._workers = getattr(loader, "num_workers", None)
-        empty, should_stop = self._commands.empty, self._should_stop
+        empty, should_stop = self._commands.empty, self._asked_stop
         log_every, every, floor, clock = self._log_every, self._every_steps, self._log_min_s, time.perf_counter
         try:
             while True:
                 # the fast path of every batch: nothing queued, not paused, no stop
-                if self._paused or self._stop is not None or not empty() or should_stop():
+                if self._paused or self._stop is not None or not empty() or (should_stop is not None and should_stop()):
                     if self._between():
                         if not self._steps_per_epoch or self._in_epoch < self._steps_per_epoch:
                             self._stopped_mid = True
