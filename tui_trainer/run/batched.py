@@ -45,10 +45,10 @@ class Batched:
         with self._lock:  # any other event: now, after the ones waiting
             self._write([*self._take(), event])
 
-    def flush(self, wait: bool = True) -> None:
+    def flush(self, wait: bool = True, timeout: float = -1) -> None:
         """Write every event waiting now. `wait` False (a signal handler, which may have interrupted a
-        write of this thread): only if no write is under way."""
-        if not self._lock.acquire(blocking=wait):
+        write of this thread): only if no write is under way; `timeout`: at most that long."""
+        if not (self._lock.acquire(timeout=timeout) if wait else self._lock.acquire(blocking=False)):
             return
         try:
             events = self._take()
@@ -63,7 +63,7 @@ class Batched:
         self._stop.set()
         self._wake.set()
         self._writer.join(timeout=5)
-        self.flush()
+        self.flush(timeout=5)  # never hang an ending on a lock an interrupted write may have kept
 
     @property
     def alive(self) -> bool:
