@@ -16,6 +16,7 @@ from typing import TextIO
 
 from tui_trainer.engine.commands import Control, SaveCheckpoint, Stop
 from tui_trainer.engine.events import Event, Failed, Finished, RunStarted, StepReport
+from tui_trainer.run.batched import Batched
 from tui_trainer.text.format import duration, event_line, human_count, lrs_text, short_bytes
 from tui_trainer.signals import point_at_devnull
 
@@ -42,8 +43,6 @@ class LineReporter:
         self._gathered: list[str] | None = None  # plain lines of a batch, written together
         self._batched = None
         if within is not None:
-            from tui_trainer.run.batched import Batched
-
             self._batched = Batched(self._lines, "tui-trainer-lines", lambda: within)
         if self.tty:
             from rich.console import Console
