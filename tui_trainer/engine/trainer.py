@@ -29,6 +29,7 @@ import contextlib
 import math
 import queue
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,9 +144,10 @@ class Trainer:
         self._pending_first = 1  # the step number of _pending[0]
         self._values: list[float] = []  # losses read (reduced over the ranks), not reported yet
         self._values_first = 1  # the step number of _values[0]
-        self._ranks: tuple = ()  # every rank's memory, as the last sync gathered it (many ranks)
+        self._rank_slots: list[float] = []  # every rank's memory, as the last sync summed it (probes.pack)
         self._mine = None  # this rank's memory at the last sync (many ranks)
         self._mine_read, self._mine_at = None, -math.inf  # ... as read, at most every MEMORY_EVERY_S
+        self._mine_slots: list[float] = []  # ... packed into its slot
         self._reported_at = 0.0  # when the last StepReport was sent (train.log_min_interval_s)
         self._wait = 0.0  # seconds spent waiting for batches since the last StepReport
         self._active = 0.0  # training seconds before _t_report not reported yet (an epoch's end between)
@@ -160,7 +162,7 @@ class Trainer:
         self._fused = self.device.type == "cpu"  # many ranks: the losses ride in the sync's collective (_sync)
         # ... started before the backward of the sync's step (not LBFGS: its closure holds the backward)
         self._early_sync = self.dist.active and self._fused and not self.needs_closure
-        self._started: tuple | None = None  # a sync under way: (work, payload, losses, first step, commands, memory)
+        self._started: tuple | None = None  # a sync under way: (work, payload, losses, first step, commands)
         self.early_syncs = 0  # syncs started before their step's backward (tests, benchmarks)
         self._synced_step, self._synced_t = 0, time.monotonic()
         self._stop: Stop | None = None
@@ -510,39 +512,63 @@ class Trainer:
         returns rank 0's commands (their JSON broadcast only when there are some). A non-finite loss
         stops here (train.nonfinite = "stop") after its report."""
         n, first = len(self._pending), self._pending_first
+        if self.dist.active and self._fused:  # CPU ranks: the payload built on the host (`_cpu_payload`)
+            payload, commands = self._cpu_payload([float(v) for v in self._pending], share)
+            self._pending.clear()
+            self.dist.sum_([payload])
+            return self._synced(payload.tolist(), n, first, share, commands)
         stacked = torch.stack(self._pending).float() if n else torch.zeros(0, device=self.device)
         self._pending.clear()
         if not self.dist.active:
             self._take_losses(stacked.tolist(), first)  # the one host sync
             return []
-        payload, commands, mine = self._payload(stacked, share)
+        payload, commands = self._payload(stacked, share)
         self.dist.sum_([payload])
-        return self._synced(payload.tolist(), n, first, share, commands, mine)  # the one host sync
+        return self._synced(payload.tolist(), n, first, share, commands)  # the one host sync
 
-    def _payload(self, stacked: torch.Tensor, share: bool, ahead: int = 0) -> tuple[torch.Tensor, list, object]:
+    def _payload(self, stacked: torch.Tensor, share: bool, ahead: int = 0) -> tuple[torch.Tensor, list]:
         """Many ranks: what a sync sums over the ranks, flat (float64): the losses (each rank's mean
         of each step), every rank's memory (each into its own slot: probes.pack) and, when `share`,
         rank 0's command count and its steps to the next sync (zeros on the others); with rank 0's
-        commands (taken off its queue) and this rank's memory."""
-        now = time.monotonic()
-        if now - self._mine_at >= MEMORY_EVERY_S:  # host-side calls on every rank (no CUDA sync), ~0.2 ms
-            self._mine_read, self._mine_at = self._memory.read(), now
-        mine = self._mine_read
-        slots = probes.packed(mine, self.dist.rank, self.dist.world, stacked.device)
-        commands = self._rank0_commands() if share and self.dist.writer else []
-        head = torch.tensor([len(commands), self._sync_every(ahead) if share and self.dist.writer else 0],
-                            dtype=torch.float64, device=stacked.device)
-        return torch.cat([stacked.double(), slots, head]), commands, mine
+        commands (taken off its queue). On the losses' device: the CUDA way (`_cpu_payload` on CPU)."""
+        slots = probes.packed(self._memory_now(), self.dist.rank, self.dist.world, stacked.device)
+        commands, head = self._head(share, ahead)
+        head = torch.tensor(head, dtype=torch.float64, device=stacked.device)
+        return torch.cat([stacked.double(), slots, head]), commands
 
-    def _synced(self, read: list[float], n: int, first: int, share: bool, commands: list[Command],
-                mine) -> list[Command]:
+    def _cpu_payload(self, losses: list[float], share: bool, ahead: int = 0) -> tuple[torch.Tensor, list]:
+        """`_payload` on CPU ranks, from the losses read on the host (a CPU tensor's read waits for
+        nothing): one tensor made from one list, instead of six tensor ops (stack, casts, the memory
+        slots, the head, cat) at ~15-50 us each between two steps."""
+        self._memory_now()
+        commands, head = self._head(share, ahead)
+        return torch.tensor(losses + self._mine_slots + head, dtype=torch.float64), commands
+
+    def _memory_now(self):
+        """This rank's memory for a sync: read at most every MEMORY_EVERY_S (host-side calls on every
+        rank, no CUDA sync, ~0.2-0.3 ms), with its slots (probes.pack) made once per read."""
+        now = time.monotonic()
+        if now - self._mine_at >= MEMORY_EVERY_S:
+            self._mine_read, self._mine_at = self._memory.read(), now
+            self._mine_slots = probes.pack(self._mine_read, self.dist.rank, self.dist.world)
+        return self._mine_read
+
+    def _head(self, share: bool, ahead: int) -> tuple[list, list[float]]:
+        """Rank 0's commands (taken off its queue when `share`) and the sync's head: their count and
+        the steps to the next sync (zeros on the other ranks)."""
+        commands = self._rank0_commands() if share and self.dist.writer else []
+        return commands, [float(len(commands)), float(self._sync_every(ahead) if share and self.dist.writer else 0)]
+
+    def _synced(self, read: list[float], n: int, first: int, share: bool, commands: list[Command]) -> list[Command]:
         """A sync's sums, read: the global losses into `_values`, every rank's memory, and (`share`)
         the steps to the next sync and rank 0's commands, on every rank."""
         width = len(probes.SLOT)
         slots, head = read[n:n + width * self.dist.world], read[n + width * self.dist.world:]
         ranks = sum(slots[::width])  # how many ranks the sum holds (presence marks): world
-        values = (torch.tensor(read[:n], dtype=torch.float32) / ranks).tolist() if n else []
-        self._ranks, self._mine = probes.unpack(slots, self.dist.world), mine
+        # each step's mean over the ranks, as float32 arithmetic gives it (float32 in, float32 out: a
+        # quotient rounded from float64 to float32 is the float32 quotient)
+        values = list(array("f", [v / ranks for v in array("f", read[:n])])) if n else []
+        self._rank_slots, self._mine = slots, self._mine_read  # unpacked when a report shows them
         if share:
             count, every = int(head[0]), max(1, int(head[1]))
             self._sync_at = self.step + every
@@ -556,19 +582,20 @@ class Trainer:
         update (`_finish_sync` waits for it after the step). On 2 CPU ranks a sync waited for at
         once cost ~2-3 ms of a ~4 ms step, mostly threads handing off on busy cores."""
         first = self._pending_first if self._pending else self.step + 1
-        losses = torch.stack([*self._pending, loss]).float()
-        payload, commands, mine = self._payload(losses, share=True, ahead=1)
-        self._started = (self.dist.sum_started(payload), payload, len(losses), first, commands, mine)
+        losses = [float(v) for v in self._pending]
+        losses.append(float(loss))
+        payload, commands = self._cpu_payload(losses, share=True, ahead=1)
+        self._started = (self.dist.sum_started(payload), payload, len(losses), first, commands)
         self.early_syncs += 1
 
     def _finish_sync(self) -> list[Command]:
         """The sync `_start_sync` started, read like `_read`'s."""
-        work, payload, n, first, commands, mine = self._started
+        work, payload, n, first, commands = self._started
         self._started = None
         if work is not None:
             work.wait()
         del self._pending[:n]
-        return self._synced(payload.tolist(), n, first, True, commands, mine)
+        return self._synced(payload.tolist(), n, first, True, commands)
 
     def _take_losses(self, values: list[float], first: int) -> None:
         """Read losses (global on many ranks) into `_values` and the epoch's sum."""
@@ -601,7 +628,8 @@ class Trainer:
         memory, ranks = None, ()
         if now - self._mem_at >= 0.5:  # what rank 0 emits: at most every 0.5 s (the others emit nothing)
             self._mem_at = now
-            memory, ranks = (self._mine, self._ranks) if self.dist.active else (self._memory.read(), ())
+            memory, ranks = ((self._mine, probes.unpack(self._rank_slots, self.dist.world)) if self.dist.active
+                             else (self._memory.read(), ()))
         self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values),
                               tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory,
                               ranks, wait / dt))
