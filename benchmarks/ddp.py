@@ -536,6 +536,37 @@ def measure_paired(w: Workload, pairs: int, device: str, amp: str, scratch: Path
     return result
 
 
+def measure_paired_rounds(w: Workload, pairs: int, rounds: int, device: str, amp: str, scratch: Path, threads: int,
+                          by_thread: bool = False) -> dict:
+    """`measure_paired` `rounds` times (each its own 2-rank run), pooled: the median of every pair's
+    ratio, with a 95% interval that resamples the rounds too (step_forms.bootstrap_pooled), since one
+    run's median moves between runs by more than its own interval says."""
+    from benchmarks.step_forms import bootstrap_pooled
+
+    each = [measure_paired(w, pairs, device, amp, scratch, threads, by_thread) for _ in range(rounds)]
+    if rounds == 1:
+        return each[0]
+    speed = [x for one in each for x in one["wall_per_pair"]]
+    cost = [x for one in each for x in one["cpu_per_pair"]]
+    result = {"pairs": len(speed), "block_steps": each[0]["block_steps"], "warm_steps": each[0]["warm_steps"],
+              "bare_us_per_step": common.median([one["bare_us_per_step"] for one in each]),
+              "engine_us_per_step": common.median([one["engine_us_per_step"] for one in each]),
+              "writers_us_per_engine_step": common.median([one["writers_us_per_engine_step"] for one in each]),
+              "wall": common.median(speed), "wall_ci95": bootstrap_pooled([one["wall_per_pair"] for one in each]),
+              "wall_spread": spread(speed),
+              "cpu": common.median(cost), "cpu_ci95": bootstrap_pooled([one["cpu_per_pair"] for one in each]),
+              "cpu_spread": spread(cost),
+              "rounds": [{k: v for k, v in one.items() if not k.endswith("_per_pair")} for one in each]}
+    ci, cci = result["wall_ci95"], result["cpu_ci95"]
+    medians = ", ".join(format(one["wall"], ".4f") for one in each)
+    print(f"  {rounds} runs pooled ({len(speed)} engine blocks; round medians {medians}):")
+    print(f"    engine/bare speed {result['wall']:.4f} (95% CI {ci[0]:.4f}..{ci[1]:.4f}): goal >= {GOAL}"
+          f" {_paired_verdict(ci)}")
+    print(f"    bare/engine CPU   {result['cpu']:.4f} (95% CI {cci[0]:.4f}..{cci[1]:.4f}): {_paired_verdict(cci)}",
+          flush=True)
+    return result
+
+
 def _paired_verdict(ci) -> str:
     if ci is None:
         return "too few pairs for a verdict"
@@ -614,6 +645,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pairs", type=int, default=0,
                    help="also bare and engine blocks of one epoch each, paired inside one engine run (this many"
                         " pairs; 3 with --quick)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --pairs: runs of the pairs, pooled (default 1; 5 gives an interval that holds"
+                        " between runs)")
     p.add_argument("--by-thread", action="store_true",
                    help="with --pairs: every thread's CPU in the engine's and the bare blocks, per rank")
     p.add_argument("--pieces", action="store_true",
@@ -657,7 +691,8 @@ def main(argv: list[str] | None = None) -> dict:
                 report(result)
             pairs = min(args.pairs, 3) if args.quick else args.pairs
             if pairs:
-                result["paired"] = measure_paired(w, pairs, args.device, args.amp, scratch, threads, args.by_thread)
+                result["paired"] = measure_paired_rounds(w, pairs, max(1, args.rounds), args.device,
+                                                         args.amp, scratch, threads, args.by_thread)
             if results["share"] and windows:
                 a_ms = 1e3 / result["median"]["a"] if "a" in result["median"] else None
                 med = results["share"]["ranks"][0]["median_us"]

@@ -1,8 +1,9 @@
 """What `tui_trainer.loop` costs: the same textbook loop with and without `run.epochs`,
 `run.batches` and `run.log`, on the tiny workload, headless.
 
-    python benchmarks/loop_overhead.py              # 30 alternating windows of 1,000 steps, then 300 pairs
-    python benchmarks/loop_overhead.py --windows 0  # the pairs alone (~40 s)
+    python benchmarks/loop_overhead.py              # 30 alternating windows of 1,000 steps, then 5 x 300 pairs
+    python benchmarks/loop_overhead.py --windows 0  # the pairs alone (5 runs of 300, ~4 min)
+    python benchmarks/loop_overhead.py --windows 0 --rounds 1   # one run of pairs (~45 s)
     python benchmarks/loop_overhead.py --quick      # smoke: a few steps
 
 Both variants build the same model, optimizer, loss and preloaded batches from the tiny preset
@@ -34,13 +35,24 @@ same loop without them", measured inside one `tui_trainer.loop` run whose epochs
 the plain `for` (a) and `run.batches` + `run.log` (b), a b b a ...: each pair is ~80 ms apart, so
 the host's minute-to-minute noise (which the windows cannot pair away on this VM) mostly cancels.
 A b block holds its epoch end and its reports; every other thread's CPU (the recorder's and the
-headless lines' writers) is charged to b. It leaves out what the windows include: the run's start,
-and the idle threads' cost to a's epochs; the windows stay the strict comparison.
+headless lines' writers) is charged to b. The loop's report clock skips the a blocks (their wall time
+is added to the clocks that pace reports and memory reads), so b reports as often per step of its
+own as the same loop alone does (~10 a second at train.log_min_interval_s = 0.1; the output says
+how often it did), not ~1.5x as often because half of the run's wall time was a's: ddp.py does the
+same for the engine's sync pace. It leaves out what the windows include: the run's start, and the
+idle threads' cost to a's epochs; the windows stay the strict comparison.
+
+Rounds (`--rounds`, default 5): the pairs are run that many times, each its own loop run, and pooled.
+One run's median moves between runs by more than its own 95% interval (the host's speed, and with it
+the cold-cache costs, changes from minute to minute: 1.007-1.020 between five runs of the same code),
+so the pooled interval resamples the runs as well as the pairs in them
+(step_forms.bootstrap_pooled); the verdict is that interval's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -51,13 +63,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.step_forms import bootstrap_median  # noqa: E402
+from benchmarks.step_forms import bootstrap_median, bootstrap_pooled  # noqa: E402
 from benchmarks.throughput import Clocks, cpu_split, spread  # noqa: E402
 from benchmarks.workloads import TINY, Workload, quick  # noqa: E402
 
 GOAL = 0.02  # run.batches + run.log cost <= 2% per step
 DEFAULT_WINDOWS = 30
 DEFAULT_PAIRS = 300
+DEFAULT_ROUNDS = 5
 MIN_WINDOWS = 10
 NAMES = {"a": "a plain loop", "b": "b tui_trainer.loop"}
 
@@ -197,17 +210,31 @@ def paired(preset: Path, w: Workload, scratch: Path, pairs: int) -> dict:
                 spans["process0"], spans["thread0"] = time.process_time(), time.thread_time()
             kind = order[i % 4]
             n, wall, cpu = block(run, kind, i)
+            if kind == "a":
+                # the loop's clocks that pace its reports (train.log_min_interval_s) and memory reads
+                # skip the a block, as the bare block is taken off the engine's pace in ddp.py: b then
+                # reports as often per step as the same loop alone would (~10 a second), not ~1.5x as
+                # often because half of the wall clock was a's
+                run._reported_at += wall
+                run._mem_at += wall
             if i >= 2 * warm:
                 blocks.append((kind, n, wall, cpu))
+                if kind == "b":
+                    spans["b_steps"] = spans.get("b_steps", 0) + n
         spans["process1"], spans["thread1"] = time.process_time(), time.thread_time()
+        spans["last_step"] = run.step
 
     run_dir = scratch / "paired-run"
     with open(scratch / "paired-run.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
         code = tui_trainer.loop(train, model=parts.model, optimizer=parts.optimizer, ui=False, run_dir=run_dir,
                                 name="bench_paired", log_every=w.log_every, every_epochs=0, save_best=False)
-    shutil.rmtree(run_dir, ignore_errors=True)
     if code != 0:
         raise RuntimeError(f"the paired run failed (exit {code}); see {scratch / 'paired-run.log'}")
+    # the b steps of the measured blocks are the run's last `b_steps` steps: its reports among them
+    first = spans["last_step"] - spans["b_steps"]
+    with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+        reports = sum(1 for line in f if '"StepReport"' in line and json.loads(line)["step"] > first)
+    shutil.rmtree(run_dir, ignore_errors=True)
     a = [b for b in blocks if b[0] == "a"]
     b = [b for b in blocks if b[0] == "b"]
     b_steps = sum(x[1] for x in b)
@@ -223,8 +250,39 @@ def paired(preset: Path, w: Workload, scratch: Path, pairs: int) -> dict:
             "wall": common.median(wall), "wall_ci95": bootstrap_median(wall), "wall_spread": spread(wall),
             "cpu": common.median(cpu), "cpu_ci95": bootstrap_median(cpu), "cpu_spread": spread(cpu),
             "totals": totals, "other_threads_us_per_b_step": other_per_step * 1e6,
+            "reports_per_b_second": reports / sum(x[2] for x in b),
             "a_us_per_step": common.median([x[2] / x[1] for x in a]) * 1e6,
             "b_us_per_step": common.median([x[2] / x[1] for x in b]) * 1e6}
+
+
+def paired_rounds(preset: Path, w: Workload, scratch: Path, pairs: int, rounds: int) -> dict:
+    """`paired` `rounds` times (each its own loop run), pooled: the median of every pair's ratio,
+    with a 95% interval that resamples the rounds too (bootstrap_pooled), since one run's median moves
+    between runs by more than its own interval says (the host's speed, and so the cold-cache costs,
+    change from minute to minute). Each round's own numbers are kept under "rounds"."""
+    each = []
+    for r in range(rounds):
+        one = paired(preset, w, scratch, pairs)
+        each.append(one)
+        if rounds > 1:
+            print(f"  round {r + 1}/{rounds}: b/a wall {one['wall']:.4f} (95% CI {_ci(one['wall_ci95'])}), CPU"
+                  f" {one['cpu']:.4f}; a {one['a_us_per_step']:.1f} us/step, b reported"
+                  f" {one['reports_per_b_second']:.1f}/s", flush=True)
+    if rounds == 1:
+        return each[0]
+    wall = [x for one in each for x in one["wall_per_pair"]]
+    cpu = [x for one in each for x in one["cpu_per_pair"]]
+    totals = {k: common.median([one["totals"][k] for one in each]) for k in ("wall", "cpu")}
+    return {"pairs": len(wall), "steps_per_block": each[0]["steps_per_block"],
+            "wall": common.median(wall), "wall_ci95": bootstrap_pooled([one["wall_per_pair"] for one in each]),
+            "wall_spread": spread(wall),
+            "cpu": common.median(cpu), "cpu_ci95": bootstrap_pooled([one["cpu_per_pair"] for one in each]),
+            "cpu_spread": spread(cpu), "totals": totals,
+            "other_threads_us_per_b_step": common.median([one["other_threads_us_per_b_step"] for one in each]),
+            "reports_per_b_second": common.median([one["reports_per_b_second"] for one in each]),
+            "a_us_per_step": common.median([one["a_us_per_step"] for one in each]),
+            "b_us_per_step": common.median([one["b_us_per_step"] for one in each]),
+            "rounds": [{k: v for k, v in one.items() if not k.endswith("_per_pair")} for one in each]}
 
 
 @contextlib.contextmanager
@@ -335,11 +393,11 @@ def verdict(interval: tuple[float, float] | None, median: float, n: int) -> str:
     return f"not resolved at this noise (median {'within' if median <= limit else 'above'} the goal)"
 
 
-def measure(w: Workload, windows: int, device: str, scratch: Path, pairs: int = 0) -> dict:
+def measure(w: Workload, windows: int, device: str, scratch: Path, pairs: int = 0, rounds: int = 1) -> dict:
     preset = w.write(scratch, device=device)
     identical = same_losses(preset, w, scratch)
     parts = breakdown(preset, w, scratch)
-    together = paired(preset, w, scratch, pairs) if pairs else None
+    together = paired_rounds(preset, w, scratch, pairs, rounds) if pairs else None
     if together is not None:
         together["verdict"] = {k: verdict(together[f"{k}_ci95"], together[k], together["pairs"]) for k in ("wall", "cpu")}
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -383,8 +441,11 @@ def report(result: dict) -> None:
         report_windows(result)
     p = result.get("paired")
     if p:
-        print(f"  paired in one run ({p['pairs']} pairs of epochs of {p['steps_per_block'][0]} steps, a b b a ...;"
+        runs = f"{len(p['rounds'])} runs, pooled: " if p.get("rounds") else ""
+        print(f"  paired in one run ({runs}{p['pairs']} pairs of epochs of {p['steps_per_block'][0]} steps, a b b a ...;"
               f" a {p['a_us_per_step']:.1f} us/step, b {p['b_us_per_step']:.1f}):")
+        print(f"    b reported {p['reports_per_b_second']:.1f} times a second of its own time (alone, the loop"
+              f" reports at most every train.log_min_interval_s = 0.1 s: 10 a second)")
         print(f"    b/a wall {p['wall']:.4f} {_pm(p['wall_spread'])} (95% CI {_ci(p['wall_ci95'])}), totals"
               f" {p['totals']['wall']:.4f}: {p['verdict']['wall']}")
         print(f"    b/a CPU  {p['cpu']:.4f} {_pm(p['cpu_spread'])} (95% CI {_ci(p['cpu_ci95'])}), totals"
@@ -419,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                               " 2 with --quick)")
     p.add_argument("--pairs", type=int, default=None, help=f"pairs of epochs in the one-run comparison (default"
                                                           f" {DEFAULT_PAIRS}; 4 with --quick; 0: none)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"runs of the pairs, pooled (default {DEFAULT_ROUNDS}; 1 with --quick)")
     p.add_argument("--window", type=int, default=1000, help="steps measured per window (default 1000); warm-up is"
                                                            " extra (300)")
     p.add_argument("--log-every", type=int, default=TINY.log_every,
@@ -434,7 +497,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"loop overhead (tiny, headless): steps {w.warmup}..{w.steps} measured, log_every {w.log_every},"
           f" {args.device}, {threads} thread(s), {windows} windows; load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tui-loop-") as tmp:
-        result = measure(w, windows, args.device, Path(tmp), pairs)
+        rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
+        result = measure(w, windows, args.device, Path(tmp), pairs, max(1, rounds))
     report(result)
     result.update({"versions": common.versions(), "threads": threads, "device": args.device, "quick": args.quick})
     common.write_json(args.json, result)

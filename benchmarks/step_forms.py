@@ -63,6 +63,24 @@ def bootstrap_median(values: list[float], n: int = 2000, seed: int = 0) -> tuple
     return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
+def bootstrap_pooled(rounds: list[list[float]], n: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """A 95% interval of the median of every round's values pooled, where a round is one run and the
+    runs differ by more than their own values say (the host's state changes between runs): each
+    resample draws the rounds with replacement, then each drawn round's values with replacement."""
+    rounds = [r for r in rounds if r]
+    if len(rounds) < 2:
+        return bootstrap_median(rounds[0], n, seed) if rounds else None
+    rng = random.Random(seed)
+    meds = []
+    for _ in range(n):
+        pool: list[float] = []
+        for r in rng.choices(rounds, k=len(rounds)):
+            pool += rng.choices(r, k=len(r))
+        meds.append(common.median(pool))
+    meds.sort()
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
 def verdict(interval: tuple[float, float] | None, median: float, n: int) -> str:
     limit = 1 + GOAL
     if interval is None or n < MIN_WINDOWS:
