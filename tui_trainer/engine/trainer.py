@@ -517,6 +517,11 @@ class Trainer:
             self._pending.clear()
             self.dist.sum_([payload])
             return self._synced(payload.tolist(), n, first, share, commands)
+        if not self.dist.active and self.device.type == "cpu":  # one CPU process: a float() each (loop._read)
+            values = [float(v) for v in self._pending]
+            self._pending.clear()
+            self._take_losses(values, first)
+            return []
         stacked = torch.stack(self._pending).float() if n else torch.zeros(0, device=self.device)
         self._pending.clear()
         if not self.dist.active:
