@@ -322,6 +322,66 @@ def share_rank(calls: int, warmup: int, threads: int) -> dict:
             "p99_us": _percentile(us, 99), "mean_us": wall / calls * 1e6, "cpu_us": cpu / calls * 1e6}
 
 
+def _thread_cpu() -> dict[str, float]:
+    """Every thread's CPU seconds so far, by thread name (from /proc's schedstat; Linux only)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + ns / 1e9
+    return out
+
+
+def collective_rank(calls: int, gap_ms: float, threads: int) -> dict:
+    """What one sync costs each thread of a rank, alone: `calls` async all_reduces of 40 float64 (a
+    sync's size: losses, memory slots, head) on the default gloo group, `gap_ms` of sleep between
+    the issue and the wait (the rank idle, so nothing else competes), against the same loop without
+    the collective. Per collective: CPU by thread name (the rank's own thread, gloo's TCP loop and
+    its work threads) and the wall of the issue alone."""
+    rank, _ = _rank_setup(threads)
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        spent: dict[str, dict[str, float]] = {}
+        issue = []
+        for kind in ("none", "all_reduce"):
+            dist.barrier()
+            before = _thread_cpu()
+            for _ in range(calls):
+                t = torch.zeros(40, dtype=torch.float64)
+                s = time.perf_counter_ns()
+                work = dist.all_reduce(t, async_op=True) if kind == "all_reduce" else None
+                if work is not None:
+                    issue.append((time.perf_counter_ns() - s) / 1e3)
+                time.sleep(gap_ms / 1e3)
+                if work is not None:
+                    work.wait()
+            after = _thread_cpu()
+            spent[kind] = {k: (after[k] - before.get(k, 0.0)) / calls * 1e6 for k in after}
+        per = {k: spent["all_reduce"][k] - spent["none"].get(k, 0.0) for k in spent["all_reduce"]}
+    finally:
+        dist.destroy_process_group()
+    return {"rank": rank, "calls": calls, "cpu_us_by_thread": {k: v for k, v in per.items() if abs(v) >= 1.0},
+            "cpu_us": sum(per.values()), "issue_median_us": common.median(issue)}
+
+
+def measure_collective(calls: int, threads: int, scratch: Path) -> dict:
+    out = launch(collective_rank, calls, 4.0, threads, threads=threads, log_dir=str(scratch / "logs-collective"))
+    ranks = [out[r] for r in sorted(out)]
+    for r in ranks:
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu_us_by_thread"].items(), key=lambda kv: -kv[1]))
+        print(f"one sync-sized all_reduce (40 float64, gloo, ranks idle between), rank {r['rank']}: {r['cpu_us']:.0f} us"
+              f" of CPU ({parts}); its issue {r['issue_median_us']:.0f} us", flush=True)
+    return {"calls": calls, "ranks": ranks}
+
+
 # --------------------------------------------------------------------------- the launcher side
 
 
@@ -648,6 +708,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=1,
                    help="with --pairs: runs of the pairs, pooled (default 1; 5 gives an interval that holds"
                         " between runs)")
+    p.add_argument("--collective", type=int, default=0,
+                   help="also time this many sync-sized all_reduces alone: the CPU one costs each thread of a rank")
     p.add_argument("--by-thread", action="store_true",
                    help="with --pairs: every thread's CPU in the engine's and the bare blocks, per rank")
     p.add_argument("--pieces", action="store_true",
@@ -671,6 +733,8 @@ def main(argv: list[str] | None = None) -> dict:
         calls = args.share_calls if args.share_calls is not None else (200 if args.quick else SHARE_CALLS)
         if calls:
             results["share"] = measure_share(calls, 50 if args.quick else SHARE_WARMUP, threads, scratch)
+        if args.collective and args.device == "cpu":
+            results["collective"] = measure_collective(args.collective, threads, scratch)
         for name in names:
             w = WORKLOADS[name]
             shape = WINDOWS[name]

@@ -77,7 +77,7 @@ def test_step_forms_accumulation_is_reported_apart(capsys):
 def test_ddp_reports_ratios_and_the_broadcast(tmp_path, capsys):
     # 2 real gloo ranks per run (elastic launch, spawn): the bare DDP loop, the engine, the engine without share()
     out = tmp_path / "d.json"
-    result = ddp.main(["--quick", "--pairs", "3", "--json", str(out)])
+    result = ddp.main(["--quick", "--pairs", "3", "--collective", "20", "--json", str(out)])
     (tiny,) = result["workloads"]
     assert tiny["workload"] == "tiny" and tiny["windows"] == 1 and tiny["world"] == 2
     assert all(tiny["median"][v] > 0 and tiny["cpu_ms_per_step"][v] > 0 for v in "abc")
@@ -88,6 +88,9 @@ def test_ddp_reports_ratios_and_the_broadcast(tmp_path, capsys):
     assert len(share) == 2 and all(r["median_us"] > 0 and r["p90_us"] >= r["median_us"] for r in share)
     text = capsys.readouterr().out
     assert "b/a  wall" in text and "goal >= 0.98" in text and "Dist.share([])" in text
+    collective = result["collective"]["ranks"]  # what one sync-sized all_reduce costs each thread of a rank
+    assert len(collective) == 2 and all(r["calls"] == 20 and r["issue_median_us"] > 0 for r in collective)
+    assert "one sync-sized all_reduce" in text
     assert json.loads(out.read_text())["workloads"][0]["ratio"]["b"] == tiny["ratio"]["b"]
     paired = tiny["paired"]  # bare blocks run inside the engine's run, both ranks at the same steps
     assert paired["pairs"] == 2 and paired["block_steps"] > 0  # 3 engine blocks; the last has no bare after it
