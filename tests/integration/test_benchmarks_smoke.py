@@ -153,3 +153,29 @@ def test_pooled_interval_holds_the_rounds_disagreement():
     pooled = step_forms.bootstrap_pooled(rounds)
     assert pooled[0] <= naive[0] and pooled[1] >= naive[1]
     assert pooled[1] - pooled[0] > 1.5 * (naive[1] - naive[0]), (naive, pooled)
+
+
+def test_ui_latency_reports_the_blocked_loop_and_key_latency(tmp_path):
+    result = ui_latency.main(["--quick", "--presses", "2", "--json", str(tmp_path / "u.json")])
+    # a 0.5 s window may hold too few reports for a ratio on a loaded machine: it must report, not be fast
+    assert {"before", "blocked", "after", "ratio"} <= set(result["blocked"]), result
+    assert result["key_latency_s"]["n"] == 2 and result["key_latency_s"]["max"] > 0, result
+
+
+def test_footprint_memory_help_and_first_step(tmp_path):
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(tiny_preset_text(), encoding="utf-8")
+    result = footprint.main(["--quick", "--steps", "100,200", "--runs", "1", "--preset", str(preset)])
+    rows = result["memory"]["engine"]["rows"]
+    assert [r["milestone"] for r in rows] == [100, 200] and all(r["rss"] > 0 for r in rows)
+    assert result["help"]["help_s"] > 0 and result["help"]["cli_imports_torch"] is False
+    first = result["first_step"]
+    assert 0 < first["run_started_s"] <= first["first_step_s"]
+
+
+def test_run_all_writes_the_summary(tmp_path):
+    code = run_all.main(["--quick", "--only", "sync_check,step_costs", "--out", str(tmp_path)])
+    assert code == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "### sync_check" in summary and "### step_costs" in summary
+    assert (tmp_path / "step_costs.json").is_file()
