@@ -615,7 +615,7 @@ def measure_paired_rounds(w: Workload, pairs: int, rounds: int, device: str, amp
               "wall": common.median(speed), "wall_ci95": bootstrap_pooled([one["wall_per_pair"] for one in each]),
               "wall_spread": spread(speed),
               "cpu": common.median(cost), "cpu_ci95": bootstrap_pooled([one["cpu_per_pair"] for one in each]),
-              "cpu_spread": spread(cost),
+              "cpu_spread": spread(cost), "wall_per_pair": speed, "cpu_per_pair": cost,
               "rounds": [{k: v for k, v in one.items() if not k.endswith("_per_pair")} for one in each]}
     ci, cci = result["wall_ci95"], result["cpu_ci95"]
     medians = ", ".join(format(one["wall"], ".4f") for one in each)

@@ -44,7 +44,7 @@ idle threads' cost to a's epochs; the windows stay the strict comparison.
 
 Rounds (`--rounds`, default 5): the pairs are run that many times, each its own loop run, and pooled.
 One run's median moves between runs by more than its own 95% interval (the host's speed, and with it
-the cold-cache costs, changes from minute to minute: 1.007-1.020 between five runs of the same code),
+the cold-cache costs, changes from minute to minute: 1.001-1.033 between runs of the same code),
 so the pooled interval resamples the runs as well as the pairs in them
 (step_forms.bootstrap_pooled); the verdict is that interval's.
 """
@@ -282,6 +282,7 @@ def paired_rounds(preset: Path, w: Workload, scratch: Path, pairs: int, rounds: 
             "reports_per_b_second": common.median([one["reports_per_b_second"] for one in each]),
             "a_us_per_step": common.median([one["a_us_per_step"] for one in each]),
             "b_us_per_step": common.median([one["b_us_per_step"] for one in each]),
+            "wall_per_pair": wall, "cpu_per_pair": cpu,
             "rounds": [{k: v for k, v in one.items() if not k.endswith("_per_pair")} for one in each]}
 
 
@@ -441,8 +442,8 @@ def report(result: dict) -> None:
         report_windows(result)
     p = result.get("paired")
     if p:
-        runs = f"{len(p['rounds'])} runs, pooled: " if p.get("rounds") else ""
-        print(f"  paired in one run ({runs}{p['pairs']} pairs of epochs of {p['steps_per_block'][0]} steps, a b b a ...;"
+        runs = f"{len(p['rounds'])} runs pooled, " if p.get("rounds") else ""
+        print(f"  paired inside a run ({runs}{p['pairs']} pairs of epochs of {p['steps_per_block'][0]} steps, a b b a ...;"
               f" a {p['a_us_per_step']:.1f} us/step, b {p['b_us_per_step']:.1f}):")
         print(f"    b reported {p['reports_per_b_second']:.1f} times a second of its own time (alone, the loop"
               f" reports at most every train.log_min_interval_s = 0.1 s: 10 a second)")
