@@ -170,6 +170,23 @@ def _writers_cpu() -> float:
     return total
 
 
+def _thread_cpu(by_tid: bool = False) -> dict[str, float]:
+    """Every thread's CPU seconds so far (from /proc's schedstat; Linux only), by thread name (threads
+    of one name summed), or by "name:tid" with `by_tid`."""
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        key = f"{name}:{tid}" if by_tid else name
+        out[key] = out.get(key, 0.0) + ns / 1e9
+    return out
+
+
 def paired_rank(preset_path: str, run_dir: str, warm: int, block: int, pairs: int, threads: int,
                 by_thread: bool = False) -> dict:
     """The engine on one rank (as `engine_rank`), with a bare block of `block` DDP steps run inside it
@@ -190,21 +207,8 @@ def paired_rank(preset_path: str, run_dir: str, warm: int, block: int, pairs: in
 
     threads_cpu: dict[str, dict[str, float]] = {"engine": {}, "bare": {}}
 
-    def tasks() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/schedstat") as f:
-                    ns = int(f.read().split()[0])
-                with open(f"/proc/self/task/{tid}/comm") as f:
-                    name = f.read().strip()
-            except OSError:
-                continue
-            out[f"{name}:{tid}"] = ns / 1e9
-        return out
-
     def now():
-        return time.perf_counter(), time.process_time(), _writers_cpu(), tasks() if by_thread else {}
+        return time.perf_counter(), time.process_time(), _writers_cpu(), _thread_cpu(by_tid=True) if by_thread else {}
 
     def count(kind, t0, t1) -> None:
         for key, v in t1[3].items():
@@ -320,21 +324,6 @@ def share_rank(calls: int, warmup: int, threads: int) -> dict:
     us = [t / 1e3 for t in took]
     return {"rank": rank, "calls": calls, "median_us": common.median(us), "p90_us": _percentile(us, 90),
             "p99_us": _percentile(us, 99), "mean_us": wall / calls * 1e6, "cpu_us": cpu / calls * 1e6}
-
-
-def _thread_cpu() -> dict[str, float]:
-    """Every thread's CPU seconds so far, by thread name (from /proc's schedstat; Linux only)."""
-    out: dict[str, float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                ns = int(f.read().split()[0])
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                name = f.read().strip()
-        except OSError:
-            continue
-        out[name] = out.get(name, 0.0) + ns / 1e9
-    return out
 
 
 def collective_rank(calls: int, gap_ms: float, threads: int) -> dict:

@@ -145,8 +145,7 @@ class Trainer:
         self._values: list[float] = []  # losses read (reduced over the ranks), not reported yet
         self._values_first = 1  # the step number of _values[0]
         self._rank_slots: list[float] = []  # every rank's memory, as the last sync summed it (probes.pack)
-        self._mine = None  # this rank's memory at the last sync (many ranks)
-        self._mine_read, self._mine_at = None, -math.inf  # ... as read, at most every MEMORY_EVERY_S
+        self._mine_read, self._mine_at = None, -math.inf  # this rank's memory, read at most every MEMORY_EVERY_S
         self._mine_slots: list[float] = []  # ... packed into its slot
         self._reported_at = 0.0  # when the last StepReport was sent (train.log_min_interval_s)
         self._wait = 0.0  # seconds spent waiting for batches since the last StepReport
@@ -573,7 +572,7 @@ class Trainer:
         # each step's mean over the ranks, as float32 arithmetic gives it (float32 in, float32 out: a
         # quotient rounded from float64 to float32 is the float32 quotient)
         values = list(array("f", [v / ranks for v in array("f", read[:n])])) if n else []
-        self._rank_slots, self._mine = slots, self._mine_read  # unpacked when a report shows them
+        self._rank_slots = slots  # unpacked when a report shows them
         if share:
             count, every = int(head[0]), max(1, int(head[1]))
             self._sync_at = self.step + every
@@ -633,7 +632,7 @@ class Trainer:
         memory, ranks = None, ()
         if now - self._mem_at >= 0.5:  # what rank 0 emits: at most every 0.5 s (the others emit nothing)
             self._mem_at = now
-            memory, ranks = ((self._mine, probes.unpack(self._rank_slots, self.dist.world)) if self.dist.active
+            memory, ranks = ((self._mine_read, probes.unpack(self._rank_slots, self.dist.world)) if self.dist.active
                              else (self._memory.read(), ()))
         self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values),
                               tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory,
