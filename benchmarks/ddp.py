@@ -261,7 +261,8 @@ def paired_rank(preset_path: str, run_dir: str, warm: int, block: int, pairs: in
 
 PIECES = (("Trainer", "_step"), ("Trainer", "_update"), ("Trainer", "_between_steps"), ("Dist", "share"),
           ("Trainer", "_sync"), ("Trainer", "_start_sync"), ("Trainer", "_finish_sync"), ("Trainer", "_read"),
-          ("Trainer", "_payload"), ("Dist", "sum_started"), ("MemoryProbe", "read"),
+          ("Trainer", "_payload"), ("Trainer", "_cpu_payload"), ("Trainer", "_synced"), ("Dist", "gather_started"),
+          ("MemoryProbe", "read"),
           ("Dist", "commands"), ("Trainer", "_report"), ("Dist", "sum_"), ("Trainer", "_end_epoch"), ("Recorder", "__call__"),
           ("LineReporter", "__call__"), ("ControlServer", "__call__"))
 
@@ -326,48 +327,64 @@ def share_rank(calls: int, warmup: int, threads: int) -> dict:
             "p99_us": _percentile(us, 99), "mean_us": wall / calls * 1e6, "cpu_us": cpu / calls * 1e6}
 
 
-def collective_rank(calls: int, gap_ms: float, threads: int) -> dict:
-    """What one sync costs each thread of a rank, alone: `calls` async all_reduces of 40 float64 (a
-    sync's size: losses, memory slots, head) on the default gloo group, `gap_ms` of sleep between
+def collective_rank(calls: int, gap_ms: float, threads: int, rounds: int = 3) -> dict:
+    """What one sync costs each thread of a rank, alone: `calls` async collectives of 40 float64 a
+    rank (a sync's size: losses, memory, head) on the default gloo group, `gap_ms` of sleep between
     the issue and the wait (the rank idle, so nothing else competes), against the same loop without
-    the collective. Per collective: CPU by thread name (the rank's own thread, gloo's TCP loop and
-    its work threads) and the wall of the issue alone."""
+    one. Two kinds: an all_gather (what the engine's CPU sync is, `Dist.gather_started`) and an
+    all_reduce of the same data (what it was before), interleaved over `rounds` rounds so that both
+    see the same minutes. Per collective and kind: CPU by thread name (the rank's own thread, gloo's
+    TCP loop and its work threads) and the wall of the issue alone."""
     rank, _ = _rank_setup(threads)
     import torch
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
+    kinds = ("none", "all_gather", "all_reduce")
+    world = dist.get_world_size()
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # as Dist.gather_started
     try:
-        spent: dict[str, dict[str, float]] = {}
-        issue = []
-        for kind in ("none", "all_reduce"):
-            dist.barrier()
-            before = _thread_cpu()
-            for _ in range(calls):
-                t = torch.zeros(40, dtype=torch.float64)
-                s = time.perf_counter_ns()
-                work = dist.all_reduce(t, async_op=True) if kind == "all_reduce" else None
-                if work is not None:
-                    issue.append((time.perf_counter_ns() - s) / 1e3)
-                time.sleep(gap_ms / 1e3)
-                if work is not None:
-                    work.wait()
-            after = _thread_cpu()
-            spent[kind] = {k: (after[k] - before.get(k, 0.0)) / calls * 1e6 for k in after}
-        per = {k: spent["all_reduce"][k] - spent["none"].get(k, 0.0) for k in spent["all_reduce"]}
+        spent: dict[str, dict[str, float]] = {k: {} for k in kinds}
+        issue: dict[str, list[float]] = {k: [] for k in kinds}
+        for _ in range(rounds):
+            for kind in kinds:
+                dist.barrier()
+                before = _thread_cpu()
+                for _ in range(calls):
+                    t = torch.zeros(40, dtype=torch.float64)
+                    s = time.perf_counter_ns()
+                    if kind == "all_reduce":
+                        work = dist.all_reduce(t, async_op=True)
+                    elif kind == "all_gather":
+                        work = gather(torch.empty(40 * world, dtype=torch.float64), t, async_op=True)
+                    else:
+                        work = None
+                    issue[kind].append((time.perf_counter_ns() - s) / 1e3)
+                    time.sleep(gap_ms / 1e3)
+                    if work is not None:
+                        work.wait()
+                after = _thread_cpu()
+                for k in after:
+                    spent[kind][k] = spent[kind].get(k, 0.0) + (after[k] - before.get(k, 0.0)) / (calls * rounds) * 1e6
     finally:
         dist.destroy_process_group()
-    return {"rank": rank, "calls": calls, "cpu_us_by_thread": {k: v for k, v in per.items() if abs(v) >= 1.0},
-            "cpu_us": sum(per.values()), "issue_median_us": common.median(issue)}
+    out = {"rank": rank, "calls": calls * rounds}
+    for kind in kinds[1:]:
+        per = {k: spent[kind][k] - spent["none"].get(k, 0.0) for k in spent[kind]}
+        out[kind] = {"cpu_us_by_thread": {k: v for k, v in per.items() if abs(v) >= 1.0}, "cpu_us": sum(per.values()),
+                     "issue_median_us": common.median(issue[kind])}
+    return out
 
 
 def measure_collective(calls: int, threads: int, scratch: Path) -> dict:
     out = launch(collective_rank, calls, 4.0, threads, threads=threads, log_dir=str(scratch / "logs-collective"))
     ranks = [out[r] for r in sorted(out)]
     for r in ranks:
-        parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu_us_by_thread"].items(), key=lambda kv: -kv[1]))
-        print(f"one sync-sized all_reduce (40 float64, gloo, ranks idle between), rank {r['rank']}: {r['cpu_us']:.0f} us"
-              f" of CPU ({parts}); its issue {r['issue_median_us']:.0f} us", flush=True)
+        for kind in ("all_gather", "all_reduce"):
+            one = r[kind]
+            parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(one["cpu_us_by_thread"].items(), key=lambda kv: -kv[1]))
+            print(f"one sync-sized {kind} (40 float64 a rank, gloo, ranks idle between), rank {r['rank']}:"
+                  f" {one['cpu_us']:.0f} us of CPU ({parts}); its issue {one['issue_median_us']:.0f} us", flush=True)
     return {"calls": calls, "ranks": ranks}
 
 

@@ -88,9 +88,10 @@ def test_ddp_reports_ratios_and_the_broadcast(tmp_path, capsys):
     assert len(share) == 2 and all(r["median_us"] > 0 and r["p90_us"] >= r["median_us"] for r in share)
     text = capsys.readouterr().out
     assert "b/a  wall" in text and "goal >= 0.98" in text and "Dist.share([])" in text
-    collective = result["collective"]["ranks"]  # what one sync-sized all_reduce costs each thread of a rank
-    assert len(collective) == 2 and all(r["calls"] == 20 and r["issue_median_us"] > 0 for r in collective)
-    assert "one sync-sized all_reduce" in text
+    collective = result["collective"]["ranks"]  # what one sync-sized collective costs each thread of a rank
+    assert len(collective) == 2 and all(r["calls"] == 3 * 20 for r in collective)  # 3 interleaved rounds
+    assert all(r[k]["issue_median_us"] > 0 for r in collective for k in ("all_gather", "all_reduce"))
+    assert "one sync-sized all_gather" in text and "one sync-sized all_reduce" in text
     assert json.loads(out.read_text())["workloads"][0]["ratio"]["b"] == tiny["ratio"]["b"]
     paired = tiny["paired"]  # bare blocks run inside the engine's run, both ranks at the same steps
     assert paired["pairs"] == 2 and paired["block_steps"] > 0  # 3 engine blocks; the last has no bare after it

@@ -19,11 +19,16 @@ def test_a_rank_alone_keeps_its_own_sums_and_commands():
     assert t.tolist() == [1.5, 2.0]
     cmds = [ScaleLr(0.5)]
     assert d.share(cmds) == cmds
+    work, out = d.gather_started(t)
+    assert work is None and out is t, "a gather alone is this rank's own tensor"
+    assert d.gather_(t) is t
 
 
 def test_a_rank_not_alone_would_reach_for_the_process_group():
     with pytest.raises((RuntimeError, ValueError)):
         Dist(rank=1, world=2).sum_([torch.tensor([1.0])])
+    with pytest.raises((RuntimeError, ValueError)):
+        Dist(rank=1, world=2).gather_(torch.tensor([1.0]))
 
 
 def test_a_rank_that_failed_alone_still_writes_its_emergency_checkpoint(tmp_path):

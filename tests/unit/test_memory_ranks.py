@@ -15,7 +15,7 @@ from tests.helpers.factories import T0, run_started
 from tui_trainer.engine import events as ev
 from tui_trainer.engine import probes
 from tui_trainer.engine.distributed import Dist
-from tui_trainer.engine.probes import SLOT, pack, unpack
+from tui_trainer.engine.probes import SLOT, pack, slot, unpack
 from tui_trainer.run.headless import LineReporter
 from tui_trainer.text.format import short_bytes
 from tui_trainer.ui.view import RunView
@@ -53,6 +53,16 @@ def test_pack_writes_one_slot_and_zeros_elsewhere():
 def test_the_sum_of_every_ranks_pack_gives_back_every_sample_exactly(world):
     samples = [gpu(r, util=None if r % 2 else 50.0 + r) for r in range(world)]
     assert unpack(summed(samples), world) == tuple(samples)
+
+
+@pytest.mark.parametrize("world", [1, 2, 8])
+def test_every_ranks_slot_gathered_in_rank_order_gives_back_every_sample(world):
+    """A CPU sync gathers each rank's own slot (Dist.gather_started): the slots one after another
+    are the layout the sum of every rank's pack has."""
+    samples = [gpu(r, util=None if r % 2 else 50.0 + r) for r in range(world)]
+    gathered = [x for s in samples for x in slot(s)]
+    assert gathered == summed(samples)
+    assert unpack(gathered, world) == tuple(samples)
 
 
 def test_cpu_samples_and_unknown_numbers_round_trip():
@@ -202,11 +212,12 @@ def test_headless_cpu_ranks_say_rss():
 
 
 class StandIn(Dist):
-    """Rank 0 of 2 in one process: the other rank's numbers are added by hand where the all_reduce
-    would add them (the same losses; `other`'s memory in slot 1). `alone`: the sum does not happen."""
+    """Rank 0 of 2 in one process: the other rank's numbers are added by hand where the collective
+    would bring them (the same losses; `other`'s memory in slot 1). `alone`: this rank went alone
+    (Dist.go_alone: no collective happens)."""
 
     def __init__(self, other: ev.MemorySample, alone: bool = False):
-        super().__init__(rank=0, world=2)
+        super().__init__(rank=0, world=2, alone=alone)
         self.other, self.alone_ = other, alone
 
     def share(self, commands, every: int = 1):
@@ -232,6 +243,18 @@ class StandIn(Dist):
             return  # the head (command count, steps to the next sync): rank 0's, the other adds zeros
         for t in tensors:
             t += t.clone()
+
+    def gather_started(self, tensor):
+        """A CPU sync (Trainer._cpu_payload): rank 0's payload, then the other rank's (the same
+        losses, `other`'s memory slot, a head of zeros)."""
+        if self.alone_:
+            return super().gather_started(tensor)
+        width = len(SLOT)
+        n = tensor.numel() - width - 2
+        theirs = tensor.clone()
+        theirs[n:n + width] = torch.tensor(slot(self.other), dtype=torch.float64)
+        theirs[n + width:] = 0.0
+        return None, torch.cat([tensor, theirs])
 
 
 def run_as_rank_0(tiny_preset, tmp_path, monkeypatch, dist: StandIn | None, name: str, fused: bool = True):

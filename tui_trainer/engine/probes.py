@@ -120,21 +120,27 @@ KINDS = ("cpu", "cuda", "mps", "xpu")
 _NONE = -1.0
 
 
-def pack(sample: MemorySample, rank: int, world: int) -> list[float]:
-    """`sample` in slot `rank` of `world` slots, zeros in the others."""
+def slot(sample: MemorySample) -> list[float]:
+    """`sample` as one slot of floats (SLOT: a presence mark, then the device and the numbers)."""
     kind, _, index = sample.device.partition(":")
     mine = [1.0, float(KINDS.index(kind)) if kind in KINDS else _NONE, float(index) if index.isdigit() else _NONE]
     for name in SLOT[3:]:
         value = getattr(sample, name)
         mine.append(_NONE if value is None else float(value))
+    return mine
+
+
+def pack(sample: MemorySample, rank: int, world: int) -> list[float]:
+    """`sample` in slot `rank` of `world` slots, zeros in the others (to be summed over the ranks)."""
     out = [0.0] * (len(SLOT) * world)
-    out[rank * len(SLOT):(rank + 1) * len(SLOT)] = mine
+    out[rank * len(SLOT):(rank + 1) * len(SLOT)] = slot(sample)
     return out
 
 
 def unpack(vector: list[float], world: int) -> tuple[MemorySample, ...]:
-    """The samples of the ranks, in rank order, from the sum of every rank's `pack`; () unless every
-    rank wrote its slot exactly once (a sum that did not happen, a rank that sent nothing)."""
+    """The samples of the ranks, in rank order, from the sum of every rank's `pack` (or every rank's
+    `slot`, gathered in rank order); () unless every rank wrote its slot exactly once (a sum that did
+    not happen, a rank that sent nothing)."""
     n = len(SLOT)
     if len(vector) != n * world or any(vector[r * n] != 1.0 for r in range(world)):
         return ()

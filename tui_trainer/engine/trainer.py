@@ -18,7 +18,7 @@ save) runs at report, epoch or save time.
 Many ranks: one collective about every SYNC_EVERY_S (`_sync`) carries the losses since the last
 one, every rank's memory, rank 0's commands (their number; their JSON follows only when there are
 some) and the number of steps to the next sync, which rank 0 picks from its pace and lands on the
-epoch's end. On CPU that collective starts before the syncing step's backward and is waited for
+epoch's end. On CPU that collective (an all_gather) starts before the syncing step's backward and is waited for
 after its update, so it overlaps the step. Every rank applies the same commands after the same
 step, and no rank decides by its own clock.
 """
@@ -144,9 +144,9 @@ class Trainer:
         self._pending_first = 1  # the step number of _pending[0]
         self._values: list[float] = []  # losses read (reduced over the ranks), not reported yet
         self._values_first = 1  # the step number of _values[0]
-        self._rank_slots: list[float] = []  # every rank's memory, as the last sync summed it (probes.pack)
+        self._rank_slots: list[float] = []  # every rank's memory, as the last sync had it (probes.unpack)
         self._mine_read, self._mine_at = None, -math.inf  # this rank's memory, read at most every MEMORY_EVERY_S
-        self._mine_slots: list[float] = []  # ... packed into its slot
+        self._mine_slot: list[float] = []  # ... as one slot (probes.slot): what a CPU sync gathers
         self._reported_at = 0.0  # when the last StepReport was sent (train.log_min_interval_s)
         self._wait = 0.0  # seconds spent waiting for batches since the last StepReport
         self._active = 0.0  # training seconds before _t_report not reported yet (an epoch's end between)
@@ -479,7 +479,7 @@ class Trainer:
         the next sync reach every rank; a StepReport follows when a multiple of log_every was passed;
         then every rank applies the same commands.
 
-        On CPU (gloo) one all_reduce carries it all with the losses and every rank's memory (`_read`).
+        On CPU (gloo) one all_gather carries it all with the losses and every rank's memory (`_read`).
         On CUDA the losses are on the device and reading them is a host sync, so the commands travel
         alone on the CPU control group (`Dist.share`: no CUDA sync) and the losses' all_reduce and
         read come only with a report, as in one process."""
@@ -507,15 +507,15 @@ class Trainer:
 
     def _read(self, share: bool) -> list[Command]:
         """The pending losses, onto the host (the one host sync) into `_values`. Many ranks: in one
-        all_reduce with the rest of a sync (`_payload`: on CPU, when `share`, the sync itself);
+        collective with the rest of a sync (on CPU an all_gather of `_cpu_payload`, when `share` the
+        sync itself; on CUDA an all_reduce of `_payload`);
         returns rank 0's commands (their JSON broadcast only when there are some). A non-finite loss
         stops here (train.nonfinite = "stop") after its report."""
         n, first = len(self._pending), self._pending_first
         if self.dist.active and self._fused:  # CPU ranks: the payload built on the host (`_cpu_payload`)
             payload, commands = self._cpu_payload([float(v) for v in self._pending], share)
             self._pending.clear()
-            self.dist.sum_([payload])
-            return self._synced(payload.tolist(), n, first, share, commands)
+            return self._synced(self.dist.gather_(payload).tolist(), n, first, share, commands)
         if not self.dist.active and self.device.type == "cpu":  # one CPU process: a float() each (loop._read)
             values = [float(v) for v in self._pending]
             self._pending.clear()
@@ -528,7 +528,7 @@ class Trainer:
             return []
         payload, commands = self._payload(stacked, share)
         self.dist.sum_([payload])
-        return self._synced(payload.tolist(), n, first, share, commands)  # the one host sync
+        return self._summed(payload.tolist(), n, first, share, commands)  # the one host sync
 
     def _payload(self, stacked: torch.Tensor, share: bool, ahead: int = 0) -> tuple[torch.Tensor, list]:
         """Many ranks: what a sync sums over the ranks, flat (float64): the losses (each rank's mean
@@ -541,20 +541,23 @@ class Trainer:
         return torch.cat([stacked.double(), slots, head]), commands
 
     def _cpu_payload(self, losses: list[float], share: bool, ahead: int = 0) -> tuple[torch.Tensor, list]:
-        """`_payload` on CPU ranks, from the losses read on the host (a CPU tensor's read waits for
-        nothing): one tensor made from one list, instead of six tensor ops (stack, casts, the memory
-        slots, the head, cat) at ~15-50 us each between two steps."""
+        """What a sync gathers from a CPU rank (every rank's, in rank order: `Dist.gather_started`),
+        flat (float64): its losses (its mean of each step), its memory (one slot: probes.slot) and,
+        when `share`, rank 0's command count and its steps to the next sync (zeros on the others);
+        with rank 0's commands (taken off its queue). Made from the losses read on the host (a CPU
+        tensor's read waits for nothing): one tensor from one list, instead of six tensor ops
+        (stack, casts, the memory slots, the head, cat) at ~15-50 us each between two steps."""
         self._memory_now()
         commands, head = self._head(share, ahead)
-        return torch.tensor(losses + self._mine_slots + head, dtype=torch.float64), commands
+        return torch.tensor(losses + self._mine_slot + head, dtype=torch.float64), commands
 
     def _memory_now(self):
         """This rank's memory for a sync: read at most every MEMORY_EVERY_S (host-side calls on every
-        rank, no CUDA sync, ~0.2-0.3 ms), with its slots (probes.pack) made once per read."""
+        rank, no CUDA sync, ~0.2-0.3 ms), with its slot (probes.slot) made once per read."""
         now = time.monotonic()
         if now - self._mine_at >= MEMORY_EVERY_S:
             self._mine_read, self._mine_at = self._memory.read(), now
-            self._mine_slots = probes.pack(self._mine_read, self.dist.rank, self.dist.world)
+            self._mine_slot = probes.slot(self._mine_read)
         return self._mine_read
 
     def _head(self, share: bool, ahead: int) -> tuple[list, list[float]]:
@@ -564,6 +567,23 @@ class Trainer:
         return commands, [float(len(commands)), float(self._sync_every(ahead) if share and self.dist.writer else 0)]
 
     def _synced(self, read: list[float], n: int, first: int, share: bool, commands: list[Command]) -> list[Command]:
+        """A CPU sync, read: every rank's `_cpu_payload` one after another (`Dist.gather_`). The
+        losses are summed here in rank order (each step's sum is the same on every rank), then as
+        `_summed`."""
+        world, width = self.dist.world, len(probes.SLOT)
+        if self.dist.alone:  # this rank's own payload alone (a failed rank's last save)
+            rows = {self.dist.rank: read}
+        else:
+            row = len(read) // world
+            rows = {r: read[r * row:(r + 1) * row] for r in range(world)}
+        sums = list(map(sum, zip(*(v[:n] for v in rows.values())))) if n else []
+        slots = [0.0] * (width * world)  # probes.pack's layout: each rank's slot at its rank
+        for r, v in rows.items():
+            slots[r * width:(r + 1) * width] = v[n:n + width]
+        head = rows.get(0, read)[n + width:]  # rank 0's (zeros on the others)
+        return self._summed(sums + slots + head, n, first, share, commands)
+
+    def _summed(self, read: list[float], n: int, first: int, share: bool, commands: list[Command]) -> list[Command]:
         """A sync's sums, read: the global losses into `_values`, every rank's memory, and (`share`)
         the steps to the next sync and rank 0's commands, on every rank."""
         width = len(probes.SLOT)
@@ -582,24 +602,24 @@ class Trainer:
 
     def _start_sync(self, loss: torch.Tensor) -> None:
         """Many CPU ranks, before the backward of the step that syncs: its payload (the losses with
-        this step's) starts on its all_reduce, whose round trips then overlap the backward and the
+        this step's) starts on its all_gather, whose round trips then overlap the backward and the
         update (`_finish_sync` waits for it after the step). On 2 CPU ranks a sync waited for at
         once cost ~2-3 ms of a ~4 ms step, mostly threads handing off on busy cores."""
         first = self._pending_first if self._pending else self.step + 1
         losses = [float(v) for v in self._pending]
         losses.append(float(loss))
         payload, commands = self._cpu_payload(losses, share=True, ahead=1)
-        self._started = (self.dist.sum_started(payload), payload, len(losses), first, commands)
+        self._started = (*self.dist.gather_started(payload), len(losses), first, commands)
         self.early_syncs += 1
 
     def _finish_sync(self) -> list[Command]:
         """The sync `_start_sync` started, read like `_read`'s."""
-        work, payload, n, first, commands = self._started
+        work, gathered, n, first, commands = self._started
         self._started = None
         if work is not None:
             work.wait()
         del self._pending[:n]
-        return self._synced(payload.tolist(), n, first, True, commands)
+        return self._synced(gathered.tolist(), n, first, True, commands)
 
     def _take_losses(self, values: list[float], first: int) -> None:
         """Read losses (global on many ranks) into `_values` and the epoch's sum."""

@@ -6,7 +6,6 @@ structure). Split from data.py, which builds the datasets; nothing here knows a 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
