@@ -7,9 +7,11 @@ the wall time between them (100 = one core), so it needs no sleep, only two read
 call (in __init__) starts the clock.
 
 Many ranks: every rank reads its own memory at every report (host-side calls: no CUDA sync) and
-writes it into its own slot of a vector of `world` slots, zeros elsewhere (`pack`); the trainer sums
-that vector in the all_reduce that already sums the losses, so every slot reaches every rank with
-no collective of its own, and `unpack` turns the sum back into one MemorySample per rank. The
+turns it into one slot of floats (`slot`). On CPU ranks the sync's all_gather carries each rank's
+slot next to its losses; on CUDA each rank writes its slot into a vector of `world` slots, zeros
+elsewhere (`pack`), summed in the all_reduce that already sums the losses. Either way every slot
+reaches every rank with no collective of its own, in rank order, and `unpack` turns the slots back
+into one MemorySample per rank. The
 decision to gather is the same on every rank (every report, never a per-rank clock). Host names,
 which do not change, are gathered once at start (`hosts`).
 """
