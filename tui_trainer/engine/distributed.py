@@ -129,8 +129,9 @@ class Dist:
         trainer starts a sync this way before the backward of the step that syncs, so that its round
         trips overlap the backward instead of adding to the step. A gather, not a sum: on gloo an
         all_gather is about half the messages and thread hand-offs of an all_reduce of the same data
-        (6 sends and ~9 receives a rank against 12 and ~19 on 2 ranks), ~35% less CPU a sync
-        (benchmarks/ddp.py --collective), and each rank then sums what it needs in rank order."""
+        (6 sends and ~9 receives a rank against 12 and ~19 on 2 ranks), 40-47% less CPU a sync
+        (~0.6 against ~1.2 ms a rank: benchmarks/ddp.py --collective), and each rank then sums
+        what it needs in rank order."""
         if not self.active or self.alone:
             return None, tensor
         import torch.distributed as dist
