@@ -90,6 +90,51 @@ def test_a_slow_dataset_is_input_bound_and_a_preloaded_one_is_not(tmp_path):
         [r.data_wait for r in slow.of(StepReport)], abs=1e-3)
 
 
+def test_the_loop_measures_the_wait_for_its_batches(tmp_path):
+    """tui_trainer.loop: a loader that sleeps 20 ms before each batch (of a ~1 ms step) is input-bound
+    in every report and in the epoch's end; the same batches from a list are not."""
+    import time
+
+    import torch
+
+    import tui_trainer
+    from tests.helpers.user_code import mlp
+    from tui_trainer.run.rundir import read_events
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 4), torch.randint(0, 3, (4,))) for _ in range(24)]
+
+    class Slow:
+        def __iter__(self):
+            for batch in batches:
+                time.sleep(0.02)
+                yield batch
+
+    def run_with(data, name):
+        model = mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def train(run):
+            for _ in run.epochs(2):
+                for x, y in run.batches(data):
+                    optimizer.zero_grad()
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                    loss.backward()
+                    optimizer.step()
+                    run.log(loss=loss)
+
+        assert tui_trainer.loop(train, model=model, optimizer=optimizer, ui=False, run_dir=tmp_path / name,
+                                log_every=4) == 0
+        events = read_events(tmp_path / name / "events.jsonl")
+        return [e for e in events if isinstance(e, StepReport)], [e for e in events if isinstance(e, EpochEnd)]
+
+    slow_reports, slow_ends = run_with(Slow(), "slow")
+    fast_reports, fast_ends = run_with(batches, "fast")
+    assert slow_reports and all(r.data_wait > 0.5 for r in slow_reports)
+    assert len(slow_ends) == 2 and all(e.data_wait > 0.5 for e in slow_ends)
+    assert all(r.data_wait < 0.3 for r in fast_reports) and all(e.data_wait < 0.3 for e in fast_ends)
+
+
 def test_the_input_bound_warning_comes_once_after_a_minute_above_20_percent(tmp_path):
     """The trainer's rule, on its own clock: above 20% for INPUT_BOUND_S -> one warning naming what to
     try; a window below 20% starts the minute again."""
