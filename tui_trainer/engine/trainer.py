@@ -161,7 +161,7 @@ class Trainer:
         self._fused = self.device.type == "cpu"  # many ranks: the losses ride in the sync's collective (_sync)
         # ... started before the backward of the sync's step (not LBFGS: its closure holds the backward)
         self._early_sync = self.dist.active and self._fused and not self.needs_closure
-        self._started: tuple | None = None  # a sync under way: (work, payload, losses, first step, commands)
+        self._started: tuple | None = None  # a sync under way: (work, gathered, losses, first step, commands)
         self.early_syncs = 0  # syncs started before their step's backward (tests, benchmarks)
         self._synced_step, self._synced_t = 0, time.monotonic()
         self._stop: Stop | None = None
