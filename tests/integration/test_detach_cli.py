@@ -6,18 +6,34 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ONE_THREAD_ENV, ROOT, run_cli
 from tests.helpers.runs import wait_until
+from tui_trainer.run.headless import LINES_WITHIN_S
 
 HELD = """
 [[callbacks]]
 target = "tests.helpers.callbacks:Script"
 wait_at = 2
 """
+
+
+def settled(path: Path, timeout: float = 30.0) -> bytes:
+    """The file once it stops growing: a held run's last report lines come from the headless
+    lines' writer thread within LINES_WITHIN_S of the report, after the hold has begun."""
+    deadline = time.monotonic() + timeout
+    before = path.read_bytes()
+    while time.monotonic() < deadline:
+        time.sleep(3 * LINES_WITHIN_S)
+        now = path.read_bytes()
+        if now == before:
+            return now
+        before = now
+    raise AssertionError(f"{path} still growing after {timeout} s")
 
 
 def one_error_line(stderr: str) -> str:
@@ -103,7 +119,7 @@ def test_detach_into_a_run_dir_in_use_fails_in_the_foreground_and_leaves_its_log
         assert first.returncode == 0, first.stderr
         assert "training in the background" in first.stdout
         wait_until(lambda: (tmp_path / "ready").exists(), "the first run held at step 2")
-        log_before = (run / "output.log").read_bytes()
+        log_before = settled(run / "output.log")
 
         second = run_cli(str(tiny_preset()), "--detach", "--run-dir", "run", cwd=tmp_path, env_extra=ONE_THREAD_ENV)
         assert second.returncode == 2
