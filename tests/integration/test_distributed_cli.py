@@ -131,6 +131,30 @@ def test_devices_that_cannot_run_here_are_one_line_and_exit_2(tmp_path, devices,
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_model_module_that_is_not_there_is_one_line_before_any_rank_starts(tmp_path):
+    # run from another folder than the one that holds the module: the commonest start-up mistake
+    preset = write_preset(tmp_path / "p.toml", model={"arch": "no_such_pkg.models:mlp"}, train={"devices": 2})
+    proc = run_cli(str(preset), "--no-ui", cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f'tui-trainer: error: {preset}: model.arch: cannot import "no_such_pkg.models"'
+                                   " (No module named 'no_such_pkg'); check the name, or run from the folder that"
+                                   " holds it")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_the_ranks_find_while_building_is_said_once(tmp_path):
+    # only a call finds it (the factory raises): every rank does, and the person reads it once
+    preset = write_preset(tmp_path / "p.toml", data={"dataset": "tests.helpers.user_code:raising_factory",
+                                                     "kwargs": {"n": 5}}, train={"devices": 2})
+    proc = run_cli(str(preset), "--no-ui", cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"tui-trainer: error: {preset}: data.dataset:"
+                                   " tests.helpers.user_code:raising_factory(...) raised FileNotFoundError: no such"
+                                   " file: data/train-5.csv")
+    assert proc.stdout.strip() == ""
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.skipif(__import__("shutil").which("tmux") is None, reason="tmux is not installed")
 def test_the_monitor_of_two_ranks_in_tmux_steers_both(tmp_path):
     import torch

@@ -13,7 +13,7 @@ from torch import nn
 from tui_trainer.parts import target
 from tui_trainer.parts.callbacks import build_callbacks
 from tui_trainer.parts.step import dry_run, resolve_step
-from tui_trainer.parts.data import DataParts, make_loaders
+from tui_trainer.parts.data import DataParts, check_data, make_loaders
 from tui_trainer.parts.layers import LayerInfo, layer_rows
 from tui_trainer.parts.loss import build_loss, check_loss
 from tui_trainer.parts.metrics import MetricSet, build_metrics, check_metrics
@@ -70,6 +70,7 @@ def check(preset: Preset) -> None:
 def _check(preset: Preset) -> dict[str, str]:
     """Returns the metrics' goals (monitor -> "max"/"min")."""
     check_arch(preset.model)
+    check_data(preset.data)
     check_optimizer(preset.optimizer)
     check_scheduler(preset.scheduler, preset.goals)
     check_loss(preset.loss)

@@ -295,6 +295,38 @@ def load_datasets(cfg: DataSection, seed: int) -> tuple[Dataset, Dataset | None,
 _RETURN_FORMS = 'expected a Dataset, (train, val) Datasets or a dict with "train" and "val"'
 
 
+def check_data(cfg: DataSection) -> None:
+    """The data section's own code, imported before any data is loaded (and, with devices > 1,
+    before any rank starts): the dataset factory with its kwargs, and the collate function."""
+    if target.is_target(cfg.dataset) and not cfg.dataset.startswith("torchvision:"):
+        _factory(cfg)
+    _collate(cfg)
+
+
+def _factory(cfg: DataSection):
+    """`data.dataset`'s factory, resolved, with [data.kwargs] checked against it."""
+    fn = target.resolve(cfg.dataset, "data.dataset")
+    if not callable(fn):
+        raise PresetError(f"{cfg.dataset} is not callable ({type(fn).__name__}); name a function or a Dataset"
+                          " class", key="data.dataset")
+    target.check_kwargs(fn, dict(cfg.kwargs), "data.kwargs", provided=("seed",))
+    return fn
+
+
+def _collate(cfg: DataSection):
+    """`data.collate` resolved (None when not set)."""
+    if not cfg.collate:
+        return None
+    if cfg.preload:
+        raise PresetError("a preloaded set is stacked sample by sample with torch's default collate, so"
+                          " data.collate cannot apply; set preload = false or remove collate", key="data.preload")
+    fn = target.resolve(cfg.collate, "data.collate")
+    if not callable(fn):
+        raise PresetError(f"{cfg.collate} is not callable ({type(fn).__name__}); name a function",
+                          key="data.collate")
+    return fn
+
+
 def user_datasets(cfg: DataSection, seed: int) -> tuple[Dataset, Dataset | None, list[str]]:
     """`data.dataset = "package.module:make"`: the user's own data.
 
@@ -317,12 +349,8 @@ def user_datasets(cfg: DataSection, seed: int) -> tuple[Dataset, Dataset | None,
             raise PresetError("applies to the built-in image data (digits, imagefolder, torchvision);"
                               " a factory dataset shapes its own samples", key=f"data.{key}")
     spec = cfg.dataset
-    fn = target.resolve(spec, "data.dataset")
-    if not callable(fn):
-        raise PresetError(f"{spec} is not callable ({type(fn).__name__}); name a function or a Dataset class",
-                          key="data.dataset")
+    fn = _factory(cfg)
     kwargs = dict(cfg.kwargs)
-    target.check_kwargs(fn, kwargs, "data.kwargs", provided=("seed",))
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -457,16 +485,7 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: 
     batches then come in whole steps (see EpochBatches). `rank`/`world`: this process's shard of
     every global batch (batch_size per rank) in a distributed run. `datasets`: (train, val or None,
     class names) given as objects (tui_trainer.fit) instead of `cfg.dataset`."""
-    collate_fn = None
-    if cfg.collate:
-        if cfg.preload:
-            raise PresetError("a preloaded set is stacked sample by sample with torch's default collate, so"
-                              " data.collate cannot apply; set preload = false or remove collate",
-                              key="data.preload")
-        collate_fn = target.resolve(cfg.collate, "data.collate")
-        if not callable(collate_fn):
-            raise PresetError(f"{cfg.collate} is not callable ({type(collate_fn).__name__}); name a function",
-                              key="data.collate")
+    collate_fn = _collate(cfg)
     if datasets is not None:
         train_ds, val_ds, classes = datasets
         for ds, which in ((train_ds, "the train set"), (val_ds, "the val set")):

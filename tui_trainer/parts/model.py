@@ -55,6 +55,13 @@ def segmentation_archs() -> list[str]:
 
 def check_arch(cfg: ModelSection) -> None:
     if target.is_target(cfg.arch):
+        # imported here, before anything heavy (and, with devices > 1, before any rank starts): a
+        # module that is not there, a misspelt factory or a kwarg it does not take is one line
+        factory = target.resolve(cfg.arch, "model.arch")
+        if not callable(factory):
+            raise PresetError(f"{cfg.arch} is not callable ({type(factory).__name__}); name a function or an"
+                              " nn.Module class", key="model.arch")
+        target.check_kwargs(factory, cfg.kwargs, "model.kwargs")
         return
     archs = torchvision_archs()
     if cfg.arch not in archs:

@@ -63,8 +63,9 @@ def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_di
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the headless handlers keep an ignored SIGHUP ignored
     try:
         code = run_headless(preset_path, overrides, resume=resume, run_dir=run_dir, serve=rank == 0)
-    except UserError as err:  # the other ranks print nothing but errors
-        print(f"tui-trainer: error: {'' if rank == 0 else f'rank {rank}: '}{err}", file=sys.stderr)
+    except UserError as err:  # bad input found while this rank built its parts: the launcher says it once
+        if not _tell_launcher(rank, str(err), err.exit_code):
+            print(f"tui-trainer: error: {'' if rank == 0 else f'rank {rank}: '}{err}", file=sys.stderr)
         code = err.exit_code
     if code != 0:
         # Leave now: a returned rank waits for the launcher, which after another rank's failure has sent
@@ -144,6 +145,16 @@ class Launch:
             if codes <= {129, 130, 143}:  # stopped by a signal after rank 0's save: not a failure
                 self.code = max(codes)
                 return self.code
+            bad = _bad_input(self.failures_dir)
+            if bad is not None:  # every rank builds the same parts: one line, as one process prints it
+                rank, message, self.code = bad
+                print(f"tui-trainer: error: {'' if rank == 0 else f'rank {rank}: '}{message}", file=sys.stderr)
+                if self.log_dir:
+                    import shutil
+
+                    shutil.rmtree(self.log_dir, ignore_errors=True)  # nothing in it but that error
+                    self.log_dir = None
+                return self.code
             rank, failure = _cause(exc.failures)
             if failure.exitcode < 0:
                 why = f"killed by {failure.signal_name()}"
@@ -169,6 +180,41 @@ class Launch:
 
 
 FAILURES_ENV = "TUI_TRAINER_FAILURES"  # a directory where each rank that fails writes rank-<r>.json
+
+
+def _tell_launcher(rank: int, error: str, code: int) -> bool:
+    """Bad input a rank found while building (a factory that raised, a model that cannot take the
+    batch): written for the launcher (FAILURES_ENV), which prints it once for all ranks. False when
+    there is no launcher of ours to tell (the rank prints it itself)."""
+    import json
+    import time
+
+    own = os.environ.get(FAILURES_ENV)
+    if not own:
+        return False
+    try:
+        Path(own, f"bad-input-{rank}.json").write_text(
+            json.dumps({"rank": rank, "error": error, "code": code, "time": time.time()}), encoding="utf-8")
+    except OSError:
+        return False
+    return True
+
+
+def _bad_input(directory: str | None) -> tuple[int, str, int] | None:
+    """(rank, error, exit code) of the bad input the ranks found while building: rank 0's, else the
+    lowest rank's. None when no rank failed that way."""
+    import json
+
+    if not directory:
+        return None
+    found = []
+    for path in Path(directory).glob("bad-input-*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            found.append((int(data["rank"]), str(data["error"]), int(data["code"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return min(found) if found else None
 
 
 def _first_own_failure(directory: str | None) -> tuple[int, str] | None:
