@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import signal
@@ -22,9 +23,10 @@ import torch
 
 from tests.conftest import cli_env
 from tests.helpers.pilot import until
-from tests.helpers.runs import wait_until, write_preset
+from tests.helpers.runs import read_events, wait_until, write_preset
 from tui_trainer.engine.commands import ScaleLr
-from tui_trainer.engine.events import EpochEnd, Finished, LrChanged, RunStarted, RunWarning, StepReport
+from tui_trainer.engine.events import (EpochEnd, Finished, LayerStats, LrChanged, RunStarted, RunWarning,
+                                       StepReport)
 from tui_trainer.run.catalog import list_runs
 from tui_trainer.run.server import MAX_OLD_REPORTS, RECENT_REPORTS, Replay, live_socket
 from tui_trainer.ui.launch import make_attach_app
@@ -85,6 +87,33 @@ def test_attach_steer_detach_and_the_run_finishes(tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["trainable"]["0.0.weight"] is False and state["schedule"]["manual_factor"] == 0.5
     assert not (run / "control.json").exists() and live_socket(run) is None  # cleaned up at the end
+
+
+def test_an_attached_viewer_gets_the_layer_statistics_that_nobody_takes_unwatched(tmp_path):
+    # a headless run takes the Layers pane's gradient norms and update ratios only while a viewer
+    # is attached (a detached run, every run of many ranks): what the monitor shows in-process
+    run = tmp_path / "run"
+    proc = start_run(tmp_path, write_preset(tmp_path / "long.toml", train={"epochs": 100000, "log_every": 1}), run)
+    try:
+        wait_until(lambda: live_socket(run) is not None
+                   and any(e["kind"] == "StepReport" and e["step"] >= 30 for e in read_events(run)), "step 30")
+        assert not any(e["kind"] == "LayerStats" for e in read_events(run))  # nobody watched: none taken
+        viewer = SocketLink(live_socket(run))
+        viewer.start()
+        seen: list = []
+        wait_until(lambda: seen.extend(viewer.drain()) or any(isinstance(e, LayerStats) for e in seen),
+                   "layer statistics for the viewer")
+        layers = next(e for e in seen if isinstance(e, RunStarted)).layers
+        stats = next(e for e in seen if isinstance(e, LayerStats))
+        assert len(stats.grad_norm) == len(stats.update_ratio) == len(layers) >= 2
+        for g, r in zip(stats.grad_norm, stats.update_ratio):
+            assert g is not None and r is not None and math.isfinite(g) and g > 0 and 0 < r < 1
+        viewer.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "run.out").read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_two_viewers_and_commands_in_order(tmp_path):

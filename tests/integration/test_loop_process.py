@@ -74,10 +74,17 @@ def test_ls_attach_and_signals_for_a_loop_run(tmp_path):
         assert "running" in line and line.rstrip().endswith("yes")  # attachable
         viewer = SocketLink(live_socket(run))
         viewer.start()
-        wait_until(lambda: any(e.kind == "RunStarted" for e in viewer.drain()), "the viewer got the run's start")
+        seen: list = []
+        wait_until(lambda: seen.extend(viewer.drain()) or any(e.kind == "RunStarted" for e in seen),
+                   "the viewer got the run's start")
         viewer.send(ScaleLr(0.5))
         (tmp_path / "go").write_text("")
         wait_until(lambda: any(e["kind"] == "LrChanged" for e in events(run)), "the LR change from the viewer")
+        # the Layers pane's numbers, taken from the loop's optimizer.step() while a viewer looks
+        wait_until(lambda: seen.extend(viewer.drain()) or any(e.kind == "LayerStats" for e in seen),
+                   "layer statistics for the viewer")
+        stats = next(e for e in seen if e.kind == "LayerStats")
+        assert len(stats.grad_norm) == 2 and all(g is not None and g > 0 for g in stats.grad_norm)
         viewer.close()
         proc.send_signal(signal.SIGUSR1)
         wait_until(lambda: list((run / "checkpoints").glob("manual-step-*.pt")), "the save SIGUSR1 asked for")

@@ -177,9 +177,19 @@ class Trainer:
         self._mem_at = 0.0
         self._stats = UpdateProbe(self.model, parts.layers) if layer_stats_every_s else None
         self._stats_every = layer_stats_every_s or 0.0
+        self._stats_wanted: Callable[[], bool] | None = None  # None: always (a monitor in this process)
         self._stats_at = 0.0
         self._stats_due = False
         self._stats_cost = 0.0
+
+    def stats_for_viewers(self, wanted: Callable[[], bool], every_s: float = 0.5) -> None:
+        """Take the layer statistics (the Layers pane's gradient norm and update ratio) only while
+        `wanted()` says someone looks: a viewer attached to a headless, detached or many-rank run.
+        On rank 0 alone: its gradients and weights are every rank's after the all-reduce."""
+        if self._stats is None:
+            self._stats = UpdateProbe(self.model, self.parts.layers)
+            self._stats_every = every_s
+            self._stats_wanted = wanted
 
     @property
     def epoch_of_step(self) -> int:
@@ -658,7 +668,8 @@ class Trainer:
                               tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory,
                               ranks, wait / dt))
         self._input_bound(wait / dt, now)
-        if self._stats is not None and now - self._stats_at >= self._stats_every:
+        if (self._stats is not None and now - self._stats_at >= self._stats_every
+                and (self._stats_wanted is None or self._stats_wanted())):
             self._stats_due = True
 
     def _input_bound(self, share: float, now: float) -> None:

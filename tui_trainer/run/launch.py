@@ -141,9 +141,13 @@ def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], devic
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint is bad input
             raise UserError(f"{resume_path} cannot be resumed with this preset ({type(exc).__name__}:"
                             f" {str(exc)[:160]})", source="--resume") from None
-    return open_run(preset, trainer, rd, fresh, control=control, fan_out=fan_out, dist=dist, sinks=sinks,
-                    serve=serve, tensorboard=tensorboard, n_groups=len(parts.optimizer.param_groups),
-                    refuse_key="--run-dir" if run_dir is not None else "--resume")
+    session = open_run(preset, trainer, rd, fresh, control=control, fan_out=fan_out, dist=dist, sinks=sinks,
+                       serve=serve, tensorboard=tensorboard, n_groups=len(parts.optimizer.param_groups),
+                       refuse_key="--run-dir" if run_dir is not None else "--resume")
+    server = session.server
+    if server is not None:  # an attached viewer's Layers pane gets what an in-process monitor's does
+        trainer.stats_for_viewers(lambda: server.viewers > 0)
+    return session
 
 
 def open_run(preset: config.Preset, trainer, rd: RunDir, fresh: bool, *, control: Control, fan_out: FanOut,

@@ -353,9 +353,13 @@ def open_loop(cfg: Preset, train_fn, *, model, optimizer, scheduler, interval: s
     if state is not None:
         run._load(state, str(resume_path))
     n_groups = len(optimizer.param_groups) if optimizer is not None else 1
-    return open_run(cfg, run, rd, fresh, control=control, fan_out=fan_out, sinks=sinks, serve=serve,
-                    tensorboard=tensorboard, n_groups=n_groups,
-                    refuse_key="run_dir" if run_dir is not None else "resume")
+    session = open_run(cfg, run, rd, fresh, control=control, fan_out=fan_out, sinks=sinks, serve=serve,
+                       tensorboard=tensorboard, n_groups=n_groups,
+                       refuse_key="run_dir" if run_dir is not None else "resume")
+    server = session.server
+    if server is not None:  # an attached viewer's Layers pane gets what an in-process monitor's does
+        run.stats_for_viewers(lambda: server.viewers > 0)
+    return session
 
 
 # --------------------------------------------------------------------------- the seeded loader
@@ -544,6 +548,8 @@ class Run:
         self._bound_warned = False
         self._workers: int | None = None  # the loader's num_workers, for the input-bound advice
         self._stats = None
+        self._stats_hooked: list = []  # the optimizer hooks that take them (_stats_hooks)
+        self._stats_wanted = None  # stats_for_viewers: take them only while a viewer looks
         self._stats_due = False
         self._stats_at = 0.0
         self._stats_cost = 0.0
@@ -704,7 +710,8 @@ class Run:
         t0 = time.monotonic()
         self._capture = Capture(self._printed, lambda: self._emitting, outer=self._outer)
         undo = _compose(self.scheduler, self._schedule, self)
-        hooks = self._stats_hooks() if self._layer_stats else []
+        if self._layer_stats:
+            self._stats_hooked = self._stats_hooks()
         self._capture.start()
         try:
             for path in self._checkpoints.clean_stray():
@@ -726,7 +733,7 @@ class Run:
         finally:
             self._ended = True
             self._capture.stop()
-            for h in hooks:
+            for h in self._stats_hooked:
                 h.remove()
             if undo is not None:
                 undo()
@@ -923,6 +930,8 @@ class Run:
                 self._end_nonfinite(f"non-finite loss ({bad}) by step {self.step}")
             else:
                 self._warn(f"non-finite loss ({bad}) by step {self.step} (nonfinite = \"skip\": the loop goes on)")
+        if self._stats_wanted is not None and (self._stats is not None) != self._stats_wanted():
+            self._watch_layers(self._stats is None)
         if self._stats is not None and now - self._stats_at >= 0.5:
             self._stats_due = True
         if self._capture is not None:
@@ -1180,6 +1189,21 @@ class Run:
         return event
 
     # ------------------------------------------------------------------ layer statistics (the app)
+
+    def stats_for_viewers(self, wanted) -> None:
+        """Take the layer statistics only while `wanted()` says a viewer is attached (a headless
+        or detached loop): the optimizer hooks that take them are added at a report when one comes,
+        and removed at a report once none is left, so a loop nobody watches runs without them."""
+        if not self._layer_stats and hasattr(self.optimizer, "register_step_pre_hook"):
+            self._stats_wanted = wanted
+
+    def _watch_layers(self, on: bool) -> None:
+        if on:
+            self._stats_hooked = self._stats_hooks()
+        else:
+            for h in self._stats_hooked:
+                h.remove()
+            self._stats_hooked, self._stats, self._stats_due = [], None, False
 
     def _stats_hooks(self) -> list:
         """Per-layer gradient norms and update ratios, about twice a second within a 0.5% budget,
