@@ -135,7 +135,7 @@ def _export_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    from tui_trainer.errors import UserError
+    from tui_trainer.errors import UserError, say_error
 
     try:
         if args and args[0] == "preview":
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             return export(opts.source, opts.out, force=opts.force)
         return _train(_run_parser().parse_args(args))
     except UserError as err:
-        print(f"tui-trainer: error: {err}", file=sys.stderr)
+        say_error(err)
         return err.exit_code
     except KeyboardInterrupt:
         print("tui-trainer: aborted", file=sys.stderr)

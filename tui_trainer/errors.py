@@ -62,3 +62,43 @@ def describe_load_error(exc: BaseException) -> str:
     if detail.startswith("Weights only load failed"):
         detail = lines[-1] if lines else detail
     return f"it is damaged or not a checkpoint ({type(exc).__name__}: {detail[:120]})"
+
+
+def say_error(err: UserError) -> None:
+    """Print bad input's one line on stderr, in one write (ranks that torchrun started share the
+    terminal: their lines must not interleave). On a rank other than 0 of such a run, `rank N: `
+    comes first (every rank checks the same preset and may say the same), and torchrun's own
+    failure summary is told the message (its "Root Cause" then shows it instead of "<N/A>")."""
+    import os
+    import sys
+
+    rank = os.environ.get("RANK", "0")
+    ranks = os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    line = f"tui-trainer: error: {f'rank {rank}: ' if ranks and rank != '0' else ''}{err}\n"
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if ranks:  # torchrun's summary prints the "traceback" field: bad input has none, so it says this
+        record_for_torchrun(str(err), f"bad input (exit {err.exit_code}), no traceback: {err}")
+
+
+def record_for_torchrun(message: str, traceback: str = "") -> None:
+    """Write `message` where torch's elastic agent (torchrun) reads a failed process's error: the
+    file TORCHELASTIC_ERROR_FILE names, in the format of its ErrorHandler.record_exception (a rank
+    that leaves with os._exit or an exit code raises nothing the agent could record itself)."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": message,
+                          "extraInfo": {"py_callstack": traceback, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+    except OSError:
+        pass

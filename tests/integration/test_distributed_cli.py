@@ -155,6 +155,24 @@ def test_bad_input_the_ranks_find_while_building_is_said_once(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_bad_input_under_torchrun_names_each_rank_and_reaches_torchruns_summary(tmp_path):
+    # started by torchrun (as on SLURM), each rank is the CLI: each says it on one whole line, and
+    # torchrun's failure summary shows the message where it would show a traceback
+    preset = write_preset(tmp_path / "p.toml", data={"dataset": "tests.helpers.user_code:raising_factory",
+                                                     "kwargs": {"n": 5}})
+    message = (f"{preset}: data.dataset: tests.helpers.user_code:raising_factory(...) raised FileNotFoundError:"
+               " no such file: data/train-5.csv")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "-m", "tui_trainer",
+                           str(preset), "--no-ui"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert lines.count(f"tui-trainer: error: {message}") == 1, proc.stderr[-3000:]
+    assert lines.count(f"tui-trainer: error: rank 1: {message}") == 1, proc.stderr[-3000:]
+    assert f"traceback : bad input (exit 2), no traceback: {message}" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.skipif(__import__("shutil").which("tmux") is None, reason="tmux is not installed")
 def test_the_monitor_of_two_ranks_in_tmux_steers_both(tmp_path):
     import torch

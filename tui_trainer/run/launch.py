@@ -20,7 +20,7 @@ from tui_trainer.engine.commands import Control
 from tui_trainer.engine.distributed import Dist
 from tui_trainer.engine.events import EpochEnd, Event, Failed, Finished, RunWarning, StepReport
 from tui_trainer.engine.trainer import Trainer
-from tui_trainer.errors import UserError
+from tui_trainer.errors import UserError, record_for_torchrun
 from tui_trainer.run.server import ControlServer
 from tui_trainer.run.rundir import Recorder, RunDir, choose_run_dir, refuse_if_live, resume_checkpoint, writing
 from tui_trainer.signals import protect_forked_children
@@ -207,14 +207,7 @@ class RankFailure:
                     json.dumps({"rank": self.rank, "error": event.error, "time": time.time()}), encoding="utf-8")
             except OSError:
                 pass
-        path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-        if path:  # the format torch.distributed.elastic's ErrorHandler.record_exception writes
-            record = {"message": {"message": event.error,
-                                  "extraInfo": {"py_callstack": event.traceback, "timestamp": str(int(time.time()))}}}
-            try:
-                Path(path).write_text(json.dumps(record), encoding="utf-8")
-            except OSError:
-                pass
+        record_for_torchrun(event.error, event.traceback)
 
 
 class FanOut:
