@@ -82,6 +82,11 @@ def slow(n: int = 32, n_val: int = 4):
     return SlowBlobs(n), SlowBlobs(n_val, seed=1)
 
 
+def slow_val(n: int = 96, n_val: int = 10):
+    """(train, val): quick training, a validation of ~0.2 s (SlowBlobs)."""
+    return Blobs(n), SlowBlobs(n_val, seed=1)
+
+
 SEEDS: list[int] = []  # the seed each call of `seeded` got, newest last
 
 

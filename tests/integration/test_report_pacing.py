@@ -38,6 +38,25 @@ def test_reports_are_at_least_the_floor_apart_and_carry_every_loss_once(tmp_path
     _check_paced(out.of(StepReport), out.of(EpochEnd), out.final.step, 0.05)
 
 
+def test_an_epochs_last_report_comes_before_its_end_and_counts_no_validation(tmp_path):
+    """Six quick steps an epoch, then ~0.2 s of validation: the epoch's last losses wait for the
+    floor when training ends, and go out once validation has passed it, before the EpochEnd;
+    their samples/s counts their training time, not the validation's (which would make it tens
+    of times lower, and the ETA as many times longer)."""
+    preset = write_preset(tmp_path / "p.toml", data={"dataset": "tests.helpers.user_code:slow_val"},
+                          train={"epochs": 3, "log_every": 1, "log_min_interval_s": 0.1})
+    out = run(preset, run_dir=tmp_path / "run")
+    assert out.final.status == "completed"
+    reports, ends = out.of(StepReport), out.of(EpochEnd)
+    _check_paced(reports, ends, out.final.step, 0.1)
+    order = [e for e in out.events if isinstance(e, (StepReport, EpochEnd))]
+    for end in ends:
+        covering = next(r for r in reports if r.first_step <= end.step <= r.step)
+        assert order.index(covering) < order.index(end), (end.epoch, covering.step)
+    later = [r.samples_per_s for r in reports if r.first_step > 1]  # (the first counts the start-up)
+    assert len(later) >= 2 and min(later) > max(later) / 10, later
+
+
 def test_the_loops_reports_are_paced_too(tmp_path):
     """tui_trainer.loop: the same floor (its default), the same invariants."""
     import torch

@@ -30,13 +30,19 @@ def end_epoch(t: Trainer) -> bool:
     t._report(force=False)
     t0 = time.monotonic()
     t._active += t0 - t._t_report  # the training time of losses not reported yet (samples/s)
+    t._t_report = t0  # the report clock stops for validation: samples/s and the ETA count training only
     waited, wall = t._epoch_waited, t._epoch_active + t0 - t._epoch_t
     t._epoch_waited = t._epoch_active = 0.0
     result = validate(t)
     val_loss, val_acc = result.loss, result.acc
     t._val_seconds = time.monotonic() - t0
+    t._t_report = time.monotonic()
     if t._stop is not None:
         return False  # stopped during validation: this epoch is not complete
+    # the epoch's last losses, left for the floor (log_min_interval_s) when training ended, go out
+    # now if validation took that long: before the epoch's end, not after it with a save's read
+    # (nothing is read here: no collective, so ranks need not agree on the clock)
+    t._report(force=False)
     epoch_no = t.epoch + 1
     total, count = t.epoch_loss
     train_loss = total / count if count else None
