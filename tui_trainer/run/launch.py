@@ -146,7 +146,7 @@ def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], devic
                        refuse_key="--run-dir" if run_dir is not None else "--resume")
     server = session.server
     if server is not None:  # an attached viewer's Layers pane gets what an in-process monitor's does
-        trainer.stats_for_viewers(lambda: server.viewers > 0)
+        trainer.stats_for_viewers(server.watched)
     return session
 
 

@@ -358,7 +358,7 @@ def open_loop(cfg: Preset, train_fn, *, model, optimizer, scheduler, interval: s
                        refuse_key="run_dir" if run_dir is not None else "resume")
     server = session.server
     if server is not None:  # an attached viewer's Layers pane gets what an in-process monitor's does
-        run.stats_for_viewers(lambda: server.viewers > 0)
+        run.stats_for_viewers(server.watched)
     return session
 
 

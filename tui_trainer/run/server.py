@@ -138,9 +138,13 @@ def _thinned(items: list, item, recent: int, old_max: int) -> list:
     return items
 
 
+WATCHING_AFTER_S = 0.3  # a connection this old is a viewer, not a probe (ControlServer.watched)
+
+
 class _Viewer:
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.since = time.monotonic()
         self.out = bytearray()
         self.inbox = bytearray()
 
@@ -342,6 +346,13 @@ class ControlServer:
     def viewers(self) -> int:
         with self._lock:
             return len(self._viewers)
+
+    def watched(self) -> bool:
+        """A viewer has been attached for WATCHING_AFTER_S: someone looks. (A liveness probe, from
+        `ls`, `attach`'s own check or `live_socket`, connects and leaves at once.)"""
+        now = time.monotonic()
+        with self._lock:
+            return any(now - v.since >= WATCHING_AFTER_S for v in self._viewers.values())
 
 
 def _same_user(sock: socket.socket) -> bool:
