@@ -203,17 +203,7 @@ def _tell_launcher(rank: int, error: str, code: int) -> bool:
 def _bad_input(directory: str | None) -> tuple[int, str, int] | None:
     """(rank, error, exit code) of the bad input the ranks found while building: rank 0's, else the
     lowest rank's. None when no rank failed that way."""
-    import json
-
-    if not directory:
-        return None
-    found = []
-    for path in Path(directory).glob("bad-input-*.json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            found.append((int(data["rank"]), str(data["error"]), int(data["code"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    found = _written(directory, "bad-input-*.json", lambda d: (int(d["rank"]), str(d["error"]), int(d["code"])))
     return min(found) if found else None
 
 
@@ -221,19 +211,23 @@ def _first_own_failure(directory: str | None) -> tuple[int, str] | None:
     """(rank, error) of the rank that failed first on its own, from what the ranks wrote (run/launch
     RankFailure). torch's launcher stops at the first failed process it happens to see, which is
     often a rank that failed on the lost connection; a rank killed by a signal writes nothing."""
-    import json
-
-    if not directory:
-        return None
-    found = []
-    for path in Path(directory).glob("rank-*.json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            found.append((float(data["time"]), int(data["rank"]), str(data["error"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    found = _written(directory, "rank-*.json", lambda d: (float(d["time"]), int(d["rank"]), str(d["error"])))
     own = sorted(f for f in found if not any(s in f[2].lower() for s in LOST_PEER))
     return (own[0][1], own[0][2][:300]) if own else None
+
+
+def _written(directory: str | None, pattern: str, fields) -> list[tuple]:
+    """`fields(record)` of each JSON file matching `pattern` that the ranks wrote into `directory`
+    (FAILURES_ENV); a file being written or malformed is skipped."""
+    import json
+
+    found = []
+    for path in Path(directory).glob(pattern) if directory else ():
+        try:
+            found.append(fields(json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 def _message(failure) -> str:
