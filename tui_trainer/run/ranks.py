@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from tui_trainer import config
-from tui_trainer.errors import UserError
+from tui_trainer.errors import UserError, say_error
 
 
 def device_count(preset: config.Preset) -> tuple[int, str | None]:
@@ -65,7 +65,7 @@ def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_di
         code = run_headless(preset_path, overrides, resume=resume, run_dir=run_dir, serve=rank == 0)
     except UserError as err:  # bad input found while this rank built its parts: the launcher says it once
         if not _tell_launcher(rank, str(err), err.exit_code):
-            print(f"tui-trainer: error: {'' if rank == 0 else f'rank {rank}: '}{err}", file=sys.stderr)
+            say_error(err)  # (no launcher of ours: this rank says it, named)
         code = err.exit_code
     if code != 0:
         # Leave now: a returned rank waits for the launcher, which after another rank's failure has sent
