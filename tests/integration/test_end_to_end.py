@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
+import warnings
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from tests.conftest import ONE_THREAD_ENV, run_cli, tiny_preset_text
 from tests.helpers.engine import At, edit, run
 from tui_trainer import config
 from tui_trainer.engine.commands import SaveCheckpoint, ScaleLr, SetTrainable
-from tui_trainer.engine.events import EVENT_TYPES, EpochEnd, Failed, RunStarted, StepReport, from_json
+from tui_trainer.engine.events import EVENT_TYPES, EpochEnd, Failed, Finished, RunStarted, StepReport, from_json
 from tui_trainer.run.rundir import METRIC_FIELDS
 
 EPOCHS, STEPS_PER_EPOCH = 3, 7
@@ -116,6 +118,21 @@ def test_headless_prints_plain_lines_one_per_report(cli_run):
 
 
 # --------------------------------------------------------------------------- every event kind
+
+
+def test_the_engine_reads_its_losses_at_the_report_without_a_warning(tiny_preset, tmp_path, one_torch_thread):
+    """The engine keeps each step's loss tensor as it is (backwarded, no alias made a step) until the
+    report reads it: that read says nothing about requires_grad (a warning would reach every run's
+    stderr), and every step's loss is reported."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        out = run(tiny_preset(), "train.log_every=3", "train.log_min_interval_s=0", run_dir=tmp_path / "r")
+    assert isinstance(out.final, Finished)
+    assert not [w for w in said if "requires_grad" in str(w.message)]
+    reports = out.of(StepReport)
+    losses = [v for e in reports for v in e.losses]
+    assert len(losses) == out.final.step and all(math.isfinite(v) and v > 0 for v in losses)
+    assert len(reports) >= out.final.step // 3
 
 
 def test_every_event_kind_round_trips_through_events_jsonl(tiny_preset, tmp_path, one_torch_thread):

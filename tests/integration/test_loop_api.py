@@ -11,6 +11,8 @@ import logging
 import sys
 import threading
 import time
+import warnings
+import weakref
 
 import pytest
 import torch
@@ -124,6 +126,39 @@ def test_loop_runs_the_users_loop_and_writes_the_run(tmp_path, capsys, one_torch
     out = capsys.readouterr().out
     assert "18 steps (3 epochs x 6)" in out and "epoch 3 done: train_loss" in out and "completed:" in out
     assert (run / "config.toml").is_file() and "epoch" in (run / "metrics.csv").read_text()
+
+
+def test_a_logged_loss_is_kept_until_its_report_and_read_without_a_warning(tmp_path, one_torch_thread):
+    """run.log keeps the loss tensor itself (no alias made a batch): alive until the report that reads
+    it, then let go; and read with no "requires_grad ... to a scalar" warning (it would land in the
+    Log pane of every loop)."""
+    t = Textbook(epochs=2)
+    refs: dict[int, weakref.ref] = {}
+    alive_after: dict[int, list[int]] = {}
+
+    def train(run):
+        for _ in run.epochs(2):
+            for x, y in run.batches(t.loader):
+                step = run.step + 1
+                t.opt.zero_grad()
+                loss = t.crit(t.model(x), y)  # the last step's loss is now only the run's
+                alive_after[step] = sorted(s for s, r in refs.items() if r() is not None)
+                loss.backward()
+                t.opt.step()
+                run.log(loss=loss)
+                refs[step] = weakref.ref(loss)
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert tui_trainer.loop(train, model=t.model, optimizer=t.opt, run_dir=tmp_path / "run",
+                                **{**QUIET, "log_every": 3}) == 0
+    assert not [w for w in said if "requires_grad" in str(w.message)]
+    # a report after steps 3, 6, 9 and 12 (log_every 3, 6 batches an epoch): the losses since the last
+    # one are held, the ones it read are not
+    assert alive_after[2] == [1] and alive_after[3] == [1, 2] and alive_after[4] == []
+    assert alive_after[6] == [4, 5] and alive_after[7] == [] and alive_after[12] == [10, 11]
+    losses = [loss for r in kinds(tmp_path / "run", "StepReport") for loss in r["losses"]]
+    assert len(losses) == 12 and all(0 < v < 10 for v in losses)
 
 
 def test_checkpoint_settings_and_keep_last(tmp_path, one_torch_thread):

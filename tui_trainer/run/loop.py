@@ -526,7 +526,7 @@ class Run:
         self._capture = None
 
         # reports
-        self._pending: list[Any] = []  # the losses since the last report: tensors (detached) or floats
+        self._pending: list[Any] = []  # the losses since the last report: tensors (as logged) or floats
         self._pending_more: list[tuple[str, Any]] = []
         self._logged_step = -1  # the step the last run.log was for
         self._loss_step = -1  # the step the last logged loss was for
@@ -669,14 +669,19 @@ class Run:
     def log(self, loss=None, **more) -> None:
         """The loss of this batch (a tensor stays on its device: read once per report, every
         log_every batches), and any other numbers of it (their epoch means show as train_<name>).
-        Called more than once in a batch, the last value counts."""
+        Called more than once in a batch, the last value counts.
+
+        `loss` is the loss your step backwards: the tensor itself is kept until the report reads
+        it, and its graph, whose buffers your `backward()` frees, costs nothing. A loss you log but
+        never backward keeps its graph until that report: log `loss.detach()` then. The other
+        numbers are kept without their graph (they need not be backwarded)."""
         step = self.step + 1
         if loss is not None:
-            # `.data`, not `.detach()`: the same values on the same device without the graph, at a
-            # third of the cost (no trip through the dispatcher: ~0.3 against ~0.7 us warm, more
-            # between two steps); its own version counter matters only to autograd, which never
-            # sees it. Read on the host at the report.
-            value = loss.data if isinstance(loss, torch.Tensor) else float(loss)
+            # The tensor itself, not its `.data` or `.detach()`: no new tensor a batch. Between two
+            # tiny steps `.data` cost ~3.7 us a batch (its alias made on cold caches and freed at
+            # the report; benchmarks/RESULTS.md, session 10). The graph is freed by the backward;
+            # only its emptied nodes wait for the report. Read on the host at the report.
+            value = loss if isinstance(loss, torch.Tensor) else float(loss)
             if self._loss_step == step and self._pending:
                 self._pending[-1] = value
             else:
@@ -1352,11 +1357,16 @@ def _read(losses: list, more: list) -> tuple[list[float], list[float]]:
     tensors = [v for v in items if isinstance(v, torch.Tensor)]
     if not tensors:
         return items[:len(losses)], items[len(losses):]
+    with torch.no_grad():  # a logged loss keeps its (backwarded) graph: read it without adding to it
+        return _read_tensors(items, tensors, len(losses))
+
+
+def _read_tensors(items: list, tensors: list[torch.Tensor], n_losses: int) -> tuple[list[float], list[float]]:
     if all(t.is_cpu and t.numel() == 1 for t in tensors):
         # on CPU a read waits for nothing: each number by itself is 2-4x cheaper than a stack and its
         # tolist (~2-5 against ~10-45 us for 6-10 losses between two steps)
         values = [float(v) for v in items]
-        return values[:len(losses)], values[len(losses):]
+        return values[:n_losses], values[n_losses:]
     try:
         stacked = torch.stack(tensors)  # 0-dim losses: the common case, one op
         values = (stacked if stacked.dim() == 1 else stacked.reshape(len(tensors), -1).float().mean(1)).tolist()
@@ -1365,7 +1375,7 @@ def _read(losses: list, more: list) -> tuple[list[float], list[float]]:
     if len(tensors) < len(items):
         it = iter(values)
         values = [next(it) if isinstance(v, torch.Tensor) else v for v in items]
-    return values[:len(losses)], values[len(losses):]
+    return values[:n_losses], values[n_losses:]
 
 
 def _finite(params: list[torch.Tensor]) -> bool:
