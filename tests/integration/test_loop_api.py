@@ -17,7 +17,7 @@ import weakref
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 import tui_trainer
 from tests.helpers.user_code import Blobs
@@ -159,6 +159,30 @@ def test_a_logged_loss_is_kept_until_its_report_and_read_without_a_warning(tmp_p
     assert alive_after[6] == [4, 5] and alive_after[7] == [] and alive_after[12] == [10, 11]
     losses = [loss for r in kinds(tmp_path / "run", "StepReport") for loss in r["losses"]]
     assert len(losses) == 12 and all(0 < v < 10 for v in losses)
+
+
+class _BlobStream(IterableDataset):
+    """Blobs as a stream: a DataLoader over it has no len."""
+
+    def __iter__(self):
+        blobs = Blobs(96)
+        return (blobs[i] for i in range(len(blobs)))
+
+
+def test_a_loader_with_no_len_says_so_and_gets_an_eta_after_its_first_epoch(tmp_path, capsys, one_torch_thread):
+    """An IterableDataset's loader: the run's length is not known at start. The lines say so (no
+    "step 8/0", no "0 steps"), and from the second epoch the ETA counts epochs as long as the last."""
+    t = Textbook(epochs=3, loader=DataLoader(_BlobStream(), batch_size=16))
+    assert t.loop(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "3 epochs of a length not known ahead (the loader has no len)" in out and "0 steps" not in out
+    assert "epoch 1/3 step 1 loss" in out and "step 1/" not in out
+    reports = kinds(tmp_path / "run", "StepReport")
+    assert [r["step"] for r in reports] == list(range(1, 19))
+    assert all(r["eta_s"] is None for r in reports[:6]) and all(r["eta_s"] is not None for r in reports[6:])
+    assert reports[-1]["eta_s"] == 0
+    started = kinds(tmp_path / "run", "RunStarted")[0]
+    assert (started["total_steps"], started["steps_per_epoch"]) == (0, 0)
 
 
 def test_checkpoint_settings_and_keep_last(tmp_path, one_torch_thread):
@@ -539,6 +563,40 @@ def test_early_stopping_and_a_custom_monitor(tmp_path, one_torch_thread):
     final = events(tmp_path / "run")[-1]
     assert final["status"] == "early_stopped" and final["best_epoch"] == 2
     assert "val_f1" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_epochs_without_the_monitored_number_are_never_judged_by_a_loss_for_an_accuracy(tmp_path, one_torch_thread):
+    """monitor val_acc (it goes up), logged every other epoch: the epochs without it leave best.pt and
+    the patience as they were (a train loss used to be taken for an accuracy: best.pt was the epoch of
+    the highest loss). A loop that logs no val_loss (the default monitor) is judged by its
+    train_loss, and its epoch lines say train_loss."""
+    t = Textbook(epochs=6)
+
+    def train(run):
+        for epoch in run.epochs(6):
+            for x, y in run.batches(t.loader):
+                run.log(loss=[3.0, 2.0, 1.0, 0.5, 0.4, 0.3][epoch])
+            if epoch % 2 == 1:
+                run.log_epoch(val_acc=[0.5, 0.7, 0.6][epoch // 2])
+
+    code = tui_trainer.loop(train, model=t.model, run_dir=tmp_path / "acc", checkpoint={"monitor": "val_acc"},
+                            early_stopping={"enabled": True, "monitor": "val_acc", "patience": 2}, **QUIET)
+    assert code == 0
+    ends = kinds(tmp_path / "acc", "EpochEnd")
+    assert [(e["epoch"], e["improved"], e["best"], e["best_epoch"], e["bad_epochs"]) for e in ends] == [
+        (1, False, None, None, 0), (2, True, 0.5, 2, 0), (3, False, 0.5, 2, 0), (4, True, 0.7, 4, 0),
+        (5, False, 0.7, 4, 0), (6, False, 0.7, 4, 1)]
+    assert {e["monitor"] for e in ends} == {"val_acc"} and events(tmp_path / "acc")[-1]["status"] == "completed"
+
+    def no_validation(run):
+        for epoch in run.epochs(3):
+            for x, y in run.batches(t.loader):
+                run.log(loss=[2.0, 1.0, 1.5][epoch])
+
+    assert tui_trainer.loop(no_validation, model=t.model, run_dir=tmp_path / "plain", **QUIET) == 0
+    ends = kinds(tmp_path / "plain", "EpochEnd")
+    assert [(e["monitor"], e["best"], e["best_epoch"]) for e in ends] == [
+        ("train_loss", 2.0, 1), ("train_loss", 1.0, 2), ("train_loss", 1.0, 2)]
 
 
 # --------------------------------------------------------------------------- bad input

@@ -192,3 +192,18 @@ def test_narrow_app_gives_the_pane_the_whole_width(snap_compare):
         await pilot.pause(0.2)
 
     assert snap_compare(TrainerApp(ReplayLink(machine_run())), terminal_size=(80, 24), run_before=memory_pane)
+
+
+@pytest.mark.parametrize("epochs, says", [(5, "epoch 3/5  step 120 "), (0, "epoch 3  step 120 ")])
+@sync
+async def test_the_header_of_a_run_of_unknown_length_shows_no_total_and_no_bar(epochs, says):
+    """A loop over a loader with no len (total_steps 0), or without run.epochs (epochs 0 too): the
+    step alone, not "step 120/0" and a bar at 12000%."""
+    events = history()
+    first = next(i for i, e in enumerate(events) if isinstance(e, ev.RunStarted))
+    events[first] = dataclasses.replace(events[first], total_steps=0, steps_per_epoch=0, epochs=epochs)
+    app = TrainerApp(ReplayLink(events))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: not app.redraw_pending, "drawn")
+        second = "".join(s.text for s in app.screen._compositor.render_strips()[1])
+    assert says in second and "%" not in second and "/0" not in second, second

@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers.engine import At, run
 from tui_trainer.engine.commands import Stop
-from tui_trainer.engine.events import EpochEnd, StepReport
+from tui_trainer.engine.events import EpochEnd, RunStarted, RunWarning, StepReport
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,3 +34,26 @@ def test_max_steps_mid_epoch_leaves_the_epoch_open(tiny_preset, tmp_path):
     assert not out.of(EpochEnd), "a partial epoch is neither validated nor counted"
     state = out.session.trainer.state_dict()
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 0, 5)
+
+
+def test_without_validation_best_follows_train_loss_even_for_a_monitor_that_goes_up(tiny_preset, tmp_path):
+    """checkpoint.monitor = "val_acc" and no validation data: best.pt follows train_loss, downwards
+    (it used to take the train loss as an accuracy: best.pt was the epoch of the highest train loss)."""
+    preset = tiny_preset('monitor = "val_acc"\n')  # appended to [checkpoint]
+    out = run(preset, "data.val_fraction=0", "train.epochs=3", "optimizer.lr=0.02", run_dir=tmp_path / "r")
+    ends = out.of(EpochEnd)
+    losses = [e.train_loss for e in ends]
+    assert losses[-1] < losses[0]  # it trains
+    assert {e.monitor for e in ends} == {"train_loss"} and out.of(RunStarted)[0].monitor == "train_loss"
+    best = min(range(3), key=lambda i: losses[i])
+    assert (ends[-1].best, ends[-1].best_epoch) == (losses[best], best + 1)
+    assert [w.message for w in out.of(RunWarning) if "monitor" in w.message] == [
+        'checkpoint.monitor = "val_acc" but the run has no validation data: it follows train_loss (give validation'
+        ' data, data.val_fraction > 0, or set it to train_loss)']
+    assert out.final.best == losses[best]
+
+
+def test_without_validation_the_default_monitor_follows_train_loss_quietly(tiny_preset):
+    out = run(tiny_preset(), "data.val_fraction=0", "train.epochs=2")
+    assert {e.monitor for e in out.of(EpochEnd)} == {"train_loss"}
+    assert not [w for w in out.of(RunWarning) if "monitor" in w.message]

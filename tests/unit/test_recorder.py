@@ -95,12 +95,12 @@ def test_headless_lines_of_reports_come_from_a_thread_in_one_write_and_keep_thei
             time.sleep(0.01)
         assert time.monotonic() - t0 >= 0.2 * 0.9
         got = out.getvalue().splitlines()
-        assert [line.split(" step ")[1].split("/")[0] for line in got] == ["1", "2", "3"]
+        assert [line.split(" step ")[1].split()[0] for line in got] == ["1", "2", "3"]  # (no RunStarted: no total)
         assert out.writes == 1  # the three lines in one write
         lines(report(4))
         lines(ev.RunWarning(step=4, message="look out"))  # not batched: at once, after report 4
         got = out.getvalue().splitlines()
-        assert "step 4/" in got[3] and "look out" in got[4]
+        assert "step 4 " in got[3] and "look out" in got[4]
     finally:
         lines.close()
     assert not lines._batched.alive

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tui_trainer.config import resolve_mode
-from tui_trainer.engine.stopping import Best, EarlyStopping
+from tui_trainer.engine.stopping import Best, EarlyStopping, monitored, without_validation
 
 
 @pytest.mark.parametrize(
@@ -124,12 +124,39 @@ def test_early_stopping_passes_mode_and_min_delta_to_its_best():
     assert es.should_stop
 
 
-def test_missing_values_run_out_the_patience():
+def test_an_epoch_without_a_value_is_not_counted_either_way():
+    """A loop that validates every other epoch: its epochs without val_loss neither improve nor use
+    up the patience (they did not get worse: nobody looked). NaN still counts as bad (above)."""
     es = EarlyStopping("min", patience=2, min_delta=0.0)
-    es.update(None, 1)
-    assert not es.should_stop
-    es.update(None, 2)
-    assert es.should_stop and es.best.value is None
+    es.update(1.0, 1)
+    for epoch in range(2, 7):
+        es.update(None, epoch)
+    assert not es.should_stop and (es.best.value, es.best.epoch, es.best.bad_epochs) == (1.0, 1, 0)
+    es.update(1.5, 7)
+    es.update(math.nan, 8)
+    assert es.should_stop
+
+
+@pytest.mark.parametrize(
+    "metrics, monitor, mode, judged",
+    [
+        ({"val_acc": 0.9}, "val_acc", "max", (0.9, "val_acc")),
+        ({"val_acc": None}, "val_acc", "max", (None, "val_acc")),  # never a loss for a monitor that goes up
+        ({}, "val_loss", "min", (0.5, "train_loss")),  # a loss for a loss, named as what it is
+        ({"val_loss": None}, "val_loss", "min", (0.5, "train_loss")),
+        ({"val_loss": 0.7}, "val_loss", "min", (0.7, "val_loss")),
+    ],
+)
+def test_an_epoch_is_judged_by_its_monitor_or_a_loss_for_a_loss(metrics, monitor, mode, judged):
+    assert monitored(metrics, monitor, mode, 0.5) == judged
+    assert monitored({}, "val_loss", "min", None) == (None, "val_loss")
+
+
+def test_a_val_monitor_without_validation_follows_train_loss_and_says_so():
+    assert without_validation("val_loss", True, "checkpoint.monitor") == ("val_loss", None)
+    assert without_validation("train_loss", False, "checkpoint.monitor") == ("train_loss", None)
+    monitor, said = without_validation("val_acc", False, "checkpoint.monitor")
+    assert monitor == "train_loss" and said.startswith('checkpoint.monitor = "val_acc" but the run has no validation')
 
 
 def test_should_stop_stays_true_once_reached_while_nothing_improves():

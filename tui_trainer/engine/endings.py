@@ -36,7 +36,7 @@ def finish(t: Trainer, status: str, t0: float) -> Finished | Failed:
         return final_save_failed(t)
     messages = {
         "completed": f"finished {t.step} steps",
-        "early_stopped": f"early stop: no {t.preset.early_stopping.monitor} improvement for"
+        "early_stopped": f"early stop: no {t.es_monitor} improvement for"
                          f" {t.preset.early_stopping.patience} epochs",
         "stopped": {"callback": "stopped by a callback after a clean save", "cancelled": "stopped after a clean save"
                     }.get(t._stop.reason if t._stop else "", "stopped by the user after a clean save"),
@@ -45,7 +45,7 @@ def finish(t: Trainer, status: str, t0: float) -> Finished | Failed:
     code = 128 + t._stop.signum if status == "signal" and t._stop and t._stop.signum else 0
     t._set_state("finished")
     event = Finished(status, t.step, t.epoch_of_step, time.monotonic() - t0, code, messages[status],
-                     t.best.value, t.best.epoch, _str(t._best_path), _str(t._last_path))
+                     t.best.value, t.best.epoch, _str(t._best_path), _str(t._last_path), t.best_monitor)
     t._emit(event)
     return event
 
@@ -70,7 +70,7 @@ def end_nonfinite(t: Trainer, exc: NonFinite, t0: float) -> Finished:
     event = Finished("nonfinite", exc.step, t.epoch_of_step, time.monotonic() - t0, 1,
                      f"{exc}: training stopped{where} (lower optimizer.lr, set grad_clip_norm,"
                      " or train.nonfinite = \"skip\")",
-                     t.best.value, t.best.epoch, _str(t._best_path), _str(last))
+                     t.best.value, t.best.epoch, _str(t._best_path), _str(last), t.best_monitor)
     t._emit(event)
     return event
 

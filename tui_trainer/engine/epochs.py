@@ -18,6 +18,7 @@ import torch
 
 from tui_trainer.engine.commands import Stop
 from tui_trainer.engine.events import EpochEnd, LrChanged
+from tui_trainer.engine.stopping import monitored
 from tui_trainer.parts.metrics import MetricSet
 from tui_trainer.parts.step import batch_size_of, default_step, loss_of, to_device
 
@@ -49,13 +50,13 @@ def end_epoch(t: Trainer) -> bool:
     metrics = {"val_loss": val_loss, "val_acc": val_acc, "train_loss": train_loss, **result.metrics}
     if t._hook("on_validation_end", epoch=t.epoch, metrics=dict(metrics)):
         t.control.send(Stop(reason="callback"))  # after this epoch's checkpoint, before the next step
-    monitor = t.preset.checkpoint.monitor
-    value = metrics[monitor] if metrics[monitor] is not None else train_loss
-    improved = t.best.update(value, epoch_no)
+    value, monitor = monitored(metrics, t.monitor, t.best.mode, train_loss)
+    improved = t.best.update(value, epoch_no) if value is not None else False
+    if improved:
+        t.best_monitor = monitor
     stop_early = False
     if t.early is not None:
-        es_value = metrics[t.preset.early_stopping.monitor]
-        t.early.update(es_value if es_value is not None else train_loss, epoch_no)
+        t.early.update(monitored(metrics, t.es_monitor, t.early.best.mode, train_loss)[0], epoch_no)
         stop_early = t.early.should_stop
     before = t.schedule.current()
     t.schedule.after_epoch(metrics[t.preset.scheduler.monitor])

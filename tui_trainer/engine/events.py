@@ -235,6 +235,7 @@ class Finished(Event):
     best_epoch: int | None = None
     best_path: str | None = None
     last_path: str | None = None
+    monitor: str | None = None  # what `best` is (val_loss, train_loss ...); None in runs recorded before it
 
 
 @dataclass(frozen=True)

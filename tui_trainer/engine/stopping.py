@@ -46,14 +46,37 @@ class Best:
             setattr(self, key, value)
 
 
+def monitored(metrics: dict, monitor: str, mode: str, train_loss: float | None) -> tuple[float | None, str]:
+    """(value, name) an epoch is judged by: its `monitor`; where the epoch has none, its train_loss
+    if the monitor is minimized too (a loss for a loss), else nothing (None: the epoch is not
+    judged). Never a train loss for a monitor that goes up: its "best" would be the worst epoch."""
+    value = metrics.get(monitor)
+    if value is not None:
+        return value, monitor
+    if mode == "min" and train_loss is not None:
+        return train_loss, "train_loss"
+    return None, monitor
+
+
+def without_validation(monitor: str, has_val: bool, what: str) -> tuple[str, str | None]:
+    """(monitor, warning): a val_ monitor of a run with no validation data becomes train_loss, said once."""
+    if has_val or not monitor.startswith("val_"):
+        return monitor, None
+    return "train_loss", (f"{what} = \"{monitor}\" but the run has no validation data: it follows train_loss"
+                          " (give validation data, data.val_fraction > 0, or set it to train_loss)")
+
+
 class EarlyStopping:
-    """Stop when the monitored value has not improved by `min_delta` for `patience` epochs."""
+    """Stop when the monitored value has not improved by `min_delta` for `patience` epochs. An epoch
+    with no value (`update(None)`) is not counted either way."""
 
     def __init__(self, mode: str, patience: int, min_delta: float):
         self.best = Best(mode, min_delta)
         self.patience = patience
 
     def update(self, value: float | None, epoch: int) -> bool:
+        if value is None:
+            return False
         return self.best.update(value, epoch)
 
     @property

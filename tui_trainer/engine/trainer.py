@@ -48,7 +48,8 @@ from tui_trainer.engine.events import (CheckpointSaved, Event, Failed, Finished,
                                        RunWarning, StateChanged, StepReport, TrainableChanged)
 from tui_trainer.engine.layer_stats import UpdateProbe
 from tui_trainer.engine.probes import MemoryProbe
-from tui_trainer.engine.stopping import Best, EarlyStopping, NonFinite, NonFiniteGuard, check_weights_finite
+from tui_trainer.engine.stopping import (Best, EarlyStopping, NonFinite, NonFiniteGuard, check_weights_finite,
+                                         without_validation)
 
 describe_failure = endings.describe_failure  # its import path before endings.py existed
 
@@ -125,10 +126,19 @@ class Trainer:
         self.bn_modules = [(n, m) for n, m in self.model.named_modules()
                            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
-        monitor, goals = self.preset.checkpoint.monitor, parts.goals
-        self.best = Best(resolve_mode(monitor, self.preset.checkpoint.mode, goals))
-        es = self.preset.early_stopping
-        self.early = (EarlyStopping(resolve_mode(es.monitor, es.mode, goals), es.patience, es.min_delta)
+        # what best.pt and early stopping follow: without validation data, a val_ monitor is train_loss
+        cp, es, goals = self.preset.checkpoint, self.preset.early_stopping, parts.goals
+        has_val = parts.data.val is not None
+        self.monitor, said = without_validation(cp.monitor, has_val, "checkpoint.monitor")
+        self.es_monitor, es_said = without_validation(es.monitor, has_val, "early_stopping.monitor")
+        # said when the preset names the monitor (the default val_loss of a run without validation
+        # follows train_loss quietly: the epoch lines say "best train_loss"), or early stopping is on
+        self.monitor_warnings = [m for m in (said if "monitor" in cp.model_fields_set else None,
+                                             es_said if es.enabled else None) if m]
+        self.best = Best(resolve_mode(self.monitor, cp.mode if self.monitor == cp.monitor else "auto", goals))
+        self.best_monitor = self.monitor  # what best.value is: train_loss where an epoch had no monitor value
+        self.early = (EarlyStopping(resolve_mode(self.es_monitor, es.mode if self.es_monitor == es.monitor else "auto",
+                                                 goals), es.patience, es.min_delta)
                       if es.enabled else None)
 
         # position in the run
@@ -205,7 +215,7 @@ class Trainer:
         for path in self.checkpoints.clean_stray():
             self._emit(RunWarning(self.step, f"removed an incomplete checkpoint left by a killed run: {path.name}"))
         self._emit(self._run_started())
-        for message in (*self.parts.warnings, self.guard.warning):
+        for message in (*self.parts.warnings, self.guard.warning, *self.monitor_warnings):
             if message:
                 self._emit(RunWarning(self.step, message))
         self._set_state("running")
@@ -767,7 +777,7 @@ class Trainer:
             trainable=trainable_state(self.model, p.layers), params_total=sum(q.numel() for q in self.params),
             params_trainable=sum(q.numel() for q in self.params if q.requires_grad), plan=p.plan,
             lrs=tuple(self.schedule.current()), manual_factor=self.schedule.manual_factor, weights=p.weights_note,
-            data=p.data.note, monitor=self.preset.checkpoint.monitor, resumed_from=self.resumed_from,
+            data=p.data.note, monitor=self.monitor, resumed_from=self.resumed_from,
             warnings=tuple(p.warnings), world=self.dist.world, nodes=len(set(hosts)) or 1, hosts=hosts,
         )
 

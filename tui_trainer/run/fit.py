@@ -339,6 +339,8 @@ def _result(ending: dict[str, Any], code: int) -> Result:
     common = dict(exit_code=code, run_dir=ending.get("run_dir", ""), monitor=ending.get("monitor", "val_loss"),
                   metrics=ending.get("metrics", {}))
     if isinstance(final, Finished):
+        if final.monitor:
+            common["monitor"] = final.monitor  # what `best` is (train_loss for a run without validation)
         return Result(final.status, step=final.step, epoch=final.epoch, best_path=final.best_path,
                       last_path=final.last_path, best=final.best, **common)
     if final is not None:

@@ -107,10 +107,10 @@ class LineReporter:
     def _event(self, event: Event) -> None:
         match event:
             case StepReport():
-                total = self.started.total_steps if self.started else "?"
-                epochs = self.started.epochs if self.started else "?"
+                total = f"/{self.started.total_steps}" if self.started and self.started.total_steps else ""
+                epochs = f"/{self.started.epochs}" if self.started and self.started.epochs else ""
                 eta = f" ETA {duration(event.eta_s)}" if event.eta_s is not None else ""
-                text = (f"epoch {event.epoch}/{epochs} step {event.step}/{total} loss {event.loss:.4f}"
+                text = (f"epoch {event.epoch}{epochs} step {event.step}{total} loss {event.loss:.4f}"
                         f" lr {lrs_text(event.lrs)} {event.samples_per_s:,.0f} samples/s{data_text(event)}{eta}"
                         f"{fullest_rank(event)}")
                 if self._progress is not None:
@@ -127,8 +127,7 @@ class LineReporter:
                 self.line(f"{event.run_name} | {event.device_name}{ranks} | amp {event.amp} | weights {event.weights}"
                           f" | {event.data}")
                 self.line(f"model: {human_count(event.params_total)} params, {human_count(event.params_trainable)}"
-                          f" trainable, {human_count(frozen)} frozen | {event.total_steps} steps"
-                          f" ({event.epochs} epochs x {event.steps_per_epoch}) | run dir {event.run_dir}")
+                          f" trainable, {human_count(frozen)} frozen | {length_text(event)} | run dir {event.run_dir}")
                 if event.resumed_from:
                     self.line(f"resumed from {event.resumed_from} at step {event.start_step}"
                               f" (epoch {event.start_epoch})")
@@ -269,3 +268,13 @@ def run_headless(preset_path, overrides=(), *, resume=None, run_dir=None, stream
         reporter.close()  # also on the abort path (second Ctrl+C): give the terminal its cursor back
         session.close()
     return final.exit_code
+
+
+def length_text(event: RunStarted) -> str:
+    """How long the run is: "1400 steps (10 epochs x 140)", or what is not known (a loader with no
+    len, a loop without run.epochs)."""
+    if event.total_steps:
+        return f"{event.total_steps} steps ({event.epochs} epochs x {event.steps_per_epoch})"
+    if event.epochs:
+        return f"{event.epochs} epochs of a length not known ahead (the loader has no len)"
+    return "epochs not counted (run.epochs(n) not used)"

@@ -112,7 +112,7 @@ from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed,
                                        Printed, RunStarted, RunWarning, StateChanged, StepReport, TrainableChanged)
 from tui_trainer.engine.probes import MemoryProbe
 from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
-from tui_trainer.engine.stopping import Best, EarlyStopping
+from tui_trainer.engine.stopping import Best, EarlyStopping, monitored
 from tui_trainer.errors import UserError, did_you_mean
 from tui_trainer.parts.layers import layer_rows, matches, trainable_state
 from tui_trainer.parts.optim import LrPlan, LrSchedule
@@ -481,6 +481,7 @@ class Run:
         goals = cfg.goals
         self._monitor = cfg.checkpoint.monitor
         self._best = Best(resolve_mode(self._monitor, cfg.checkpoint.mode, goals))
+        self._best_monitor = self._monitor  # what _best.value is: train_loss where an epoch logged no monitor
         es = cfg.early_stopping
         self._early = EarlyStopping(resolve_mode(es.monitor, es.mode, goals), es.patience, es.min_delta) \
             if es.enabled else None
@@ -496,6 +497,7 @@ class Run:
         self._epoch_trained = False  # run.batches ran in this epoch
         self._n_epochs: int | None = None
         self._steps_per_epoch = 0
+        self._seen_per_epoch = 0  # a loader with no len: the batches of its last whole epoch (for the ETA)
         self._batch_size = 0
 
         # state
@@ -837,13 +839,18 @@ class Run:
             name = key if key.startswith("train_") else f"train_{key}"
             metrics.setdefault(name, s / c if c else None)
         everything = {"val_loss": val_loss, "val_acc": val_acc, "train_loss": train_loss, **metrics}
-        value = everything.get(self._monitor)
-        value = value if value is not None else train_loss
-        improved = self._best.update(value, epoch_no)
+        # an epoch without the monitored number (no run.log_epoch of it) is judged by its train_loss
+        # when the monitor is a loss too, else not at all (stopping.monitored)
+        value, monitor = monitored(everything, self._monitor, self._best.mode, train_loss)
+        improved = self._best.update(value, epoch_no) if value is not None else False
+        if improved:
+            self._best_monitor = monitor
         if self._early is not None:
-            es_value = everything.get(self._cfg.early_stopping.monitor)
-            self._early.update(es_value if es_value is not None else train_loss, epoch_no)
+            es = self._cfg.early_stopping
+            self._early.update(monitored(everything, es.monitor, self._early.best.mode, train_loss)[0], epoch_no)
         self.epoch += 1
+        if not self._steps_per_epoch:
+            self._seen_per_epoch = self._in_epoch
         self._in_epoch = 0
         self._epoch_loss = [0.0, 0]
         self._epoch_more = {}
@@ -853,7 +860,7 @@ class Run:
         es = self._early.best if self._early is not None else None
         waited, wall = self._epoch_waited, self._epoch_active
         self._epoch_waited = self._epoch_active = 0.0
-        self._emit(EpochEnd(epoch_no, self.step, train_loss, val_loss, val_acc, seconds, self._monitor, value,
+        self._emit(EpochEnd(epoch_no, self.step, train_loss, val_loss, val_acc, seconds, monitor, value,
                             self._best.value, self._best.epoch, improved, es.bad_epochs if es else 0,
                             self._early.patience if self._early is not None else None,
                             self._schedule.plateau_status() if self._schedule is not None else None, metrics,
@@ -915,7 +922,7 @@ class Run:
             per_step = dt / steps
             self._step_time = per_step if self._step_time is None else 0.7 * self._step_time + 0.3 * per_step
         self._reported_step = self.step
-        total = self._total_steps()
+        total = self._total_steps() or (self._n_epochs or 0) * self._seen_per_epoch  # (no len: as the last epoch)
         eta = None
         if total and self._step_time is not None:
             epochs_left = max(0, (self._n_epochs or 0) - self.epoch - 1)
@@ -1019,6 +1026,7 @@ class Run:
             "rng": ckpt.rng_state(),
             "trainable": {n: p.requires_grad for n, p in self.model.named_parameters()},
             "best": self._best.state_dict(),
+            "best_monitor": self._best_monitor,
             "early_stopping": self._early.best.state_dict() if self._early is not None else None,
             "config": self._cfg.to_dict(),
             "epochs": self._n_epochs,
@@ -1064,6 +1072,7 @@ class Run:
         self._epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
         self._epoch_more = {k: [float(v[0]), int(v[1])] for k, v in (state.get("epoch_more") or {}).items()}
         self._best.load_state_dict(state["best"])
+        self._best_monitor = state.get("best_monitor", self._monitor)
         if self._early is not None and state.get("early_stopping"):
             self._early.best.load_state_dict(state["early_stopping"])
         self._rng = state["rng"]
@@ -1159,7 +1168,7 @@ class Run:
                 }.get(status, 0)
         self._set_state("failed" if status == "nonfinite" else "finished")
         event = Finished(status, self.step, self.epoch_of_step, time.monotonic() - t0, code, messages[status],
-                         self._best.value, self._best.epoch, _str(self._best_path), _str(last))
+                         self._best.value, self._best.epoch, _str(self._best_path), _str(last), self._best_monitor)
         self._emit(event)
         return event
 

@@ -158,7 +158,8 @@ def event_line(event, started=None) -> tuple[str, str] | None:
         case StateChanged(state="paused" | "stopping"):
             return f"{event.state} at step {event.step}", "info"
         case Finished():
-            best = (f"; best {monitor} {event.best:.4f} @ epoch {event.best_epoch} -> {event.best_path}"
+            best = (f"; best {event.monitor or monitor} {event.best:.4f} @ epoch {event.best_epoch}"
+                    f" -> {event.best_path}"
                     if event.best is not None and event.best_path else "")
             return (f"{event.status}: {event.message} ({event.step} steps, {duration(event.seconds)}){best}",
                     "good" if event.exit_code == 0 else "error")

@@ -387,7 +387,8 @@ def summary_text(final: Finished | Failed, view: RunView) -> Text:
     text.append(f"{final.message}\n")
     text.append(f"{final.step} steps in {duration(final.seconds)}\n")
     if final.best is not None and view.started is not None:
-        text.append(f"best {view.started.monitor} {final.best:.4f} at epoch {final.best_epoch}\n", style="green3")
+        text.append(f"best {final.monitor or view.started.monitor} {final.best:.4f} at epoch {final.best_epoch}\n",
+                    style="green3")
     if final.best_path:
         text.append(f"best: {final.best_path}\n")
     if final.last_path:

@@ -58,12 +58,14 @@ class RunHeader(Static):
         top.append_text(pace)
 
         line = Text()
-        total = view.total_steps or 1
+        total = view.total_steps
         epochs = s.epochs if s else 0
-        line.append(f" epoch {view.epoch}/{epochs}  step {view.step}/{view.total_steps} ")
-        width = max(10, min(40, self.size.width - 60))  # leave room for a warning badge
-        line.append_text(bar(view.step / total, width))
-        line.append(f" {100 * view.step / total:3.0f}% ")
+        of_epochs, of_steps = f"/{epochs}" if epochs else "", f"/{total}" if total else ""
+        line.append(f" epoch {view.epoch}{of_epochs}  step {view.step}{of_steps} ")
+        if total:  # unknown (a loader with no len, a loop without run.epochs): no bar to fill
+            width = max(10, min(40, self.size.width - 60))  # leave room for a warning badge
+            line.append_text(bar(view.step / total, width))
+            line.append(f" {100 * view.step / total:3.0f}% ")
         for badge in view.badges[:2]:
             line.append(f" ⚠ {badge} ", style="bold black on yellow")
         joined = Text("\n").join([top, line])
