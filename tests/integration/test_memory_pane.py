@@ -207,3 +207,26 @@ async def test_the_header_of_a_run_of_unknown_length_shows_no_total_and_no_bar(e
         await until(pilot, lambda: not app.redraw_pending, "drawn")
         second = "".join(s.text for s in app.screen._compositor.render_strips()[1])
     assert says in second and "%" not in second and "/0" not in second, second
+
+
+@sync
+async def test_the_lr_pane_of_a_run_of_unknown_length_draws_its_history_and_breaks_its_note_between_words():
+    """No plan (a loader with no len): the x axis grows with the run, so the LR history is drawn (it
+    was drawn on 0..1, off the chart), and the note breaks between words."""
+    events = history()
+    first = next(i for i, e in enumerate(events) if isinstance(e, ev.RunStarted))
+    s = events[first]
+    plan = ev.LrPlan(s.plan.groups, (0,), tuple((lrs[0],) for lrs in s.plan.lrs), 0, True,
+                     "not plannable: the loader has no length")
+    events[first] = dataclasses.replace(s, total_steps=0, steps_per_epoch=0, plan=plan)
+    app = TrainerApp(ReplayLink(events))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: not app.redraw_pending, "drawn")
+        pane = app.query_one("#lr-plot")
+        region = pane.content_region
+        lines = ["".join(s.text for s in strip) for strip in app.screen._compositor.render_strips()]
+        plot = [line[region.x:region.right] for line in lines[region.y:region.bottom]]
+    text = "\n".join(plot)
+    assert "length)" in text and "leng\n" not in text, text
+    dots = sum(1 for line in plot[3:-2] for ch in line.split("┤", 1)[-1] if "\u2801" <= ch <= "\u28ff")
+    assert dots > 10, text  # the "actual" line across the chart

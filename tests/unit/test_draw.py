@@ -42,6 +42,15 @@ def test_the_legend_is_one_line_when_it_fits_and_whole_entries_on_more_lines_whe
             assert label in words
 
 
+def test_a_note_longer_than_the_pane_breaks_between_words():
+    """"now (not plannable: the loader has no length)" in a 46-column pane: it read "...no leng" / "th)"."""
+    now = "now (not plannable: the loader has no length)"
+    for width in (44, 30, 20):
+        lines = _legend([("actual", "green3")], now, width).plain.split("\n")
+        assert all(len(line) <= width for line in lines), (width, lines)
+        assert " ".join(line.strip(" │━") for line in lines).split() == ["actual", *now.split()]
+
+
 def test_thin_keeps_the_last_point():
     xs, ys = thin(list(range(1000)), list(range(1000)), 50)
     assert len(xs) <= 52 and xs[-1] == 999 and ys[-1] == 999

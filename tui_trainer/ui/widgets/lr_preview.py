@@ -4,6 +4,8 @@ shows its history, the current value and its patience counter."""
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
@@ -37,7 +39,8 @@ def _legend(items: list[tuple[str, str]], now: str, width: int) -> Text:
             out.append(t)
         marker = Text(no_wrap=True)
         marker.append("│ ", style="red")
-        marker.append(now)
+        # a note longer than the pane ("now (not plannable: ...)") breaks between words, never inside one
+        marker.append("\n  ".join(textwrap.wrap(now, max(10, width - 2))) if len(now) + 2 > width else now)
         return [*out, marker]
 
     for short in (False, True):
@@ -54,6 +57,11 @@ def _legend(items: list[tuple[str, str]], now: str, width: int) -> Text:
     text.no_wrap = True
     text.overflow = "ellipsis"
     return text
+
+
+def _x_end(view: RunView) -> int:
+    """The plot's last step: the run's; a run of unknown length (a loader with no len) grows with it."""
+    return max(view.started.plan.total_steps, view.step, 1)
 
 
 class LrPane(Vertical):
@@ -80,7 +88,7 @@ class LrPane(Vertical):
         # Redraw only when something visible moved: the marker's column, the history, a manual
         # change, the size.
         history = view.lr_history[0] if view.lr_history else None
-        signature = (s, view.manual_factor, width, height, int(view.step * width / max(1, s.plan.total_steps)),
+        signature = (s, view.manual_factor, width, height, int(view.step * width / _x_end(view)),
                      (len(history) // 8, history.stride) if history else None)
         if signature == getattr(self, "_drawn", None):
             return
@@ -109,7 +117,7 @@ class LrPane(Vertical):
         text = _legend(legend, "now" if not plan.adaptive else f"now ({why})", width)
         rows = text.plain.count("\n") + 1
         text.append("\n")
-        text.append_text(braille_plot(series, width, max(2, height - rows), (0, max(plan.total_steps, 1)),
+        text.append_text(braille_plot(series, width, max(2, height - rows), (0, _x_end(view)),
                                       (0.0, top * 1.05), marker=(view.step, "red")))
         return text
 
