@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import tui_trainer
 from tests.helpers.user_code import Blobs
+from tui_trainer.run.catalog import summarize
+from tui_trainer.run.history import open_runs
 from tui_trainer.engine.commands import Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
 
 pytestmark = pytest.mark.timeout(120)
@@ -597,6 +599,10 @@ def test_epochs_without_the_monitored_number_are_never_judged_by_a_loss_for_an_a
     ends = kinds(tmp_path / "plain", "EpochEnd")
     assert [(e["monitor"], e["best"], e["best_epoch"]) for e in ends] == [
         ("train_loss", 2.0, 1), ("train_loss", 1.0, 2), ("train_loss", 1.0, 2)]
+    assert events(tmp_path / "plain")[-1]["monitor"] == "train_loss"
+    # what `ls` and `compare` name the best by
+    assert [summarize(tmp_path / d).monitor for d in ("acc", "plain")] == ["val_acc", "train_loss"]
+    assert [r.monitor for r in open_runs([tmp_path / "acc", tmp_path / "plain"])] == ["val_acc", "train_loss"]
 
 
 # --------------------------------------------------------------------------- bad input

@@ -59,6 +59,7 @@ def summarize(run_dir: Path) -> RunSummary | None:
     if started is None:
         return None
     state, step, epoch, best, best_epoch = "dead", started.get("start_step", 0), None, None, None
+    monitor = started.get("monitor")
     final = None
     for record in records:
         kind = record.get("kind")
@@ -67,17 +68,20 @@ def summarize(run_dir: Path) -> RunSummary | None:
             state = record["state"]
         elif kind == "EpochEnd":
             epoch, best, best_epoch = record["epoch"], record.get("best"), record.get("best_epoch")
+            if record.get("improved") and record.get("monitor"):
+                monitor = record["monitor"]  # what the best is: train_loss in an epoch without its monitor
         elif kind == "StepReport":
             epoch = record.get("epoch", epoch)
         elif kind in ("Finished", "Failed"):
             final = record
+            monitor = record.get("monitor") or monitor
     sock = live_socket(run_dir) if final is None else None
     if final is not None:
         state = "failed" if final["kind"] == "Failed" else final["status"]
     elif sock is None:
         state = "dead"  # no final event and nobody serving: killed, or the machine went down
     return RunSummary(run_dir, started["run_name"], state, step, started.get("total_steps"), epoch,
-                      started.get("epochs"), started.get("monitor"), best, best_epoch, sock is not None,
+                      started.get("epochs"), monitor, best, best_epoch, sock is not None,
                       started.get("time", 0.0))
 
 

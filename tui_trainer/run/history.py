@@ -211,7 +211,8 @@ class RunHistory:
                     if value is not None:
                         self.curves.setdefault(name, Curve()).add(epoch, value)
                 self.step, self.epoch = step, epoch
-                self.monitor = r.get("monitor") or self.monitor
+                if r.get("improved") and r.get("monitor"):  # what the best is (train_loss for an epoch
+                    self.monitor = r["monitor"]  # without its monitored number: stopping.monitored)
                 self.best, self.best_epoch = _float(r.get("best")), r.get("best_epoch")
                 return True
             if kind == "RunStarted":
@@ -236,6 +237,7 @@ class RunHistory:
                 self.step = int(r.get("step", self.step))
                 if r.get("best") is not None:
                     self.best, self.best_epoch = _float(r.get("best")), r.get("best_epoch")
+                    self.monitor = r.get("monitor") or self.monitor
                 return True
             if kind == "Failed":
                 self.final, self.state = True, "failed"
