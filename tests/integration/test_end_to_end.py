@@ -153,7 +153,7 @@ def test_every_event_kind_round_trips_through_events_jsonl(tiny_preset, tmp_path
     assert len(lines) == len(out.events)
     for line, event in zip(lines, out.events):
         assert from_json(json.loads(line)) == event  # the same frozen dataclass: tuples, nested records
-    # Printed: only the user's own loop prints (tui_trainer.loop; tests/integration/test_loop_api.py)
-    assert {e.kind for e in out.events} == set(EVENT_TYPES) - {"EpochEnd", "Finished", "Printed"}
+    # Printed and LayerShapes: only tui_trainer.loop's (tests/integration/test_loop_api.py)
+    assert {e.kind for e in out.events} == set(EVENT_TYPES) - {"EpochEnd", "Finished", "Printed", "LayerShapes"}
     assert any(isinstance(e, StepReport) for e in out.events) and isinstance(out.events[0], RunStarted)
     assert not out.of(EpochEnd)

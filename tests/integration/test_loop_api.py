@@ -187,6 +187,51 @@ def test_a_loader_with_no_len_says_so_and_gets_an_eta_after_its_first_epoch(tmp_
     assert (started["total_steps"], started["steps_per_epoch"]) == (0, 0)
 
 
+def test_the_layer_table_gets_its_output_shapes_from_the_loops_first_forward(tmp_path, one_torch_thread):
+    """RunStarted has no output shapes (no batch at start); the loop's own first forward gives them
+    (LayerShapes, before the first report), with no extra forward (BatchNorm's statistics are the
+    loop's alone) and no hook left on the model. A model whose parts are called one by one (a
+    ModuleDict) gets them at the first report."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.BatchNorm1d(4), nn.Flatten(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader([(torch.randn(1, 8), i % 3) for i in range(48)], batch_size=16)
+    forwards = []
+    model[1].register_forward_hook(lambda *_: forwards.append(1))
+
+    def train(run):
+        for _ in run.epochs(2):
+            for x, y in run.batches(loader):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                run.log(loss=loss)
+
+    assert tui_trainer.loop(train, model=model, optimizer=opt, run_dir=tmp_path / "run", **QUIET) == 0
+    ev = events(tmp_path / "run")
+    started = ev[0]
+    assert [row["out_shape"] for row in started["layers"]] == [None, None, None]
+    shapes = [e for e in ev if e["kind"] == "LayerShapes"]
+    assert len(shapes) == 1 and shapes[0]["shapes"] == [[16, 4, 8], [16, 4, 8], [16, 3]]
+    kinds_in_order = [e["kind"] for e in ev]
+    assert kinds_in_order.index("LayerShapes") < kinds_in_order.index("StepReport")
+    assert len(forwards) == 6 and model[1].num_batches_tracked.item() == 6  # the loop's 6 batches alone
+    assert all(len(m._forward_hooks) == (1 if m is model[1] else 0) for m in model.modules())
+
+    parts = nn.ModuleDict({"a": nn.Linear(4, 8), "b": nn.Linear(8, 3)})
+    t = Textbook(epochs=1)
+
+    def by_parts(run):
+        for x, y in run.batches(t.loader):
+            run.log(loss=nn.functional.cross_entropy(parts["b"](parts["a"](x)), y).item())
+
+    assert tui_trainer.loop(by_parts, model=parts, run_dir=tmp_path / "parts", **QUIET) == 0
+    shapes = kinds(tmp_path / "parts", "LayerShapes")
+    assert len(shapes) == 1 and shapes[0]["shapes"] == [[16, 8], [16, 3]] and shapes[0]["step"] == 1
+    assert not any(m._forward_hooks for m in parts.modules())
+
+
 def test_checkpoint_settings_and_keep_last(tmp_path, one_torch_thread):
     t = Textbook(epochs=4)
     assert t.loop(tmp_path, keep_last=1, every_steps=5) == 0

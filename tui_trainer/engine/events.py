@@ -156,6 +156,15 @@ class LayerStats(Event):
 
 
 @dataclass(frozen=True)
+class LayerShapes(Event):
+    """Per layer row (aligned with RunStarted.layers): its output shape, for a run whose RunStarted
+    had none (tui_trainer.loop has no batch at start: the shapes come from its first forward)."""
+
+    step: int
+    shapes: tuple[tuple[int, ...] | None, ...]
+
+
+@dataclass(frozen=True)
 class EpochEnd(Event):
     epoch: int  # the epoch that ended (1-based); `step` is its last step
     step: int
@@ -250,7 +259,7 @@ class Failed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (RunStarted, StateChanged, StepReport, LayerStats, EpochEnd, LrChanged, TrainableChanged,
+    for cls in (RunStarted, StateChanged, StepReport, LayerStats, LayerShapes, EpochEnd, LrChanged, TrainableChanged,
                 CheckpointSaved, RunWarning, Printed, Finished, Failed)
 }
 

@@ -108,13 +108,13 @@ from tui_trainer.config import Preset, resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
 from tui_trainer.engine.commands import Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.distributed import Dist
-from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed, Finished, LayerStats, LrChanged,
+from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed, Finished, LayerShapes, LayerStats, LrChanged,
                                        Printed, RunStarted, RunWarning, StateChanged, StepReport, TrainableChanged)
 from tui_trainer.engine.probes import MemoryProbe
 from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
 from tui_trainer.engine.stopping import Best, EarlyStopping, monitored
 from tui_trainer.errors import UserError, did_you_mean
-from tui_trainer.parts.layers import layer_rows, matches, trainable_state
+from tui_trainer.parts.layers import first_tensor, layer_rows, matches, trainable_state
 from tui_trainer.parts.optim import LrPlan, LrSchedule
 
 SOURCE = "loop"
@@ -526,6 +526,8 @@ class Run:
         self._warned_no_epochs = False
         self._iterator = None  # the DataLoader iterator run.batches is on (its workers: kill_workers)
         self._capture = None
+        self._shape_hooks: list = []  # forward hooks taking the output shapes from the first forward
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
         # reports
         self._pending: list[Any] = []  # the losses since the last report: tensors (as logged) or floats
@@ -742,6 +744,7 @@ class Run:
             self._capture.stop()
             for h in self._stats_hooked:
                 h.remove()
+            self._unhook_shapes()  # a loop that ended before its first forward
             if undo is not None:
                 undo()
 
@@ -948,6 +951,8 @@ class Run:
             self._stats_due = True
         if self._capture is not None:
             self._capture.ensure()
+        if self._shape_hooks:
+            self._shapes_seen()
 
     def _input_bound(self, share: float, now: float) -> None:
         """Warn once when the loop waited for its batches more than INPUT_BOUND of the time for
@@ -1118,6 +1123,8 @@ class Run:
         early, self._early_events = self._early_events, []
         for event in early:
             self._emit(event)
+        if loader is not None:
+            self._watch_shapes()
         self._set_state("running")
 
     def _plan(self, total: int, names: list[str]) -> LrPlan:
@@ -1249,6 +1256,44 @@ class Run:
         except AttributeError:  # an optimizer without step hooks
             self._stats = None
             return []
+
+    # ------------------------------------------------------------------ output shapes
+
+    def _watch_shapes(self) -> None:
+        """The layer table's output column: RunStarted has none (no batch at start, and a dry forward
+        of the user's model would move its BatchNorm statistics and its RNG), so forward hooks take
+        each row's first output shape from the loop's own first forward. When the model's forward
+        returns, or at the first report if it is never called whole (its parts called one by one),
+        one LayerShapes goes out and the hooks are removed. A compiled model is left alone (a hook
+        would cost it a second compilation)."""
+        if hasattr(self.model, "_orig_mod") or getattr(self.model, "_compiled_call_impl", None) is not None:
+            return
+        rows = {r.name for r in self._layers}
+        shapes = self._shapes
+
+        def hook(name):
+            def record(_module, _inputs, output):
+                if name not in shapes:
+                    tensor = first_tensor(output)
+                    if tensor is not None:
+                        shapes[name] = tuple(tensor.shape)
+            return record
+
+        try:
+            self._shape_hooks = [m.register_forward_hook(hook(n)) for n, m in self.model.named_modules() if n in rows]
+            self._shape_hooks.append(self.model.register_forward_hook(lambda *_: self._shapes_seen()))
+        except RuntimeError:  # a module that takes no hooks (a scripted one): the column stays empty
+            self._unhook_shapes()
+
+    def _shapes_seen(self) -> None:
+        self._unhook_shapes()
+        if self._shapes:
+            self._emit(LayerShapes(self.step, tuple(self._shapes.get(r.name) for r in self._layers)))
+
+    def _unhook_shapes(self) -> None:
+        for handle in self._shape_hooks:
+            handle.remove()
+        self._shape_hooks = []
 
     # ------------------------------------------------------------------ plumbing
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tui_trainer.engine.commands import Control
 from tui_trainer.engine.commands import from_json as command_from_json
-from tui_trainer.engine.events import EpochEnd, Event, LayerStats, Printed, RunStarted, StepReport
+from tui_trainer.engine.events import EpochEnd, Event, LayerShapes, LayerStats, Printed, RunStarted, StepReport
 from tui_trainer.errors import UserError
 
 INFO = "control.json"
@@ -83,7 +83,7 @@ def _connectable(path: Path) -> bool:
 
 class Replay:
     """What a viewer gets on connect, bounded whatever the run's length, in the original order:
-    everything up to RunStarted; the latest layer stats; reports (the last RECENT_REPORTS in full,
+    everything up to RunStarted; the latest layer stats and output shapes; reports (the last RECENT_REPORTS in full,
     older ones thinned to MAX_OLD_REPORTS); epoch ends likewise (RECENT_EPOCHS / MAX_OLD_EPOCHS);
     and the last MAX_OTHER of every other event (checkpoints, LR and freeze changes, warnings,
     states). A change of trainable state carries the whole map, so the latest one is enough.
@@ -97,6 +97,7 @@ class Replay:
         self.other: deque[tuple[int, bytes]] = deque(maxlen=MAX_OTHER)
         self.printed: deque[tuple[int, bytes]] = deque(maxlen=MAX_PRINTED)
         self.stats: tuple[int, bytes] | None = None
+        self.shapes: tuple[int, bytes] | None = None
         self._started = False
         self._seq = 0
 
@@ -121,12 +122,14 @@ class Replay:
                 self.epochs = _thinned(self.epochs, item, RECENT_EPOCHS, MAX_OLD_EPOCHS)
             case LayerStats():
                 self.stats = item
+            case LayerShapes():
+                self.shapes = item  # once a run; kept out of `other`, which a long run can fill
             case _:
                 self.other.append(item)
 
     def lines(self) -> bytes:
         merged = sorted(self.head + self.reports + self.epochs + list(self.other) + list(self.printed)
-                        + ([self.stats] if self.stats else []))
+                        + ([self.stats] if self.stats else []) + ([self.shapes] if self.shapes else []))
         return b"".join(x if isinstance(x, bytes) else (x.json_line + "\n").encode() for _, x in merged)
 
 

@@ -9,6 +9,7 @@ fixed-size deques.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from array import array
@@ -20,6 +21,7 @@ from tui_trainer.engine.events import (
     Event,
     Failed,
     Finished,
+    LayerShapes,
     LayerStats,
     LrChanged,
     MemorySample,
@@ -174,6 +176,8 @@ class RunView:
                 self._on_step_report(event)
             case LayerStats():
                 self._on_layer_stats(event)
+            case LayerShapes():
+                self._on_layer_shapes(event)
             case RunStarted():
                 self._on_run_started(event)
             case StateChanged():
@@ -237,6 +241,15 @@ class RunView:
         if self.machine.add(e):
             self.dirty.add("memory")
         self.dirty |= {"header", "loss", "lr"}
+
+    def _on_layer_shapes(self, e: LayerShapes) -> None:
+        """The output column, filled after the start (a loop's first forward): a new RunStarted of the
+        same rows, so every pane that draws from it draws again."""
+        if self.started is None or len(e.shapes) != len(self.started.layers):
+            return
+        layers = tuple(dataclasses.replace(row, out_shape=shape) for row, shape in zip(self.started.layers, e.shapes))
+        self.started = dataclasses.replace(self.started, layers=layers)
+        self.dirty.add("layers")
 
     def _on_layer_stats(self, e: LayerStats) -> None:
         self.grad_norm, self.update_ratio = e.grad_norm, e.update_ratio

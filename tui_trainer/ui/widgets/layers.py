@@ -88,6 +88,11 @@ class LayerTable(ScrollView, can_focus=True):
         self.expanded = set(self.has_children) if len(layers) <= 24 else set()
         self.rebuild()
 
+    def set_shapes(self, layers: tuple[LayerInfo, ...]) -> None:
+        """The same rows with their output shapes: redrawn, the expanded blocks and the cursor kept."""
+        self.rows_info = layers
+        self.rebuild()
+
     def set_trainable(self, trainable: tuple[bool | None, ...]) -> None:
         self.trainable = trainable
         self._redraw_changed()
@@ -297,8 +302,14 @@ class LayersPane(Vertical):
             table.set_stats(view.grad_norm, view.update_ratio)
             return
         if view.started is not None and view.started is not self._layers_for:
+            same_rows = self._layers_for is not None and [r.name for r in self._layers_for.layers] == [
+                r.name for r in view.started.layers]
             self._layers_for = view.started
-            table.set_layers(view.started.layers, view.trainable)
+            if same_rows:  # the output shapes came (LayerShapes): the tree stays as the user opened it
+                table.set_shapes(view.started.layers)
+                table.set_trainable(view.trainable)
+            else:
+                table.set_layers(view.started.layers, view.trainable)
         else:
             table.set_trainable(view.trainable)
         total = view.params_total or 1
