@@ -14,7 +14,8 @@ Conventions, the same in every event:
 - `best_epoch`: the 1-based number of the completed epoch that set the best value.
 
 Fields added later have defaults, so an older events.jsonl still loads: RunStarted's `world`,
-`nodes` and `hosts` (a run of many ranks), StepReport's `ranks` (every rank's memory).
+`nodes` and `hosts` (a run of many ranks), StepReport's `ranks` (every rank's memory), Finished's
+`monitor` (what its best value is).
 """
 
 from __future__ import annotations
@@ -259,8 +260,8 @@ class Failed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (RunStarted, StateChanged, StepReport, LayerStats, LayerShapes, EpochEnd, LrChanged, TrainableChanged,
-                CheckpointSaved, RunWarning, Printed, Finished, Failed)
+    for cls in (RunStarted, StateChanged, StepReport, LayerStats, LayerShapes, EpochEnd, LrChanged,
+                TrainableChanged, CheckpointSaved, RunWarning, Printed, Finished, Failed)
 }
 
 

@@ -108,8 +108,9 @@ from tui_trainer.config import Preset, resolve_mode
 from tui_trainer.engine import checkpoint as ckpt
 from tui_trainer.engine.commands import Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.distributed import Dist
-from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed, Finished, LayerShapes, LayerStats, LrChanged,
-                                       Printed, RunStarted, RunWarning, StateChanged, StepReport, TrainableChanged)
+from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed, Finished, LayerShapes, LayerStats,
+                                       LrChanged, Printed, RunStarted, RunWarning, StateChanged, StepReport,
+                                       TrainableChanged)
 from tui_trainer.engine.probes import MemoryProbe
 from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
 from tui_trainer.engine.stopping import Best, EarlyStopping, monitored
