@@ -656,6 +656,8 @@ def test_epochs_without_the_monitored_number_are_never_judged_by_a_loss_for_an_a
 @pytest.mark.parametrize("call, says", [
     (dict(model="a model"), "loop: model: is a str; give the torch.nn.Module"),
     (dict(optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)), "loop: optimizer: holds none of"),
+    (dict(optimizer=[torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)] * 2),
+     "loop: optimizer: is 2 optimizers; loop takes one: give the one the LR keys should act on"),
     (dict(batch_size=32), "loop: data.batch_size: is not a setting of loop"),
     (dict(epochs=3), "give the epochs to run.epochs(n)"),
     (dict(log_evry=3), 'loop: log_evry: unknown setting; did you mean "log_every"?'),

@@ -224,6 +224,11 @@ def _check_objects(train_fn, model, optimizer, scheduler) -> None:
     if not any(True for _ in model.parameters()):
         raise _error("model", "has no parameters")
     if optimizer is not None:
+        if isinstance(optimizer, (list, tuple)) and optimizer and all(
+                isinstance(o, torch.optim.Optimizer) for o in optimizer):
+            raise _error("optimizer", f"is {len(optimizer)} optimizers; loop takes one: give the one the LR keys"
+                                      " should act on (its state is saved and resumed; the others' are yours"
+                                      " to save)")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise _error("optimizer", f"is a {type(optimizer).__name__}; give the torch.optim.Optimizer your loop"
                                       " steps (or leave it out)")
