@@ -136,3 +136,25 @@ def test_rows_follow_the_layer_table_not_the_parameter_order():
     opt.step()
     grad, _ = probe.after_step()
     assert grad == pytest.approx((math.sqrt(485), 11.0, math.sqrt(20), math.sqrt(141)), rel=1e-6)
+
+
+def test_a_parameter_another_optimizer_moves_has_a_grad_norm_but_no_ratio():
+    """A loop given one of two optimizers (a GAN's): the rows it does not step show ‖grad‖ and "-"
+    for |dw|/|w| (a false 0 before); a row it steps in part counts that part."""
+    model = hand_model()
+    rows = layer_rows(model)
+    mine = torch.optim.SGD([model.body[0].weight, model.head.weight], lr=0.5)
+    other = torch.optim.SGD([model.body[1].weight, model.head.bias], lr=0.5)
+    probe = UpdateProbe(model, rows, mine)
+    model(torch.tensor(((1.0, 2.0),))).sum().backward()
+    probe.before_step()
+    mine.step()
+    grad, ratio = probe.after_step()
+    other.step()  # (after the probe's read, as a GAN's second update)
+    by = dict(zip([r.name for r in rows], zip(grad, ratio)))
+    assert all(g is not None and g > 0 for g in grad)
+    assert by["body.1"][1] is None and by["body.0"][1] > 0
+    # body: body.0 alone (|w| 5, its update 0.5 * |grad|); head: its weight alone (|w| 1, grad = the
+    # body's output 2 * (3 + 8) = 22), not the bias, which the other optimizer moves
+    g0 = by["body.0"][0]
+    assert by["body"][1] == pytest.approx(0.5 * g0 / 5, rel=1e-5) and by["head"][1] == pytest.approx(11.0, rel=1e-5)

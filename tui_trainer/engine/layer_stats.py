@@ -13,13 +13,19 @@ from tui_trainer.parts.layers import LayerInfo, matches
 
 
 class UpdateProbe:
-    def __init__(self, model: nn.Module, layers: tuple[LayerInfo, ...]):
+    """`optimizer`: the one whose step is timed (hooks around it); a parameter it does not hold is
+    moved by another optimizer or by nothing, so it counts in ‖grad‖ but not in |dw|/|w| (a row of
+    such parameters alone has no ratio: "-", not a false 0). None: every parameter."""
+
+    def __init__(self, model: nn.Module, layers: tuple[LayerInfo, ...], optimizer=None):
         named = list(model.named_parameters())
         self.params = [p for _, p in named]
         # membership[r, i] = 1 when parameter i lies in the subtree of layer row r
         self.membership = torch.tensor(
             [[1.0 if matches(n, row.name) else 0.0 for n, _ in named] for row in layers]
         )
+        held = None if optimizer is None else {id(p) for g in optimizer.param_groups for p in g["params"]}
+        self.stepped = torch.tensor([1.0 if held is None or id(p) in held else 0.0 for p in self.params])
         self._before: list[torch.Tensor] | None = None
         self._grad_sq: torch.Tensor | None = None
         self._live: list[int] = []
@@ -48,8 +54,10 @@ class UpdateProbe:
             stacked = torch.stack([self._grad_sq, d_sq, w_sq]).cpu()  # the one host sync
         self._before = None
         m = self.membership[:, self._live]
-        grad_sq, upd_sq, weight_sq = (m @ stacked.T).T
-        has = m.sum(dim=1) > 0
+        grad_sq = m @ stacked[0]
+        stepped = m * self.stepped[self._live]  # the ratio counts what this optimizer moves
+        upd_sq, weight_sq = stepped @ stacked[1], stepped @ stacked[2]
+        has, moved = m.sum(dim=1) > 0, stepped.sum(dim=1) > 0
         grad = [float(g.sqrt()) if h else None for g, h in zip(grad_sq, has)]
-        ratio = [float((u / w).sqrt()) if h and w > 0 else None for u, w, h in zip(upd_sq, weight_sq, has)]
+        ratio = [float((u / w).sqrt()) if h and w > 0 else None for u, w, h in zip(upd_sq, weight_sq, moved)]
         return tuple(grad), tuple(ratio)

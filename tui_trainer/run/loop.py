@@ -1237,7 +1237,7 @@ class Run:
         from the user's own optimizer.step() (hooks on this optimizer, removed when the loop ends)."""
         from tui_trainer.engine.layer_stats import UpdateProbe
 
-        self._stats = UpdateProbe(self.model, self._layers)
+        self._stats = UpdateProbe(self.model, self._layers, self.optimizer)
         taking = [False]
 
         def before(optimizer, args, kwargs):
