@@ -83,8 +83,9 @@ def _connectable(path: Path) -> bool:
 
 class Replay:
     """What a viewer gets on connect, bounded whatever the run's length, in the original order:
-    everything up to RunStarted; the latest layer stats and output shapes; reports (the last RECENT_REPORTS in full,
-    older ones thinned to MAX_OLD_REPORTS); epoch ends likewise (RECENT_EPOCHS / MAX_OLD_EPOCHS);
+    everything up to RunStarted; the latest layer stats and output shapes; reports (the last
+    RECENT_REPORTS in full, older ones thinned to MAX_OLD_REPORTS); epoch ends likewise (RECENT_EPOCHS /
+    MAX_OLD_EPOCHS);
     and the last MAX_OTHER of every other event (checkpoints, LR and freeze changes, warnings,
     states). A change of trainable state carries the whole map, so the latest one is enough.
     What a user loop printed (Printed) has a queue of its own (the last MAX_PRINTED, before
