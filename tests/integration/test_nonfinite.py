@@ -105,18 +105,19 @@ def test_stop_mode_adds_no_host_sync_per_step_on_cuda(tmp_path, monkeypatch):
     from tui_trainer import config
     from tui_trainer.parts import build
     from tui_trainer.engine.trainer import Trainer
+    from tui_trainer.parts.step import to_device
 
     preset = config.load(write_preset(tmp_path / "p.toml", train={"device": "cuda", "log_every": 5, "amp": "bf16"},
                                       checkpoint={"every_epochs": 0}))
     parts = build(preset)
     real_step = Trainer._step
 
-    def strict_step(self, x, y):
-        x, y = x.to(self.device), y.to(self.device)  # the copy from pageable memory syncs; not ours
+    def strict_step(self, batch):
+        batch = to_device(batch, self.device)  # the copy from pageable memory syncs; not ours
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            real_step(self, x, y)
+            return real_step(self, batch)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
