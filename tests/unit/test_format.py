@@ -62,12 +62,13 @@ def test_epoch_end_line_lists_the_metrics_best_and_patience():
 
 
 def test_epoch_end_without_improvement_is_info_and_leaves_out_what_is_missing():
+    """Without validation (no val_loss) there is no validation time to show either."""
     e = epoch_end(2, train_loss=0.7, val_loss=None, val_acc=None, monitor="train_loss", best=0.6, best_epoch=1,
                   improved=False, bad_epochs=1, patience=None, seconds=0.0)
-    assert event_line(e) == ("epoch 2 done: train_loss 0.7000 | best train_loss 0.6000 @ epoch 1 | 0.0s val", "info")
+    assert event_line(e) == ("epoch 2 done: train_loss 0.7000 | best train_loss 0.6000 @ epoch 1", "info")
     bare = epoch_end(1, train_loss=None, val_loss=None, val_acc=None, best=None, best_epoch=None, improved=False,
                      bad_epochs=2, patience=5, seconds=2.0)
-    assert event_line(bare) == ("epoch 1 done: | no improvement 2/5 | 2.0s val", "info")
+    assert event_line(bare) == ("epoch 1 done: | no improvement 2/5", "info")
 
 
 def test_checkpoint_line_shows_the_path_relative_to_the_run_dir():

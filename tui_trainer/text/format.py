@@ -136,7 +136,8 @@ def event_line(event, started=None) -> tuple[str, str] | None:
                 parts.append(f"| best {event.monitor} {event.best:.4f} @ epoch {event.best_epoch}")
             if event.patience:
                 parts.append(f"| no improvement {event.bad_epochs}/{event.patience}")
-            parts.append(f"| {event.seconds:.1f}s val")
+            if event.val_loss is not None:  # the validation's time; a run without validation has none
+                parts.append(f"| {event.seconds:.1f}s val")
             return " ".join(parts), "good" if event.improved else "info"
         case CheckpointSaved():
             return (f"checkpoint {short(event.path)} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
