@@ -153,7 +153,8 @@ def test_every_event_kind_round_trips_through_events_jsonl(tiny_preset, tmp_path
     assert len(lines) == len(out.events)
     for line, event in zip(lines, out.events):
         assert from_json(json.loads(line)) == event  # the same frozen dataclass: tuples, nested records
-    # Printed and LayerShapes: only tui_trainer.loop's (tests/integration/test_loop_api.py)
-    assert {e.kind for e in out.events} == set(EVENT_TYPES) - {"EpochEnd", "Finished", "Printed", "LayerShapes"}
+    # Printed, LayerShapes and LrPlanned: only tui_trainer.loop's (tests/integration/test_loop_api.py)
+    assert {e.kind for e in out.events} == set(EVENT_TYPES) - {"EpochEnd", "Finished", "Printed", "LayerShapes",
+                                                               "LrPlanned"}
     assert any(isinstance(e, StepReport) for e in out.events) and isinstance(out.events[0], RunStarted)
     assert not out.of(EpochEnd)

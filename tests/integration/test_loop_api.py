@@ -680,3 +680,40 @@ def test_the_public_names(tmp_path):
     assert tui_trainer.loop.__doc__ and tui_trainer.Run.__doc__ and tui_trainer.seeded_loader.__doc__
     for name in ("epochs", "batches", "log", "log_epoch"):
         assert getattr(tui_trainer.Run, name).__doc__
+
+
+def test_a_loader_with_no_len_gets_its_lr_plan_after_its_first_epoch(tmp_path, capsys, one_torch_thread):
+    """No LR plan at start (no length). Once the first epoch has shown 6 batches, one LrPlanned plans
+    3 epochs of 6 with the user's scheduler (StepLR, per epoch); the log says so, the LR pane then
+    draws it, and an attached viewer's replay keeps it however long the run."""
+    from tui_trainer.engine.events import RunWarning
+    from tui_trainer.run.rundir import read_events
+    from tui_trainer.run.server import MAX_OTHER, Replay
+    from tui_trainer.ui.view import RunView
+
+    t = Textbook(epochs=3, loader=DataLoader(_BlobStream(), batch_size=16),
+                 sched=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    assert t.loop(tmp_path) == 0
+    assert "LR plan made for 18 steps, each epoch as long as the first (6 batches)" in capsys.readouterr().out
+    ev = events(tmp_path / "run")
+    assert ev[0]["plan"]["note"] == "not plannable: the loader has no length"
+    planned = [e for e in ev if e["kind"] == "LrPlanned"]
+    assert [(e["step"], e["steps_per_epoch"]) for e in planned] == [(6, 6)]
+    plan = planned[0]["plan"]
+    assert (plan["total_steps"], plan["adaptive"], plan["note"]) == (18, False, "")
+    lrs = plan["lrs"][0]
+    assert sorted(set(lrs), reverse=True) == pytest.approx([0.1, 0.05, 0.025])  # halved at each epoch's end
+    assert [e["kind"] for e in ev].index("LrPlanned") == [e["kind"] for e in ev].index("EpochEnd") + 1
+
+    typed = read_events(tmp_path / "run" / "events.jsonl")
+    view = RunView()
+    for e in typed:
+        view.apply(e)
+    assert view.started.plan.total_steps == 18 and view.started.plan.lrs[0] == tuple(lrs)
+    replay = Replay()
+    for e in typed:
+        replay.add(e)
+    for i in range(MAX_OTHER + 10):
+        replay.add(RunWarning(18, f"warning {i}"))
+    lines = replay.lines().decode().splitlines()
+    assert sum('"kind":"LrPlanned"' in line for line in lines) == 1

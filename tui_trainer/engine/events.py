@@ -166,6 +166,17 @@ class LayerShapes(Event):
 
 
 @dataclass(frozen=True)
+class LrPlanned(Event):
+    """The LR plan, made after the start, replacing RunStarted.plan: a run that could not plan at
+    start (tui_trainer.loop over a loader with no len) plans once its first epoch gave a length,
+    every epoch taken as long as that one."""
+
+    step: int
+    steps_per_epoch: int
+    plan: LrPlan
+
+
+@dataclass(frozen=True)
 class EpochEnd(Event):
     epoch: int  # the epoch that ended (1-based); `step` is its last step
     step: int
@@ -260,7 +271,7 @@ class Failed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (RunStarted, StateChanged, StepReport, LayerStats, LayerShapes, EpochEnd, LrChanged,
+    for cls in (RunStarted, StateChanged, StepReport, LayerStats, LayerShapes, LrPlanned, EpochEnd, LrChanged,
                 TrainableChanged, CheckpointSaved, RunWarning, Printed, Finished, Failed)
 }
 
@@ -290,6 +301,7 @@ def from_json(data: dict[str, Any]) -> Event:
     kwargs = {k: _tuples(v) for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
     if cls is RunStarted:
         kwargs["layers"] = tuple(LayerInfo(**_untuple_shape(d)) for d in data["layers"])
+    if cls is RunStarted or cls is LrPlanned:
         plan = dict(data["plan"])
         kwargs["plan"] = LrPlan(tuple(plan["groups"]), tuple(plan["steps"]),
                                 tuple(tuple(g) for g in plan["lrs"]), plan["total_steps"], plan["adaptive"],

@@ -109,7 +109,7 @@ from tui_trainer.engine import checkpoint as ckpt
 from tui_trainer.engine.commands import Control, Pause, Resume, SaveCheckpoint, ScaleLr, SetTrainable, Stop
 from tui_trainer.engine.distributed import Dist
 from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed, Finished, LayerShapes, LayerStats,
-                                       LrChanged, Printed, RunStarted, RunWarning, StateChanged, StepReport,
+                                       LrChanged, LrPlanned, Printed, RunStarted, RunWarning, StateChanged, StepReport,
                                        TrainableChanged)
 from tui_trainer.engine.probes import MemoryProbe
 from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
@@ -504,6 +504,8 @@ class Run:
         self._n_epochs: int | None = None
         self._steps_per_epoch = 0
         self._seen_per_epoch = 0  # a loader with no len: the batches of its last whole epoch (for the ETA)
+        self._planned_late = False  # ... and its LR plan, made once its first epoch gave a length (LrPlanned)
+        self._plan_names: list[str] = []
         self._batch_size = 0
 
         # state
@@ -874,6 +876,13 @@ class Run:
                             self._early.patience if self._early is not None else None,
                             self._schedule.plateau_status() if self._schedule is not None else None, metrics,
                             waited / wall if wall > 0 else None))
+        if (self._seen_per_epoch and self._n_epochs and not self._planned_late and self.optimizer is not None
+                and not isinstance(self._plan_from, str)):
+            # a loader with no len: now it has shown one epoch's length, plan every epoch as long
+            self._planned_late = True
+            per_epoch = self._seen_per_epoch
+            total = self._n_epochs * per_epoch
+            self._emit(LrPlanned(self.step, per_epoch, self._plan(total, self._plan_names, per_epoch)))
         cfg = self._cfg.checkpoint
         tags: list[str] = []
         if cfg.every_epochs and epoch_no % cfg.every_epochs == 0:
@@ -1113,7 +1122,7 @@ class Run:
                     + (f": {size} samples" if size is not None else "")
                     + (f", {self._steps_per_epoch} batches/epoch" if self._steps_per_epoch else ""))
         groups = self.optimizer.param_groups if self.optimizer is not None else []
-        names = [str(g.get("name", i)) for i, g in enumerate(groups)]
+        names = self._plan_names = [str(g.get("name", i)) for i, g in enumerate(groups)]
         lrs = tuple(float(g["lr"]) for g in groups)
         device_name = torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else self._device.type
         self._emit(RunStarted(
@@ -1133,7 +1142,7 @@ class Run:
             self._watch_shapes()
         self._set_state("running")
 
-    def _plan(self, total: int, names: list[str]) -> LrPlan:
+    def _plan(self, total: int, names: list[str], per_epoch: int = 0) -> LrPlan:
         from tui_trainer.parts.objects import plan_objects
 
         if self.optimizer is None:
@@ -1145,7 +1154,7 @@ class Run:
         if isinstance(self._plan_from, str):
             return LrPlan(tuple(names), (0,), lrs, total, True, self._plan_from)
         dummy, copied = self._plan_from
-        return plan_objects(dummy, copied, self._interval, 0, self._steps_per_epoch, total, names)
+        return plan_objects(dummy, copied, self._interval, 0, per_epoch or self._steps_per_epoch, total, names)
 
     def _finish(self, t0: float) -> Finished | Failed:
         if not self._started:

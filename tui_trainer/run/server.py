@@ -26,7 +26,8 @@ from pathlib import Path
 
 from tui_trainer.engine.commands import Control
 from tui_trainer.engine.commands import from_json as command_from_json
-from tui_trainer.engine.events import EpochEnd, Event, LayerShapes, LayerStats, Printed, RunStarted, StepReport
+from tui_trainer.engine.events import (EpochEnd, Event, LayerShapes, LayerStats, LrPlanned, Printed, RunStarted,
+                                      StepReport)
 from tui_trainer.errors import UserError
 
 INFO = "control.json"
@@ -99,6 +100,7 @@ class Replay:
         self.printed: deque[tuple[int, bytes]] = deque(maxlen=MAX_PRINTED)
         self.stats: tuple[int, bytes] | None = None
         self.shapes: tuple[int, bytes] | None = None
+        self.plan: tuple[int, bytes] | None = None
         self._started = False
         self._seq = 0
 
@@ -125,12 +127,14 @@ class Replay:
                 self.stats = item
             case LayerShapes():
                 self.shapes = item  # once a run; kept out of `other`, which a long run can fill
+            case LrPlanned():
+                self.plan = item  # the same
             case _:
                 self.other.append(item)
 
     def lines(self) -> bytes:
         merged = sorted(self.head + self.reports + self.epochs + list(self.other) + list(self.printed)
-                        + ([self.stats] if self.stats else []) + ([self.shapes] if self.shapes else []))
+                        + [x for x in (self.stats, self.shapes, self.plan) if x])
         return b"".join(x if isinstance(x, bytes) else (x.json_line + "\n").encode() for _, x in merged)
 
 

@@ -11,6 +11,7 @@ from tui_trainer.engine.events import (
     Failed,
     Finished,
     LrChanged,
+    LrPlanned,
     Printed,
     RunWarning,
     StateChanged,
@@ -142,6 +143,9 @@ def event_line(event, started=None) -> tuple[str, str] | None:
         case CheckpointSaved():
             return (f"checkpoint {short(event.path)} [{', '.join(event.tags)}] {human_bytes(event.bytes)}"
                     f" in {event.seconds:.2f}s", "info")
+        case LrPlanned():
+            return (f"LR plan made for {event.plan.total_steps} steps, each epoch as long as the first"
+                    f" ({event.steps_per_epoch} batches)", "info")
         case LrChanged():
             return (f"LR changed ({event.reason}): {lrs_text(event.lrs)} (manual factor x{event.manual_factor:g})",
                     "warn")

@@ -24,6 +24,7 @@ from tui_trainer.engine.events import (
     LayerShapes,
     LayerStats,
     LrChanged,
+    LrPlanned,
     MemorySample,
     RunStarted,
     RunWarning,
@@ -178,6 +179,8 @@ class RunView:
                 self._on_layer_stats(event)
             case LayerShapes():
                 self._on_layer_shapes(event)
+            case LrPlanned():
+                self._on_lr_planned(event)
             case RunStarted():
                 self._on_run_started(event)
             case StateChanged():
@@ -250,6 +253,14 @@ class RunView:
         layers = tuple(dataclasses.replace(row, out_shape=shape) for row, shape in zip(self.started.layers, e.shapes))
         self.started = dataclasses.replace(self.started, layers=layers)
         self.dirty.add("layers")
+
+    def _on_lr_planned(self, e: LrPlanned) -> None:
+        """A plan made after the start (a loop over a loader with no len, once its first epoch gave
+        a length): the LR pane draws it from now on."""
+        if self.started is None or len(e.plan.groups) != len(self.started.plan.groups):
+            return
+        self.started = dataclasses.replace(self.started, plan=e.plan)
+        self.dirty.add("lr")
 
     def _on_layer_stats(self, e: LayerStats) -> None:
         self.grad_norm, self.update_ratio = e.grad_norm, e.update_ratio
