@@ -175,3 +175,20 @@ def test_per_step_schedule_resumes_exactly(tiny_preset, tmp_path):
     second = run(preset, *OVERRIDES, resume=str(tmp_path / "a/checkpoints/last.pt"))
     assert second.of(RunStarted)[0].start_step == 10
     assert_same_state(second, reference)
+
+
+def test_ls_shows_the_length_a_resumed_run_was_given(tiny_preset, tmp_path):
+    """A run resumed into its own directory with more epochs: `ls` counts against the new length
+    (the latest RunStarted), and lists the run by when it first started."""
+    from tui_trainer.run.catalog import list_runs
+
+    preset, run_dir = tiny_preset(), tmp_path / "runs" / "a"
+    first = run(preset, "train.epochs=1", run_dir=run_dir)
+    second = run(preset, "train.epochs=2", resume=str(run_dir / "checkpoints" / "last.pt"), run_dir=run_dir)
+    assert first.final.exit_code == second.final.exit_code == 0
+    starts = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, RunStarted)]
+    assert [s.epochs for s in starts] == [1, 2]
+    [summary] = list_runs(tmp_path / "runs")
+    assert (summary.state, summary.epoch, summary.epochs) == ("completed", 2, 2)
+    assert summary.step == summary.total_steps == starts[1].total_steps == 2 * starts[0].total_steps
+    assert summary.started == starts[0].time

@@ -50,7 +50,11 @@ def _head_and_tail(path: Path, tail_bytes: int = 256 * 1024) -> tuple[dict | Non
         except ValueError:
             continue  # a torn last line of a killed writer
     head = records[0] if records and records[0].get("kind") == "RunStarted" else None
-    started = next((r for r in records if r.get("kind") == "RunStarted"), head)
+    # a resumed run appends a RunStarted of its own (its epochs and length may be new): the latest
+    # one the tail holds; the first line's when the tail holds none
+    started = next((r for r in reversed(records) if r.get("kind") == "RunStarted"), head)
+    if started is not None and head is not None and started is not head:
+        started = {**started, "time": head.get("time", 0.0)}  # listed by when the run first started
     return started, records
 
 
