@@ -316,3 +316,32 @@ def test_a_chatty_loop_cannot_push_the_rare_events_out_of_the_replay():
     printed = [x for x in lines if x.startswith("p")]
     assert "h0" in lines and "t1" in lines  # the freeze survives 20,000 printed lines
     assert len(printed) == MAX_PRINTED and printed[-1] == "p19999"
+
+
+def test_ls_shows_a_long_live_run_as_running(tmp_path, monkeypatch):
+    """A live run whose last change of state lies before the tail `ls` reads (a long run's
+    events.jsonl): running and attachable, not dead; and a run resumed into the directory of a
+    finished one is not shown as finished while it trains."""
+    from tui_trainer.run import catalog
+
+    run = tmp_path / "run"
+    proc = start_run(tmp_path, held_preset(tmp_path), run)
+    try:
+        wait_until(lambda: (tmp_path / "ready").exists(), "held at step 2")
+        wait_until(lambda: any(e.get("step") == 2 and e["kind"] == "StepReport" for e in events_of(run)), "recorded")
+        lines = (run / "events.jsonl").read_bytes().splitlines(keepends=True)
+        last = [json.loads(line)["kind"] for line in lines].index("StateChanged") + 1
+        monkeypatch.setattr(catalog, "TAIL_BYTES", sum(map(len, lines[last:])))  # the lines after the StateChanged
+        [summary] = list_runs(tmp_path)
+        assert (summary.state, summary.attachable, summary.step) == ("running", True, 2)
+        monkeypatch.undo()
+        finished = [json.dumps({"kind": "StateChanged", "time": 1.0, "step": 2, "epoch": 1, "state": "completed"}),
+                    json.dumps({"kind": "Finished", "time": 1.0, "step": 2, "epoch": 1, "status": "completed"})]
+        lines = (run / "events.jsonl").read_text().splitlines()
+        first = lines[0]  # the held run's RunStarted, as a resume into a finished run's directory adds it
+        (run / "events.jsonl").write_text("\n".join([first, *finished, *lines]) + "\n")
+        [summary] = list_runs(tmp_path)
+        assert (summary.state, summary.attachable) == ("running", True)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)

@@ -14,6 +14,8 @@ from pathlib import Path
 from tui_trainer.errors import UserError
 from tui_trainer.run.server import live_socket
 
+TAIL_BYTES = 256 * 1024  # how much of the end of events.jsonl a summary reads
+
 
 @dataclass
 class RunSummary:
@@ -31,7 +33,8 @@ class RunSummary:
     started: float
 
 
-def _head_and_tail(path: Path, tail_bytes: int = 256 * 1024) -> tuple[dict | None, list[dict]]:
+def _head_and_tail(path: Path, tail_bytes: int | None = None) -> tuple[dict | None, list[dict]]:
+    tail_bytes = tail_bytes or TAIL_BYTES
     try:
         with open(path, "rb") as f:
             first = f.readline()
@@ -62,7 +65,7 @@ def summarize(run_dir: Path) -> RunSummary | None:
     started, records = _head_and_tail(run_dir / "events.jsonl")
     if started is None:
         return None
-    state, step, epoch, best, best_epoch = "dead", started.get("start_step", 0), None, None, None
+    state, step, epoch, best, best_epoch = None, started.get("start_step", 0), None, None, None
     monitor = started.get("monitor")
     final = None
     for record in records:
@@ -70,6 +73,8 @@ def summarize(run_dir: Path) -> RunSummary | None:
         step = record.get("step", step)
         if kind == "StateChanged":
             state = record["state"]
+        elif kind == "RunStarted":
+            state, final = None, None  # a resume into this directory: what came before has ended
         elif kind == "EpochEnd":
             epoch, best, best_epoch = record["epoch"], record.get("best"), record.get("best_epoch")
             if record.get("improved") and record.get("monitor"):
@@ -84,6 +89,8 @@ def summarize(run_dir: Path) -> RunSummary | None:
         state = "failed" if final["kind"] == "Failed" else final["status"]
     elif sock is None:
         state = "dead"  # no final event and nobody serving: killed, or the machine went down
+    elif state is None:
+        state = "running"  # serving, and its last change of state is older than the tail (a long run)
     return RunSummary(run_dir, started["run_name"], state, step, started.get("total_steps"), epoch,
                       started.get("epochs"), monitor, best, best_epoch, sock is not None,
                       started.get("time", 0.0))
