@@ -9,8 +9,8 @@ import torch
 
 import pytest
 
-from benchmarks import (ddp, footprint, loop_overhead, run_all, step_costs, step_forms, sync_check, throughput,
-                        ui_latency)
+from benchmarks import (ddp, footprint, gpu_check, loop_overhead, run_all, step_costs, step_forms, sync_check,
+                        throughput, ui_latency)
 from tests.conftest import tiny_preset_text
 
 
@@ -180,3 +180,15 @@ def test_run_all_writes_the_summary(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "### sync_check" in summary and "### step_costs" in summary
     assert (tmp_path / "step_costs.json").is_file()
+
+
+def test_the_gpu_check_runs_its_plumbing_on_cpu(tmp_path, capsys):
+    """benchmarks/gpu_check.py, the one command for a lent GPU machine, kept working here: on CPU the
+    memory and no-sync checks pass and every CUDA-only check says SKIP; its verdicts and the run's
+    events come back in --out."""
+    assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path)]) == 0
+    verdicts = {r["check"]: r["verdict"] for r in json.loads((tmp_path / "gpu_check.json").read_text())}
+    assert verdicts["memory: the pane draws them"] == verdicts["no host sync in the step path"] == "PASS"
+    assert verdicts["amp"] == verdicts["CUDA-only tests"] == verdicts["NCCL, 2 ranks"] == "SKIP", verdicts
+    assert (tmp_path / "events-memory.jsonl").is_file()
+    assert "gpu check: 0 FAIL" in capsys.readouterr().out
