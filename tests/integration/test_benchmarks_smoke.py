@@ -184,11 +184,12 @@ def test_run_all_writes_the_summary(tmp_path):
 
 def test_the_gpu_check_runs_its_plumbing_on_cpu(tmp_path, capsys):
     """benchmarks/gpu_check.py, the one command for a lent GPU machine, kept working here: on CPU the
-    memory and no-sync checks pass and every CUDA-only check says SKIP; its verdicts and the run's
-    events come back in --out."""
+    memory, bf16 and no-sync checks pass and every CUDA-only check says SKIP; its verdicts and the
+    runs' events come back in --out."""
     assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path)]) == 0
     verdicts = {r["check"]: r["verdict"] for r in json.loads((tmp_path / "gpu_check.json").read_text())}
     assert verdicts["memory: the pane draws them"] == verdicts["no host sync in the step path"] == "PASS"
-    assert verdicts["amp"] == verdicts["CUDA-only tests"] == verdicts["NCCL, 2 ranks"] == "SKIP", verdicts
+    assert verdicts["amp bf16"] == "PASS" and "amp fp16" not in verdicts, verdicts  # CPU autocast: bf16 only
+    assert verdicts["CUDA-only tests"] == verdicts["NCCL, 2 ranks"] == "SKIP", verdicts
     assert (tmp_path / "events-memory.jsonl").is_file()
     assert "gpu check: 0 FAIL" in capsys.readouterr().out
