@@ -505,7 +505,6 @@ class Run:
         self._steps_per_epoch = 0
         self._seen_per_epoch = 0  # a loader with no len: the batches of its last whole epoch (for the ETA)
         self._planned_late = False  # ... and its LR plan, made once its first epoch gave a length (LrPlanned)
-        self._plan_names: list[str] = []
         self._batch_size = 0
 
         # state
@@ -882,7 +881,7 @@ class Run:
             self._planned_late = True
             per_epoch = self._seen_per_epoch
             total = self._n_epochs * per_epoch
-            self._emit(LrPlanned(self.step, per_epoch, self._plan(total, self._plan_names, per_epoch)))
+            self._emit(LrPlanned(self.step, per_epoch, self._plan(total, self._group_names(), per_epoch)))
         cfg = self._cfg.checkpoint
         tags: list[str] = []
         if cfg.every_epochs and epoch_no % cfg.every_epochs == 0:
@@ -1122,7 +1121,7 @@ class Run:
                     + (f": {size} samples" if size is not None else "")
                     + (f", {self._steps_per_epoch} batches/epoch" if self._steps_per_epoch else ""))
         groups = self.optimizer.param_groups if self.optimizer is not None else []
-        names = self._plan_names = [str(g.get("name", i)) for i, g in enumerate(groups)]
+        names = self._group_names()
         lrs = tuple(float(g["lr"]) for g in groups)
         device_name = torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else self._device.type
         self._emit(RunStarted(
@@ -1141,6 +1140,11 @@ class Run:
         if loader is not None:
             self._watch_shapes()
         self._set_state("running")
+
+    def _group_names(self) -> list[str]:
+        """The optimizer's param groups by name (their index where they have none)."""
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        return [str(g.get("name", i)) for i, g in enumerate(groups)]
 
     def _plan(self, total: int, names: list[str], per_epoch: int = 0) -> LrPlan:
         from tui_trainer.parts.objects import plan_objects
