@@ -6,6 +6,7 @@ second on one CPU core."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -179,6 +180,13 @@ def dict_collate(samples: list[dict]) -> dict:
 
 def raising_factory(n: int = 4):
     raise FileNotFoundError(f"no such file: data/train-{n}.csv")
+
+
+def raising_factory_slow_on_rank_1(n: int = 4, delay: float = 2.0):
+    """Raises on every rank, rank 1 `delay` seconds later: the launcher ends rank 1 while it still builds."""
+    if os.environ.get("RANK") == "1":
+        time.sleep(delay)
+    raising_factory(n)
 
 
 def list_of_samples(n: int = 10):

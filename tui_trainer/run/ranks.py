@@ -121,8 +121,11 @@ class Launch:
             port = s.getsockname()[1]
         logs = DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE)
         # the launcher's own log lines (a rank's traceback, "terminating process ...") are noise next to
-        # the one line below and the rank's events.jsonl, which holds any traceback
-        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+        # the one line below and the rank's events.jsonl, which holds any traceback. The spawn context
+        # under it logs "Terminating process N via signal SIGTERM" when one rank fails while another
+        # still runs (torch.multiprocessing.spawn's logger, outside torch.distributed)
+        for name in ("torch.distributed.elastic", "torch.multiprocessing"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         if quiet:
             logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
             import tempfile
