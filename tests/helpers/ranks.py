@@ -251,7 +251,8 @@ def fit_run(run_dir: str) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
                              epochs=2, batch_size=8, ui=False, device="cpu", run_dir=run_dir, log_every=2)
-    return {"status": result.status, "step": result.step, "metrics": result.metrics,
+    return {"status": result.status, "step": result.step, "metrics": result.metrics, "best": result.best,
+            "run_dir": result.run_dir, "best_path": result.best_path, "last_path": result.last_path,
             "state": {n: p.detach().clone() for n, p in model.named_parameters()}}
 
 

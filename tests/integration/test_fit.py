@@ -5,6 +5,7 @@ exact resume, DataLoaders, and bad input as one line with exit code 2."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,7 +179,6 @@ mean_confidence.mode = "max"
 def test_fit_in_a_real_terminal_is_the_monitor_with_its_keys(tmp_path):
     """examples/fit_custom.py in tmux: the same app as a preset run; l, s and q act on the user's objects."""
     import sys
-    from pathlib import Path
 
     from tests.integration.test_e2e_tmux import Tmux
 
@@ -220,6 +220,12 @@ def test_fit_under_torchrun_trains_every_rank_alike(tmp_path):
         assert torch.equal(value, result[1]["state"][name]), name
     assert result[0]["metrics"]["val_loss"] == result[1]["metrics"]["val_loss"]
     assert [e["kind"] for e in events(tmp_path / "run")].count("RunStarted") == 1
+    # every rank's Result names the files rank 0 wrote: a script that loads result.best_path after
+    # fit (to test the best model) runs on every rank
+    for key in ("run_dir", "best_path", "last_path", "best"):
+        assert result[0][key] == result[1][key], (key, result[0][key], result[1][key])
+    assert result[1]["best_path"].endswith("checkpoints/best.pt") and Path(result[1]["best_path"]).is_file()
+    assert Path(result[1]["last_path"]).is_file()
 
 
 def chatty_step(model, batch, loss_fn):

@@ -727,8 +727,8 @@ class Trainer:
         check_weights_finite(self.params, self.step)
         t0 = time.monotonic()
         name = ckpt.file_name(tags, self.step, self.epoch)
-        if not self.dist.writer:  # rank 0 writes; the others hold the same state
-            self._saved_step = self.step
+        if not self.dist.writer:  # rank 0 writes; the others hold the same state, and name its files
+            self._saved(tags, name)
             return self.checkpoints.root / name
         try:
             path, size = self.checkpoints.save(name, tags, self.state_dict())
@@ -742,13 +742,18 @@ class Trainer:
                 goes_on = "" if "emergency" in tags else "; the previous checkpoint is intact; training goes on"
                 self._emit(RunWarning(self.step, f"checkpoint NOT saved ({name}): {why}{goes_on}"))
             return None
+        self._saved(tags, name)
+        self._emit(CheckpointSaved(self.step, self.epoch_of_step, str(path), tags, time.monotonic() - t0, size))
+        return path
+
+    def _saved(self, tags: tuple[str, ...], name: str) -> None:
+        """A save done: on rank 0 written; on the others, what rank 0 wrote (Finished's paths, so
+        that `fit`'s Result names the same files on every rank)."""
         self._saved_step = self.step
         if "last" in tags or name == "last.pt":
             self._last_path = self.checkpoints.root / "last.pt"
         if "best" in tags:
             self._best_path = self.checkpoints.root / "best.pt"
-        self._emit(CheckpointSaved(self.step, self.epoch_of_step, str(path), tags, time.monotonic() - t0, size))
-        return path
 
     def kill_workers(self) -> None:
         """SIGKILL the data loader's worker processes now (an abort: Session.abort)."""
