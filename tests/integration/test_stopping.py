@@ -17,7 +17,7 @@ def test_early_stopping_ends_the_run_cleanly(tiny_preset):
               "early_stopping.min_delta=100.0")
     assert (out.final.status, out.final.exit_code, out.final.step) == ("early_stopped", 0, 14)
     assert [(e.epoch, e.bad_epochs, e.patience) for e in out.of(EpochEnd)] == [(1, 0, 1), (2, 1, 1)]
-    assert out.final.message == "early stop: no val_loss improvement for 1 epochs"
+    assert out.final.message == "early stop: no val_loss improvement for 1 epoch"
 
 
 def test_stop_command_saves_and_exits_0(tiny_preset, tmp_path):

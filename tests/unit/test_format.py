@@ -143,3 +143,12 @@ def test_frequent_events_have_no_line():
 
 def test_duration_of_an_infinite_eta_is_unknown():
     assert duration(math.inf) == "?" and duration(-math.inf) == "?"
+
+
+def test_the_runs_length_counts_its_epochs_in_words():
+    from tui_trainer.run.headless import length_text
+
+    assert length_text(run_started()) == "8 steps (2 epochs x 4)"
+    assert length_text(run_started(epochs=1, total_steps=4)) == "4 steps (1 epoch x 4)"
+    assert length_text(run_started(epochs=1, total_steps=None)) == (
+        "1 epoch of a length not known ahead (the loader has no len)")

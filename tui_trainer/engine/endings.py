@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tui_trainer.engine.events import Failed, Finished
-from tui_trainer.engine.stopping import NonFinite
+from tui_trainer.engine.stopping import NonFinite, early_stop_message
 
 if TYPE_CHECKING:
     from tui_trainer.engine.trainer import Trainer
@@ -36,8 +36,7 @@ def finish(t: Trainer, status: str, t0: float) -> Finished | Failed:
         return final_save_failed(t)
     messages = {
         "completed": f"finished {t.step} steps",
-        "early_stopped": f"early stop: no {t.es_monitor} improvement for"
-                         f" {t.preset.early_stopping.patience} epochs",
+        "early_stopped": early_stop_message(t.es_monitor, t.preset.early_stopping.patience),
         "stopped": {"callback": "stopped by a callback after a clean save", "cancelled": "stopped after a clean save"
                     }.get(t._stop.reason if t._stop else "", "stopped by the user after a clean save"),
         "signal": f"stopped by signal {t._stop.signum if t._stop else ''} after a clean save",

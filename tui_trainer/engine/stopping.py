@@ -84,6 +84,11 @@ class EarlyStopping:
         return self.best.bad_epochs >= self.patience
 
 
+def early_stop_message(monitor: str, patience: int) -> str:
+    """Finished's message of an early stop (the engine's and the loop's)."""
+    return f"early stop: no {monitor} improvement for {patience} epoch{'' if patience == 1 else 's'}"
+
+
 # --------------------------------------------------------------------------- the non-finite guard
 
 

@@ -113,7 +113,7 @@ from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed,
                                        TrainableChanged)
 from tui_trainer.engine.probes import MemoryProbe
 from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
-from tui_trainer.engine.stopping import Best, EarlyStopping, monitored
+from tui_trainer.engine.stopping import Best, EarlyStopping, early_stop_message, monitored
 from tui_trainer.errors import UserError, did_you_mean
 from tui_trainer.parts.layers import first_tensor, layer_rows, matches, trainable_state
 from tui_trainer.parts.optim import LrPlan, LrSchedule
@@ -1182,8 +1182,7 @@ class Run:
                                    else None)
         messages = {
             "completed": f"finished {self.step} steps",
-            "early_stopped": f"early stop: no {self._cfg.early_stopping.monitor} improvement for"
-                             f" {self._cfg.early_stopping.patience} epochs",
+            "early_stopped": early_stop_message(self._cfg.early_stopping.monitor, self._cfg.early_stopping.patience),
             "stopped": "stopped after a clean save" if self._stop and self._stop.reason == "cancelled"
             else "stopped by the user after a clean save",
             "signal": f"stopped by signal {self._stop.signum if self._stop else ''} after a clean save",

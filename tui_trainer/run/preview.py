@@ -36,7 +36,9 @@ def preview(path: str, overrides: list[str]) -> int:
                   f" weights {parts.weights_note} | {parts.data.note}", markup=False)
     for warning in parts.warnings:
         console.print(f"WARNING {warning}", style="yellow", markup=False)
-    console.rule(f"planned LR: {parts.total_steps} steps ({preset.train.epochs} epochs x {parts.steps_per_epoch})")
+    epochs = preset.train.epochs
+    console.rule(f"planned LR: {parts.total_steps} steps ({epochs} epoch{'' if epochs == 1 else 's'}"
+                 f" x {parts.steps_per_epoch})")
     console.print(plot_plan(parts.plan, width=min(console.width, 100)), markup=False, soft_wrap=True)
     return 0
 
