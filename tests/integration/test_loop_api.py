@@ -450,6 +450,40 @@ def test_resume_refuses_a_checkpoint_of_another_kind_or_model(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "from another model" in err[0]
     assert not (tmp_path / "o").exists()
+    # the same model under fit: the loop's position and state mean other things there, so it is refused
+    # (it loaded before, and a 1-epoch fit "resumed" at the loop's epoch 2 ended at once)
+    loop_ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    with pytest.raises(SystemExit) as exit_:
+        tui_trainer.fit(t.model, Blobs(32), None, optimizer=t.opt, loss=nn.CrossEntropyLoss(), epochs=1,
+                        ui=False, run_dir=tmp_path / "f", resume=loop_ckpt)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == [
+        f"tui-trainer: error: fit: resume: {loop_ckpt} is a checkpoint of a tui_trainer.loop run; resume it with"
+        f' loop(..., resume=) (to start from its weights: model.weights = "{loop_ckpt}" in a preset, or'
+        " model.load_state_dict(torch.load(path, weights_only=True)['model']) before fit)"]
+    # and the errors name the keyword the person wrote, not the CLI's --resume
+    with pytest.raises(SystemExit):
+        tui_trainer.fit(t.model, Blobs(32), None, optimizer=t.opt, loss=nn.CrossEntropyLoss(), epochs=1,
+                        ui=False, name="nobody", resume="auto")
+    fit_err = capsys.readouterr().err.strip()
+    assert tui_trainer.loop(lambda run: None, model=t.model, ui=False, name="nobody", resume="auto") == 2
+    loop_err = capsys.readouterr().err.strip()
+    for api, said in (("fit", fit_err), ("loop", loop_err)):
+        assert said == (f'tui-trainer: error: {api}: resume="auto": no runs/nobody-*/checkpoints/last.pt in this'
+                        " directory; start without resume, or give the checkpoint's path")
+    assert not (tmp_path / "f").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_fit_checkpoint_is_not_resumed_by_a_loop(tmp_path, capsys, one_torch_thread):
+    t = Textbook(epochs=1)
+    result = tui_trainer.fit(t.model, Blobs(32), None, optimizer=t.opt, loss=nn.CrossEntropyLoss(), epochs=1,
+                             ui=False, run_dir=tmp_path / "f")
+    capsys.readouterr()
+    assert t.loop(tmp_path, resume=result.last_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tui-trainer: error: loop: resume: {result.last_path} is a checkpoint of a preset or fit run;"
+                   " resume it the way it was made (to start your loop from its weights:"
+                   " model.load_state_dict(torch.load(path, weights_only=True)['model']))")
 
 
 # --------------------------------------------------------------------------- prints

@@ -85,7 +85,7 @@ def test_the_table_covers_the_contract():
 # --------------------------------------------------------------------------- through the CLI
 
 # Bad paths and options, beside the table: (id, argv, expected message); {ok} is a valid preset,
-# {bad} a bad one, {bogus} a file that is not a checkpoint.
+# {bad} a bad one, {bogus} a file that is not a checkpoint, {loops} a checkpoint of tui_trainer.loop.
 EXTRA_CLI = [
     ("missing-file", ["no_such_preset.toml"], "no_such_preset.toml: no such preset file; see presets/ for examples"),
     ("missing-suffix", ["presets/resnet18_finetune"],
@@ -100,6 +100,12 @@ EXTRA_CLI = [
      " or give the checkpoint's path"),
     ("resume-damaged", ["{ok}", "--no-ui", "--resume", "{bogus}"],
      "--resume: cannot load {bogus}: it is damaged or not a checkpoint (UnpicklingError: ..."),
+    ("resume-a-loops", ["{ok}", "--no-ui", "--resume", "{loops}"],
+     "--resume: {loops} is a checkpoint of a tui_trainer.loop run; resume it with loop(..., resume=) (to start"
+     ' from its weights: model.weights = "{loops}" in a preset, or model.load_state_dict(torch.load(path,'
+     " weights_only=True)['model']) before fit)"),
+    ("resume-a-loops-on-2-ranks", ["{ok}", "--no-ui", "--set", "train.devices=2", "--resume", "{loops}"],
+     "--resume: {loops} is a checkpoint of a tui_trainer.loop run; ..."),
 ]
 CLI_IDS = IDS + [name for name, _, _ in EXTRA_CLI]
 
@@ -125,10 +131,13 @@ def cli_results(tmp_path_factory, fork_server):
 
     files = tmp_path_factory.mktemp("inputs")
     logs = tmp_path_factory.mktemp("logs")
-    ok, bogus = files / "tiny.toml", files / "last.pt"
+    ok, bogus, loops = files / "tiny.toml", files / "last.pt", files / "loop-last.pt"
     ok.write_text(tiny_preset_text(), encoding="utf-8")
     bogus.write_bytes(b"not a checkpoint")
-    names = dict(ok=ok, bad=BAD / "unknown_key_typo.toml", bogus=bogus)
+    from tui_trainer.engine.checkpoint import FORMAT
+
+    torch.save({"format": FORMAT, "kind": "loop", "step": 4, "model": {}}, loops)  # what a loop's holds first
+    names = dict(ok=ok, bad=BAD / "unknown_key_typo.toml", bogus=bogus, loops=loops)
     jobs = [(c.name, [str(c.path), "--no-ui", *c.args], c.expect) for c in CASES]
     jobs += [(name, [a.format(**names) for a in argv], expect.format(**names)) for name, argv, expect in EXTRA_CLI]
     env = {**NO_GPU, **ONE_THREAD_ENV}

@@ -25,6 +25,7 @@ import random
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,22 +240,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict[str, Any]:
-    """Load one of our checkpoints safely (weights_only: no code runs). Bad files are UserErrors.
-    `mmap`: map the tensors instead of reading them (a look at the metadata of a large file)."""
+@dataclass(frozen=True)
+class ResumeArg:
+    """How the person asked to resume, for the errors that name it: the CLI's flag, or the keyword
+    argument of a Python API (`api_resume("fit")`: `fit: resume: ...`, `resume="auto"`)."""
+
+    source: str = "--resume"  # what an error names first
+    auto: str = "--resume auto"  # how to ask for the newest checkpoint of the run's name
+    without: str = "--resume"  # what to leave out to start afresh
+    asked_auto: str = "--resume auto"  # what an error names first when "auto" found nothing
+
+
+CLI_RESUME = ResumeArg()
+
+
+def api_resume(api: str) -> ResumeArg:
+    return ResumeArg(f"{api}: resume", 'resume="auto"', "resume", f'{api}: resume="auto"')
+
+
+def load(path: str | Path, map_location="cpu", mmap: bool = False, arg: ResumeArg = CLI_RESUME) -> dict[str, Any]:
+    """Load one of our checkpoints safely (weights_only: no code runs). Bad files are UserErrors that
+    name `arg`. `mmap`: map the tensors instead of reading them (a look at the metadata of a large file)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}; give a .pt file from runs/*/checkpoints/ or --resume auto",
-                        source="--resume")
+        raise UserError(f"no checkpoint at {path}; give a .pt file from runs/*/checkpoints/ or {arg.auto}",
+                        source=arg.source)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: noise here
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         why = describe_load_error(exc)
-        raise UserError(f"cannot load {path}: {why}", source="--resume") from None
+        raise UserError(f"cannot load {path}: {why}", source=arg.source) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source="--resume")
+        raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source=arg.source)
     return state
 
 
@@ -297,6 +316,21 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
         "global_batch": t.batch_size,
         "steps_per_epoch": t.parts.steps_per_epoch,
     }
+
+
+def check_kind(state: dict[str, Any], path, loop: bool, arg: ResumeArg = CLI_RESUME) -> None:
+    """A checkpoint resumes the kind of run that made it: the engine's (a preset or `fit`; `loop`
+    False) or `tui_trainer.loop`'s (`"kind": "loop"`). Their positions and states mean different
+    things, so another kind is a UserError that says how to start from its weights instead."""
+    if (state.get("kind") == "loop") == loop:
+        return
+    if loop:
+        raise UserError(f"{path} is a checkpoint of a preset or fit run; resume it the way it was made (to start"
+                        " your loop from its weights: model.load_state_dict(torch.load(path,"
+                        " weights_only=True)['model']))", source=arg.source)
+    raise UserError(f"{path} is a checkpoint of a tui_trainer.loop run; resume it with loop(..., resume=) (to start"
+                    f' from its weights: model.weights = "{path}" in a preset, or model.load_state_dict(torch.load('
+                    "path, weights_only=True)['model']) before fit)", source=arg.source)
 
 
 def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None) -> str | None:

@@ -32,7 +32,8 @@ def detach(preset_path: str, overrides: list[str], *, resume: str | None, run_di
         raise
     resume_path = resume_checkpoint(preset.name, resume)
     if resume_path is not None:
-        checkpoint.load(resume_path)  # missing or damaged: exit 2 here, not in the background
+        # missing, damaged or a loop's: exit 2 here, not in the background
+        checkpoint.check_kind(checkpoint.load(resume_path), resume_path, loop=False)
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # the same rule as the foreground run
     if not fresh:  # before output.log is opened: a refused run must not write into a live run's log
         refuse_if_live(rd, "--run-dir" if run_dir is not None else "--resume")

@@ -97,6 +97,7 @@ def prepare_objects(preset: config.Preset, *, model, train, val, optimizer, loss
     """`prepare` for `tui_trainer.fit`: the parts are the caller's objects (parts/objects.py), the
     settings `preset` (already validated); the rest (run directory, resume, sinks, socket, ranks)
     is a preset run's. `taps`: sinks every rank gets (what fit returns is known on every rank)."""
+    from tui_trainer.engine import checkpoint
     from tui_trainer.parts import resolve_device
     from tui_trainer.parts.objects import from_objects
 
@@ -110,19 +111,22 @@ def prepare_objects(preset: config.Preset, *, model, train, val, optimizer, loss
 
     return _assemble(preset, make, resolve_device(preset.train.device).type, tensorboard, resume=resume,
                      run_dir=run_dir, sinks=sinks, should_stop=should_stop, layer_stats=layer_stats, serve=serve,
-                     taps=taps)
+                     taps=taps, resume_arg=checkpoint.api_resume("fit"))
 
 
 def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], device_type: str, tensorboard, *,
-              resume, run_dir, sinks, should_stop, layer_stats, serve, taps=None) -> Session:
+              resume, run_dir, sinks, should_stop, layer_stats, serve, taps=None,
+              resume_arg=None) -> Session:
     """Resume checkpoint, ranks, parts (`make_parts(dist)`), Trainer, then the run directory and its
     sinks (`open_run`). Everything that can fail on bad input fails before the directory is made."""
     from tui_trainer.engine import checkpoint
 
-    resume_path = resume_checkpoint(preset.name, resume)
-    state = checkpoint.load(resume_path) if resume_path is not None else None
+    arg = resume_arg or checkpoint.CLI_RESUME  # how the errors name the resume: the CLI's flag, or fit's keyword
+    resume_path = resume_checkpoint(preset.name, resume, arg=arg)
+    state = checkpoint.load(resume_path, arg=arg) if resume_path is not None else None
     dist = Dist.from_env(device_type)  # one process unless torchrun / devices > 1 started ranks
-    if state is not None:  # another global batch cannot continue exactly: exit 2 before anything is built
+    if state is not None:  # a loop's, or another global batch (not exact): exit 2 before anything is built
+        checkpoint.check_kind(state, resume_path, loop=False, arg=arg)
         checkpoint.resume_fit(state, preset, dist.world, resume_path)
     parts = make_parts(dist)
     if state is not None and (note := checkpoint.resume_fit(state, preset, dist.world, resume_path, parts)):

@@ -344,12 +344,11 @@ def open_loop(cfg: Preset, train_fn, *, model, optimizer, scheduler, interval: s
     from tui_trainer.signals import protect_forked_children
 
     protect_forked_children()  # the user's DataLoader workers must never run our signal handlers
-    resume_path = resume_checkpoint(cfg.name, str(resume) if resume is not None else None)
-    state = ckpt.load(resume_path) if resume_path is not None else None
-    if state is not None and state.get("kind") != "loop":
-        raise UserError(f"{resume_path} is a checkpoint of a preset or fit run; resume it the way it was made (to"
-                        " start your loop from its weights: model.load_state_dict(torch.load(path,"
-                        " weights_only=True)['model']))", source="resume")
+    arg = ckpt.api_resume(SOURCE)
+    resume_path = resume_checkpoint(cfg.name, str(resume) if resume is not None else None, arg=arg)
+    state = ckpt.load(resume_path, arg=arg) if resume_path is not None else None
+    if state is not None:
+        ckpt.check_kind(state, resume_path, loop=True, arg=arg)
     tensorboard = _tensorboard_writer_class(cfg) if cfg.log.tensorboard else None
     rd, fresh = choose_run_dir(cfg.name, run_dir, resume_path)
     fan_out = FanOut([])

@@ -98,10 +98,12 @@ class Launch:
         if visible is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
         resume_path = resume_checkpoint(preset.name, resume)
-        if resume_path is not None:  # a checkpoint of another global batch: exit 2 before any rank starts
+        if resume_path is not None:  # a loop's, or another global batch: exit 2 before any rank starts
             from tui_trainer.engine import checkpoint
 
-            checkpoint.resume_fit(checkpoint.load(resume_path, mmap=True), preset, n, resume_path)
+            state = checkpoint.load(resume_path, mmap=True)
+            checkpoint.check_kind(state, resume_path, loop=False)
+            checkpoint.resume_fit(state, preset, n, resume_path)
         rd, _ = choose_run_dir(preset.name, run_dir, resume_path)  # one directory for every rank
         return cls(str(Path(preset_path).resolve()), list(overrides), n,
                    str(resume_path) if resume_path is not None else None, rd.path)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tui_trainer.config import Preset, dump_toml
+from tui_trainer.engine.checkpoint import CLI_RESUME, ResumeArg
 from tui_trainer.engine.events import EpochEnd, Event, StepReport
 from tui_trainer.errors import UserError
 from tui_trainer.run.batched import Batched
@@ -61,14 +62,16 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return None
 
 
-def resume_checkpoint(name: str, resume: str | None, base: str | Path = "runs") -> Path | None:
-    """`--resume PATH|auto` -> the checkpoint to continue from (not loaded yet), or None."""
+def resume_checkpoint(name: str, resume: str | None, base: str | Path = "runs",
+                      arg: ResumeArg = CLI_RESUME) -> Path | None:
+    """`--resume PATH|auto` (or a Python API's `resume=`: `arg`) -> the checkpoint to continue from
+    (not loaded yet), or None."""
     if not resume:
         return None
     path = find_latest(name, base) if resume == "auto" else Path(resume)
     if path is None:
-        raise UserError(f"no {base}/{name}-*/checkpoints/last.pt in this directory; start without --resume,"
-                        " or give the checkpoint's path", source="--resume auto")
+        raise UserError(f"no {base}/{name}-*/checkpoints/last.pt in this directory; start without {arg.without},"
+                        " or give the checkpoint's path", source=arg.asked_auto)
     return path
 
 
