@@ -158,6 +158,19 @@ def test_bad_input_is_one_line_naming_the_argument_and_exit_2(tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing written
 
 
+def test_a_checkpoint_that_does_not_fit_is_refused_naming_fits_resume(tmp_path, capsys, one_torch_thread):
+    model, opt = objects()
+    done = tui_trainer.fit(model, Blobs(32), None, optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=1,
+                           run_dir=tmp_path / "a", **QUIET)
+    capsys.readouterr()
+    wider = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 3))
+    err = _bad(capsys, model=wider, optimizer=torch.optim.SGD(wider.parameters(), lr=0.1), resume=done.last_path,
+               run_dir=tmp_path / "b")
+    assert err.startswith(f"tui-trainer: error: fit: resume: {done.last_path} is from another model (") and \
+        err.endswith("; resume with the model it was trained with"), err
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_metric_function_of_the_users_module_is_a_metric(tmp_path, one_torch_thread):
     model, opt = objects()
     result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),

@@ -145,7 +145,7 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing(tiny_preset, tmp_path):
     cases = {
         "model.kwargs.width=8": f"--resume: {last} is from another model (size mismatch for 0.0.weight: copying a"
                                 " param with shape torch.Size([4, 3, 3, 3]) from checkpoint, the shape in current"
-                                " model is torch.Size([8, 3, 3, 3]).); resume with the preset it was trained with",
+                                " model is torch.Size([8, 3, 3, 3]).); resume with the model it was trained with",
         'optimizer.groups=[{params=["6"], lr=0.1}]': f"--resume: {last}: optimizer state does not fit this preset's"
                                                      " optimizer or param groups (loaded state dict has a different"
                                                      " number of parameter groups)",

@@ -241,39 +241,41 @@ def _fsync_dir(path: Path) -> None:
 
 
 @dataclass(frozen=True)
-class ResumeArg:
-    """How the person asked to resume, for the errors that name it: the CLI's flag, or the keyword
-    argument of a Python API (`api_resume("fit")`: `fit: resume: ...`, `resume="auto"`)."""
+class ArgNames:
+    """How the person wrote a run's resume and run directory, for the errors that name them: the
+    CLI's flags, or the keywords of a Python API (`api_names("fit")`: `fit: resume: ...`,
+    `resume="auto"`)."""
 
-    source: str = "--resume"  # what an error names first
+    resume: str = "--resume"  # what an error about the checkpoint to resume names first
     auto: str = "--resume auto"  # how to ask for the newest checkpoint of the run's name
     without: str = "--resume"  # what to leave out to start afresh
     asked_auto: str = "--resume auto"  # what an error names first when "auto" found nothing
+    run_dir: str = "--run-dir"  # what an error about the run directory names first
 
 
-CLI_RESUME = ResumeArg()
+CLI_NAMES = ArgNames()
 
 
-def api_resume(api: str) -> ResumeArg:
-    return ResumeArg(f"{api}: resume", 'resume="auto"', "resume", f'{api}: resume="auto"')
+def api_names(api: str) -> ArgNames:
+    return ArgNames(f"{api}: resume", 'resume="auto"', "resume", f'{api}: resume="auto"', f"{api}: run_dir")
 
 
-def load(path: str | Path, map_location="cpu", mmap: bool = False, arg: ResumeArg = CLI_RESUME) -> dict[str, Any]:
+def load(path: str | Path, map_location="cpu", mmap: bool = False, arg: ArgNames = CLI_NAMES) -> dict[str, Any]:
     """Load one of our checkpoints safely (weights_only: no code runs). Bad files are UserErrors that
     name `arg`. `mmap`: map the tensors instead of reading them (a look at the metadata of a large file)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give a .pt file from runs/*/checkpoints/ or {arg.auto}",
-                        source=arg.source)
+                        source=arg.resume)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: noise here
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         why = describe_load_error(exc)
-        raise UserError(f"cannot load {path}: {why}", source=arg.source) from None
+        raise UserError(f"cannot load {path}: {why}", source=arg.resume) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source=arg.source)
+        raise UserError(f"{path} is not a tui-trainer checkpoint (no '{FORMAT}' marker)", source=arg.resume)
     return state
 
 
@@ -318,7 +320,7 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
     }
 
 
-def check_kind(state: dict[str, Any], path, loop: bool, arg: ResumeArg = CLI_RESUME) -> None:
+def check_kind(state: dict[str, Any], path, loop: bool, arg: ArgNames = CLI_NAMES) -> None:
     """A checkpoint resumes the kind of run that made it: the engine's (a preset or `fit`; `loop`
     False) or `tui_trainer.loop`'s (`"kind": "loop"`). Their positions and states mean different
     things, so another kind is a UserError that says how to start from its weights instead."""
@@ -327,13 +329,14 @@ def check_kind(state: dict[str, Any], path, loop: bool, arg: ResumeArg = CLI_RES
     if loop:
         raise UserError(f"{path} is a checkpoint of a preset or fit run; resume it the way it was made (to start"
                         " your loop from its weights: model.load_state_dict(torch.load(path,"
-                        " weights_only=True)['model']))", source=arg.source)
+                        " weights_only=True)['model']))", source=arg.resume)
     raise UserError(f"{path} is a checkpoint of a tui_trainer.loop run; resume it with loop(..., resume=) (to start"
                     f' from its weights: model.weights = "{path}" in a preset, or model.load_state_dict(torch.load('
-                    "path, weights_only=True)['model']) before fit)", source=arg.source)
+                    "path, weights_only=True)['model']) before fit)", source=arg.resume)
 
 
-def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None) -> str | None:
+def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None,
+               arg: ArgNames = CLI_NAMES) -> str | None:
     """Whether a checkpoint can continue exactly in a run of `world` ranks with `preset`. The position
     it holds (step, epoch, batch in epoch) counts optimizer steps of its global batch (per-rank batch
     x accumulate x ranks), so that must be the same: a UserError (exit 2, before anything starts)
@@ -363,13 +366,13 @@ def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None) -> s
         raise UserError(f"{path} was saved by {ranks(saved_world)} with {saved_global} samples per step, and this run"
                         f" takes {now_global} ({ranks(world)} x {per_rank}): its step and epoch count would not"
                         f" continue where it stopped, so it is not resumed; {', or '.join(fixes)}",
-                        source="--resume")
+                        source=arg.resume)
     saved_steps, steps = state.get("steps_per_epoch"), getattr(parts, "steps_per_epoch", None)
     if saved_world != world and saved_steps is not None and steps is not None and int(saved_steps) != steps:
         raise UserError(f"{path} was saved with {saved_steps} steps per epoch and this run makes {steps} (with several"
                         " ranks a last partial batch is dropped, so every rank steps alike): its epoch position would"
                         f" not fit, so it is not resumed; resume on {ranks(saved_world)}, set data.drop_last = true in"
-                        f' both, or start a new run from its weights (model.weights = "{path}")', source="--resume")
+                        f' both, or start a new run from its weights (model.weights = "{path}")', source=arg.resume)
     if saved_world != world:
         return (f"resumed on {ranks(world)} from a checkpoint of {ranks(saved_world)}: the same {now_global}"
                 " samples per step in the same order (the sums differ from an uninterrupted run by float rounding)")
@@ -384,7 +387,7 @@ def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> N
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise UserError(f"{source} is from another model ({lines[1][:160] if len(lines) > 1 else lines[0]});"
-                        " resume with the preset it was trained with", source="--resume") from None
+                        " resume with the model it was trained with", source="--resume") from None
     trainable = state.get("trainable", {})
     for name, param in t.model.named_parameters():
         param.requires_grad_(bool(trainable.get(name, param.requires_grad)))

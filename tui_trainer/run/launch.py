@@ -111,7 +111,7 @@ def prepare_objects(preset: config.Preset, *, model, train, val, optimizer, loss
 
     return _assemble(preset, make, resolve_device(preset.train.device).type, tensorboard, resume=resume,
                      run_dir=run_dir, sinks=sinks, should_stop=should_stop, layer_stats=layer_stats, serve=serve,
-                     taps=taps, resume_arg=checkpoint.api_resume("fit"))
+                     taps=taps, resume_arg=checkpoint.api_names("fit"))
 
 
 def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], device_type: str, tensorboard, *,
@@ -121,15 +121,15 @@ def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], devic
     sinks (`open_run`). Everything that can fail on bad input fails before the directory is made."""
     from tui_trainer.engine import checkpoint
 
-    arg = resume_arg or checkpoint.CLI_RESUME  # how the errors name the resume: the CLI's flag, or fit's keyword
+    arg = resume_arg or checkpoint.CLI_NAMES  # how the errors name the resume: the CLI's flag, or fit's keyword
     resume_path = resume_checkpoint(preset.name, resume, arg=arg)
     state = checkpoint.load(resume_path, arg=arg) if resume_path is not None else None
     dist = Dist.from_env(device_type)  # one process unless torchrun / devices > 1 started ranks
     if state is not None:  # a loop's, or another global batch (not exact): exit 2 before anything is built
         checkpoint.check_kind(state, resume_path, loop=False, arg=arg)
-        checkpoint.resume_fit(state, preset, dist.world, resume_path)
+        checkpoint.resume_fit(state, preset, dist.world, resume_path, arg=arg)
     parts = make_parts(dist)
-    if state is not None and (note := checkpoint.resume_fit(state, preset, dist.world, resume_path, parts)):
+    if state is not None and (note := checkpoint.resume_fit(state, preset, dist.world, resume_path, parts, arg)):
         parts.warnings.append(note)
 
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
@@ -140,14 +140,15 @@ def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], devic
     if state is not None:  # a checkpoint that does not fit fails here, before anything is written
         try:
             trainer.load_state_dict(state, source=str(resume_path))
-        except UserError:
+        except UserError as err:
+            err.source = arg.resume
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint is bad input
             raise UserError(f"{resume_path} cannot be resumed with this preset ({type(exc).__name__}:"
-                            f" {str(exc)[:160]})", source="--resume") from None
+                            f" {str(exc)[:160]})", source=arg.resume) from None
     session = open_run(preset, trainer, rd, fresh, control=control, fan_out=fan_out, dist=dist, sinks=sinks,
                        serve=serve, tensorboard=tensorboard, n_groups=len(parts.optimizer.param_groups),
-                       refuse_key="--run-dir" if run_dir is not None else "--resume")
+                       refuse_key=arg.run_dir if run_dir is not None else arg.resume)
     server = session.server
     if server is not None:  # an attached viewer's Layers pane gets what an in-process monitor's does
         trainer.stats_for_viewers(server.watched)

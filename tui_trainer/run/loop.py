@@ -344,7 +344,7 @@ def open_loop(cfg: Preset, train_fn, *, model, optimizer, scheduler, interval: s
     from tui_trainer.signals import protect_forked_children
 
     protect_forked_children()  # the user's DataLoader workers must never run our signal handlers
-    arg = ckpt.api_resume(SOURCE)
+    arg = ckpt.api_names(SOURCE)
     resume_path = resume_checkpoint(cfg.name, str(resume) if resume is not None else None, arg=arg)
     state = ckpt.load(resume_path, arg=arg) if resume_path is not None else None
     if state is not None:
@@ -360,7 +360,7 @@ def open_loop(cfg: Preset, train_fn, *, model, optimizer, scheduler, interval: s
     n_groups = len(optimizer.param_groups) if optimizer is not None else 1
     session = open_run(cfg, run, rd, fresh, control=control, fan_out=fan_out, sinks=sinks, serve=serve,
                        tensorboard=tensorboard, n_groups=n_groups,
-                       refuse_key="run_dir" if run_dir is not None else "resume")
+                       refuse_key=arg.run_dir if run_dir is not None else arg.resume)
     server = session.server
     if server is not None:  # an attached viewer's Layers pane gets what an in-process monitor's does
         run.stats_for_viewers(server.watched)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tui_trainer.config import Preset, dump_toml
-from tui_trainer.engine.checkpoint import CLI_RESUME, ResumeArg
+from tui_trainer.engine.checkpoint import CLI_NAMES, ArgNames
 from tui_trainer.engine.events import EpochEnd, Event, StepReport
 from tui_trainer.errors import UserError
 from tui_trainer.run.batched import Batched
@@ -63,7 +63,7 @@ def run_dir_of(checkpoint: Path) -> Path | None:
 
 
 def resume_checkpoint(name: str, resume: str | None, base: str | Path = "runs",
-                      arg: ResumeArg = CLI_RESUME) -> Path | None:
+                      arg: ArgNames = CLI_NAMES) -> Path | None:
     """`--resume PATH|auto` (or a Python API's `resume=`: `arg`) -> the checkpoint to continue from
     (not loaded yet), or None."""
     if not resume:
