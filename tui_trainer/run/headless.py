@@ -274,11 +274,11 @@ def length_text(event: RunStarted) -> str:
     """How long the run is: "1400 steps (10 epochs x 140)", or what is not known (a loader with no
     len, a loop without run.epochs)."""
     if event.total_steps:
-        return f"{event.total_steps} steps ({_epochs(event.epochs)} x {event.steps_per_epoch})"
+        return f"{event.total_steps} steps ({epochs_text(event.epochs)} x {event.steps_per_epoch})"
     if event.epochs:
-        return f"{_epochs(event.epochs)} of a length not known ahead (the loader has no len)"
+        return f"{epochs_text(event.epochs)} of a length not known ahead (the loader has no len)"
     return "epochs not counted (run.epochs(n) not used)"
 
 
-def _epochs(n: int) -> str:
+def epochs_text(n: int) -> str:
     return "1 epoch" if n == 1 else f"{n} epochs"

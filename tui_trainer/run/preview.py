@@ -13,6 +13,7 @@ from tui_trainer.text.format import human_count
 
 def preview(path: str, overrides: list[str]) -> int:
     from tui_trainer.parts import build
+    from tui_trainer.run.headless import epochs_text
 
     preset = config.load(path, overrides)
     parts = build(preset)
@@ -36,9 +37,7 @@ def preview(path: str, overrides: list[str]) -> int:
                   f" weights {parts.weights_note} | {parts.data.note}", markup=False)
     for warning in parts.warnings:
         console.print(f"WARNING {warning}", style="yellow", markup=False)
-    epochs = preset.train.epochs
-    console.rule(f"planned LR: {parts.total_steps} steps ({epochs} epoch{'' if epochs == 1 else 's'}"
-                 f" x {parts.steps_per_epoch})")
+    console.rule(f"planned LR: {parts.total_steps} steps ({epochs_text(preset.train.epochs)} x {parts.steps_per_epoch})")
     console.print(plot_plan(parts.plan, width=min(console.width, 100)), markup=False, soft_wrap=True)
     return 0
 
