@@ -20,10 +20,18 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_two_ranks_train_one_run_with_one_voice(tmp_path):
+    import os
+
     preset = write_preset(tmp_path / "p.toml", train={"devices": 2, "epochs": 2})
-    proc = run_cli(str(preset), "--no-ui", "--run-dir", str(tmp_path / "run"), cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    env = cli_env()
+    env.pop("OMP_NUM_THREADS", None)  # said nothing: the launcher shares the cores out between the ranks
+    proc = subprocess.run([sys.executable, "-m", "tui_trainer", str(preset), "--no-ui", "--run-dir",
+                           str(tmp_path / "run")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=150)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("completed:") == 1  # rank 1 prints nothing
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"| cpu, {threads} thread{'' if threads == 1 else 's'} | 2 ranks |" in proc.stdout, proc.stdout[:600]
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events].count("RunStarted") == 1
     assert events[-1]["kind"] == "Finished" and events[-1]["status"] == "completed"
@@ -101,6 +109,7 @@ def test_sigterm_to_the_launcher_saves_once_and_exits_143(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
     assert out.count("stopped by signal 15") == 1
+    assert "| cpu, 1 thread | 2 ranks |" in out  # the user's OMP_NUM_THREADS=1 is kept (a big box shares more)
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] > 0
 
@@ -121,6 +130,7 @@ def test_ctrl_c_to_the_terminal_stops_every_rank_after_one_save(tmp_path):
 @pytest.mark.parametrize("devices, expect", [
     ("[0, 1]", "train.devices: [0, 1] names CUDA devices, and this machine has none"),
     ('"all"', 'train.devices: "all" means every CUDA device, and there is none here'),
+    ("9999", "train.devices: is 9999 CPU processes and this machine has"),
 ])
 def test_devices_that_cannot_run_here_are_one_line_and_exit_2(tmp_path, devices, expect):
     preset = write_preset(tmp_path / "p.toml")

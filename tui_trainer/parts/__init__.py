@@ -125,6 +125,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS says; else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def device_label(device: torch.device) -> str:
+    """The device as the header and the start line name it: the GPU's own name; on CPU how many threads
+    torch computes with (its speed there; a rank started by our launcher gets the cores shared out)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        n = torch.get_num_threads()
+        return f"cpu, {n} thread{'' if n == 1 else 's'}"
+    return device.type
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
@@ -182,6 +198,11 @@ def _build(preset: Preset, rank: int = 0, world: int = 1, local_rank: int = 0) -
         torch.cuda.set_device(device)
     seed_everything(preset.seed, preset.train.deterministic)
     warnings: list[str] = []
+    if world > 1 and device.type == "cpu":
+        here, cores = int(os.environ.get("LOCAL_WORLD_SIZE", world)), usable_cores()
+        if here > cores:
+            warnings.append(f"{here} CPU ranks share {cores} core{'' if cores == 1 else 's'} here: each waits for"
+                            f" the others; train.devices = {cores} trains faster")
 
     data = make_loaders(preset.data, preset.seed, device, accumulate=preset.train.accumulate, rank=rank, world=world)
     model_cfg = preset.model
@@ -232,6 +253,5 @@ def _build(preset: Preset, rank: int = 0, world: int = 1, local_rank: int = 0) -
         raise PresetError("fp16 needs a GradScaler, which LBFGS cannot use; set amp = \"bf16\" or \"off\"",
                           key="train.amp")
     callbacks = build_callbacks(preset)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return Parts(preset, model, device, name, amp_dtype, data, optimizer, schedule, loss_fn, layers, plan,
-                 steps_per_epoch, total_steps, built.weights_note, warnings, callbacks, step_fn, metrics, goals)
+    return Parts(preset, model, device, device_label(device), amp_dtype, data, optimizer, schedule, loss_fn, layers,
+                 plan, steps_per_epoch, total_steps, built.weights_note, warnings, callbacks, step_fn, metrics, goals)

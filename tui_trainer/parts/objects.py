@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from tui_trainer.config import Preset
 from tui_trainer.errors import UserError
-from tui_trainer.parts import Parts, _require_goals, resolve_amp, resolve_device, seed_everything
+from tui_trainer.parts import Parts, _require_goals, device_label, resolve_amp, resolve_device, seed_everything
 from tui_trainer.parts.callbacks import check_callback
 from tui_trainer.parts.data import DataParts, make_loaders
 from tui_trainer.parts.layers import layer_rows
@@ -287,10 +287,9 @@ def _from_objects(preset, model, train, val, optimizer, loss_fn, scheduler, inte
     group_names = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
     plan = plan_objects(optimizer, scheduler, interval, warmup, steps_per_epoch, total_steps, group_names)
     amp_dtype = resolve_amp(preset.train.amp, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return Parts(preset, model, device, name, amp_dtype, data, optimizer, schedule, loss_fn, layers, plan,
-                 steps_per_epoch, total_steps, f"your {type(model).__name__}", warnings_, callbacks, step_fn, metrics,
-                 goals)
+    return Parts(preset, model, device, device_label(device), amp_dtype, data, optimizer, schedule, loss_fn, layers,
+                 plan, steps_per_epoch, total_steps, f"your {type(model).__name__}", warnings_, callbacks, step_fn,
+                 metrics, goals)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -115,6 +115,7 @@ from tui_trainer.engine.probes import MemoryProbe
 from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
 from tui_trainer.engine.stopping import Best, EarlyStopping, early_stop_message, monitored
 from tui_trainer.errors import UserError, did_you_mean
+from tui_trainer.parts import device_label
 from tui_trainer.parts.layers import first_tensor, layer_rows, matches, trainable_state
 from tui_trainer.parts.optim import LrPlan, LrSchedule
 
@@ -1122,7 +1123,7 @@ class Run:
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         names = self._group_names()
         lrs = tuple(float(g["lr"]) for g in groups)
-        device_name = torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else self._device.type
+        device_name = device_label(self._device)
         self._emit(RunStarted(
             run_name=self._cfg.name, run_dir=str(self.run_dir), device=str(self._device), device_name=device_name,
             amp="-", epochs=epochs, steps_per_epoch=self._steps_per_epoch, total_steps=total,
