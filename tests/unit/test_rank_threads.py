@@ -36,6 +36,7 @@ def test_more_cpu_ranks_than_cores_is_a_warning_in_the_run(tmp_path, monkeypatch
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
     assert build(preset, rank=0, world=2).warnings[-1] == (
-        "2 CPU ranks share 1 core here: each waits for the others; train.devices = 1 trains faster")
+        "2 CPU ranks share 1 core here: each waits for the others; 1 (train.devices, or torchrun's --nproc-per-node)"
+        " train faster")
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert not any("CPU ranks" in w for w in build(preset, rank=0, world=2).warnings)

@@ -202,7 +202,7 @@ def _build(preset: Preset, rank: int = 0, world: int = 1, local_rank: int = 0) -
         here, cores = int(os.environ.get("LOCAL_WORLD_SIZE", world)), usable_cores()
         if here > cores:
             warnings.append(f"{here} CPU ranks share {cores} core{'' if cores == 1 else 's'} here: each waits for"
-                            f" the others; train.devices = {cores} trains faster")
+                            f" the others; {cores} (train.devices, or torchrun's --nproc-per-node) train faster")
 
     data = make_loaders(preset.data, preset.seed, device, accumulate=preset.train.accumulate, rank=rank, world=world)
     model_cfg = preset.model
