@@ -158,3 +158,25 @@ def test_every_event_kind_round_trips_through_events_jsonl(tiny_preset, tmp_path
                                                                "LrPlanned"}
     assert any(isinstance(e, StepReport) for e in out.events) and isinstance(out.events[0], RunStarted)
     assert not out.of(EpochEnd)
+
+
+def test_a_new_run_into_a_run_dir_that_holds_a_run_is_refused(tmp_path):
+    """It replaced the old run's best.pt and last.pt, keep_last deleted its own checkpoints first, and
+    events.jsonl and metrics.csv held two histories. --resume into it is the way to go on."""
+    from tests.helpers.user_code import write_preset
+
+    preset = write_preset(tmp_path / "p.toml", checkpoint={"every_epochs": 1, "keep_last": 1})
+    first = run_cli(str(preset), "--no-ui", "--run-dir", "r", cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert first.returncode == 0, first.stderr[-1000:]
+    files = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    again = run_cli(str(preset), "--no-ui", "--run-dir", "r", "--set", "train.epochs=1", cwd=tmp_path,
+                    env_extra=ONE_THREAD_ENV)
+    assert again.returncode == 2
+    assert again.stderr.strip() == ("tui-trainer: error: --run-dir: r already holds a run (events.jsonl);"
+                                    " --resume r/checkpoints/last.pt continues it, or choose another --run-dir"
+                                    " for a new one"), again.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == files
+    more = run_cli(str(preset), "--no-ui", "--run-dir", "r", "--resume", "r/checkpoints/last.pt", "--set",
+                   "train.epochs=3", cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert more.returncode == 0, more.stderr[-1000:]
+    assert (tmp_path / "r" / "checkpoints" / "epoch-0003.pt").is_file()

@@ -171,6 +171,23 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_fits_resume(tmp_path, 
     assert not (tmp_path / "b").exists()
 
 
+def test_a_run_dir_that_holds_a_run_is_refused_unless_it_resumes(tmp_path, capsys, one_torch_thread):
+    """A new run into an old run's directory replaced its best.pt and last.pt and mixed two histories."""
+    model, opt = objects()
+    done = tui_trainer.fit(model, Blobs(32), None, optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=1,
+                           run_dir=tmp_path / "a", **QUIET)
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    err = _bad(capsys, run_dir=tmp_path / "a")
+    assert err == (f"tui-trainer: error: fit: run_dir: {tmp_path / 'a'} already holds a run (events.jsonl);"
+                   f' resume="{done.last_path}" continues it, or choose another run_dir for a new one'), err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before
+    model, opt = objects()
+    again = tui_trainer.fit(model, Blobs(32), None, optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=2,
+                            run_dir=tmp_path / "a", resume=done.last_path, **QUIET)
+    assert again.run_dir == done.run_dir and again.epoch == 2 and again.status == "completed"
+
+
 def test_a_metric_function_of_the_users_module_is_a_metric(tmp_path, one_torch_thread):
     model, opt = objects()
     result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),

@@ -128,11 +128,11 @@ def _assemble(preset: config.Preset, make_parts: Callable[[Dist], object], devic
     if state is not None:  # a loop's, or another global batch (not exact): exit 2 before anything is built
         checkpoint.check_kind(state, resume_path, loop=False, arg=arg)
         checkpoint.resume_fit(state, preset, dist.world, resume_path, arg=arg)
+    rd, fresh = choose_run_dir(preset.name, run_dir, resume_path, arg=arg)  # resumed: the run it came from
     parts = make_parts(dist)
     if state is not None and (note := checkpoint.resume_fit(state, preset, dist.world, resume_path, parts, arg)):
         parts.warnings.append(note)
 
-    rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # resumed: the run it came from
     fan_out = FanOut(list(taps or []))
     control = Control()
     trainer = Trainer(parts, fan_out, checkpoint_dir=rd.checkpoints, run_dir=rd.path, control=control,

@@ -351,7 +351,7 @@ def open_loop(cfg: Preset, train_fn, *, model, optimizer, scheduler, interval: s
     if state is not None:
         ckpt.check_kind(state, resume_path, loop=True, arg=arg)
     tensorboard = _tensorboard_writer_class(cfg) if cfg.log.tensorboard else None
-    rd, fresh = choose_run_dir(cfg.name, run_dir, resume_path)
+    rd, fresh = choose_run_dir(cfg.name, run_dir, resume_path, arg=arg)
     fan_out = FanOut([])
     control = Control()
     run = Run(cfg, train_fn, model=model, optimizer=optimizer, scheduler=scheduler, interval=interval, sink=fan_out,

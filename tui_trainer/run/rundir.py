@@ -76,16 +76,37 @@ def resume_checkpoint(name: str, resume: str | None, base: str | Path = "runs",
 
 
 def choose_run_dir(name: str, run_dir: str | Path | None, resume_path: Path | None,
-                   base: str | Path = "runs") -> tuple[RunDir, bool]:
+                   base: str | Path = "runs", arg: ArgNames = CLI_NAMES) -> tuple[RunDir, bool]:
     """Where a run writes, and whether that is a new directory: --run-dir; else the run the resumed
     checkpoint came from (one history); else a new runs/<name>-<time>/ (not made yet). The one rule
-    for the foreground run and for `--detach`, which picks the directory before it forks."""
+    for the foreground run and for `--detach`, which picks the directory before it forks. A --run-dir
+    that holds a run already is refused unless the run resumes (`refuse_if_taken`)."""
     if run_dir is not None:
-        return RunDir(run_dir), False
+        rd = RunDir(run_dir)
+        if resume_path is None:
+            refuse_if_taken(rd, arg)
+        return rd, False
     origin = run_dir_of(resume_path) if resume_path is not None else None
     if origin is not None:
         return RunDir(origin), False
     return RunDir.unused(name, base), True
+
+
+def refuse_if_taken(rd: RunDir, arg: ArgNames = CLI_NAMES) -> None:
+    """A new run (no resume) into a directory that holds another run's events or checkpoints would
+    mix two histories in one events.jsonl and metrics.csv, and its checkpoints would replace the old
+    run's best.pt and last.pt (and keep_last would delete its own first). Asked by the process that
+    will write it (rank 0 of many, or one): the others find rank 0's files there."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    held = [p for p in (rd.events_path,) if p.is_file()] + sorted(rd.checkpoints.glob("*.pt"))
+    if not held:
+        return
+    last = rd.checkpoints / "last.pt"
+    cont = (f"{arg.without} {last}" if arg is CLI_NAMES else f'{arg.without}="{last}"') if last.is_file() else \
+        arg.without
+    raise UserError(f"{rd.path} already holds a run ({held[0].name}); {cont} continues it, or choose another"
+                    f" {arg.run_dir.split(': ')[-1]} for a new one", source=arg.run_dir)
 
 
 def refuse_if_live(rd: RunDir, source: str) -> None:
