@@ -188,6 +188,26 @@ def test_a_run_dir_that_holds_a_run_is_refused_unless_it_resumes(tmp_path, capsy
     assert again.run_dir == done.run_dir and again.epoch == 2 and again.status == "completed"
 
 
+def test_a_resume_that_follows_another_monitor_starts_its_best_afresh(tmp_path, one_torch_thread):
+    """A best val_acc (max) was loaded as the best val_loss: every val_loss looked worse, best.pt was
+    never written again and early stopping ended a run that was improving."""
+    model, opt = objects()
+    first = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
+                            metrics=["accuracy"], checkpoint={"monitor": "val_acc"}, epochs=2, batch_size=16,
+                            run_dir=tmp_path / "run", **QUIET)
+    assert first.monitor == "val_acc" and first.best > 0.3
+    model, opt = objects()
+    more = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
+                           metrics=["accuracy"], early_stopping={"enabled": True, "patience": 1}, epochs=3,
+                           batch_size=16, run_dir=tmp_path / "run", resume=first.last_path, **QUIET)
+    assert more.status == "completed" and more.monitor == "val_loss"
+    assert more.best == more.metrics["val_loss"], "the one epoch of this run is the best val_loss so far"
+    started = [e for e in events(tmp_path / "run") if e["kind"] == "RunStarted"][-1]
+    assert ("checkpoint.monitor is val_loss (min) and " + first.last_path + " followed val_acc (max): its best"
+            " and its epochs without improvement start afresh") in started["warnings"]
+    assert torch.load(more.best_path, weights_only=True)["epoch"] == 3
+
+
 def test_a_metric_function_of_the_users_module_is_a_metric(tmp_path, one_torch_thread):
     model, opt = objects()
     result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),

@@ -166,3 +166,21 @@ def test_should_stop_stays_true_once_reached_while_nothing_improves():
         es.update(2.0, epoch)
         assert es.should_stop
     assert es.best.bad_epochs == 3
+
+
+def test_a_resumed_best_is_kept_only_for_the_same_monitor_judged_the_same_way():
+    from tui_trainer.engine.stopping import resume_best
+
+    saved = Best("max", value=0.98, epoch=7, bad_epochs=2).state_dict()
+    same = Best("max", min_delta=0.01)
+    assert resume_best(same, saved, "val_f1", "val_f1", "checkpoint.monitor", "last.pt") is None
+    assert (same.value, same.epoch, same.bad_epochs, same.min_delta) == (0.98, 7, 2, 0.01)  # this run's min_delta
+    older = Best("max")  # a checkpoint that did not record its monitor: taken as the same
+    assert resume_best(older, saved, "val_f1", None, "checkpoint.monitor", "last.pt") is None and older.value == 0.98
+    other = Best("min")  # a best val_f1 (max) read as a best val_loss stopped a run whose val_loss improved
+    note = resume_best(other, saved, "val_loss", "val_f1", "early_stopping.monitor", "last.pt")
+    assert note == ("early_stopping.monitor is val_loss (min) and last.pt followed val_f1 (max): its best and its"
+                    " epochs without improvement start afresh")
+    assert (other.value, other.epoch, other.bad_epochs, other.mode) == (None, None, 0, "min")
+    flipped = Best("min")  # the same name, judged the other way (mode = "min" on val_acc)
+    assert resume_best(flipped, saved, "val_acc", "val_acc", "checkpoint.monitor", "x.pt") and flipped.value is None

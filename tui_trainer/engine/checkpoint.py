@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tui_trainer.engine.stopping import resume_best
 from tui_trainer.errors import UserError, describe_load_error
 
 if TYPE_CHECKING:
@@ -313,6 +314,8 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
         "trainable": {n: p.requires_grad for n, p in t.model.named_parameters()},
         "best": t.best.state_dict(),
         "early_stopping": t.early.best.state_dict() if t.early else None,
+        "monitor": t.monitor,  # what `best` judged, and `early_stopping` (a resume with others starts them afresh)
+        "es_monitor": t.es_monitor,
         "config": t.preset.to_dict(),
         "world": t.dist.world,  # ranks, and samples per optimizer step over all of them: what a resume must keep
         "global_batch": t.batch_size,
@@ -403,9 +406,18 @@ def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> N
     t.epoch = int(state["epoch"])
     t.batch_in_epoch = int(state["batch_in_epoch"])
     t.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
-    t.best.load_state_dict(state["best"])
-    if t.early is not None and state.get("early_stopping"):
-        t.early.best.load_state_dict(state["early_stopping"])
+    saved = state.get("config") or {}
+    for best, key, monitor, saved_best, saved_monitor, raw in (
+            (t.best, "checkpoint.monitor", t.monitor, state.get("best"), state.get("monitor"), "checkpoint"),
+            (t.early.best if t.early else None, "early_stopping.monitor", t.es_monitor, state.get("early_stopping"),
+             state.get("es_monitor"), "early_stopping")):
+        if best is None:
+            continue
+        if saved_monitor is None:  # an older checkpoint: the monitor its preset named, against this one's
+            named = (saved.get(raw) or {}).get("monitor")
+            saved_monitor = None if named in (None, getattr(t.preset, raw).monitor) else named
+        if note := resume_best(best, saved_best, monitor, saved_monitor, key, str(source)):
+            t.parts.warnings.append(note)
     t.schedule.before_step(t.step)
     set_rng_state(state["rng"])
 

@@ -36,7 +36,7 @@ def finish(t: Trainer, status: str, t0: float) -> Finished | Failed:
         return final_save_failed(t)
     messages = {
         "completed": f"finished {t.step} steps",
-        "early_stopped": early_stop_message(t.es_monitor, t.preset.early_stopping.patience),
+        "early_stopped": early_stop_message(t.es_monitor, t.early.best.bad_epochs if t.early else 0),
         "stopped": {"callback": "stopped by a callback after a clean save", "cancelled": "stopped after a clean save"
                     }.get(t._stop.reason if t._stop else "", "stopped by the user after a clean save"),
         "signal": f"stopped by signal {t._stop.signum if t._stop else ''} after a clean save",

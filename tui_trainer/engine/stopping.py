@@ -84,9 +84,27 @@ class EarlyStopping:
         return self.best.bad_epochs >= self.patience
 
 
-def early_stop_message(monitor: str, patience: int) -> str:
+def resume_best(best: Best, saved: dict | None, monitor: str, saved_monitor: str | None, key: str,
+                source: str) -> str | None:
+    """A checkpoint's best (value, epoch, epochs without improvement) put back into `best`, when the
+    checkpoint judged the same `monitor` the same way (`saved_monitor` None: a checkpoint that did
+    not record it, taken as the same); this run's own mode and min_delta are kept. Else `best` stays
+    fresh and the warning says so: a best val_f1 (max) loaded as a best val_loss stopped a run whose
+    val_loss improved."""
+    if not saved:
+        return None
+    old_mode = saved.get("mode", best.mode)
+    if saved_monitor in (None, monitor) and old_mode == best.mode:
+        best.value, best.epoch = saved.get("value"), saved.get("epoch")
+        best.bad_epochs = int(saved.get("bad_epochs", 0))
+        return None
+    return (f"{key} is {monitor} ({best.mode}) and {source} followed {saved_monitor or monitor} ({old_mode}):"
+            f" its best and its epochs without improvement start afresh")
+
+
+def early_stop_message(monitor: str, epochs: int) -> str:
     """Finished's message of an early stop (the engine's and the loop's)."""
-    return f"early stop: no {monitor} improvement for {patience} epoch{'' if patience == 1 else 's'}"
+    return f"early stop: no {monitor} improvement for {epochs} epoch{'' if epochs == 1 else 's'}"
 
 
 # --------------------------------------------------------------------------- the non-finite guard

@@ -113,7 +113,7 @@ from tui_trainer.engine.events import (CheckpointSaved, EpochEnd, Event, Failed,
                                        TrainableChanged)
 from tui_trainer.engine.probes import MemoryProbe
 from tui_trainer.engine.trainer import INPUT_BOUND, INPUT_BOUND_S, input_bound_advice
-from tui_trainer.engine.stopping import Best, EarlyStopping, early_stop_message, monitored
+from tui_trainer.engine.stopping import Best, EarlyStopping, early_stop_message, monitored, resume_best
 from tui_trainer.errors import UserError, did_you_mean
 from tui_trainer.parts import device_label
 from tui_trainer.parts.layers import first_tensor, layer_rows, matches, trainable_state
@@ -1046,6 +1046,8 @@ class Run:
             "trainable": {n: p.requires_grad for n, p in self.model.named_parameters()},
             "best": self._best.state_dict(),
             "best_monitor": self._best_monitor,
+            "monitor": self._monitor,  # what `best` and `early_stopping` judged (ckpt.load_trainer_state's rule)
+            "es_monitor": self._cfg.early_stopping.monitor,
             "early_stopping": self._early.best.state_dict() if self._early is not None else None,
             "config": self._cfg.to_dict(),
             "epochs": self._n_epochs,
@@ -1090,10 +1092,15 @@ class Run:
         self._in_epoch = int(state["batch_in_epoch"])
         self._epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
         self._epoch_more = {k: [float(v[0]), int(v[1])] for k, v in (state.get("epoch_more") or {}).items()}
-        self._best.load_state_dict(state["best"])
-        self._best_monitor = state.get("best_monitor", self._monitor)
-        if self._early is not None and state.get("early_stopping"):
-            self._early.best.load_state_dict(state["early_stopping"])
+        if note := resume_best(self._best, state.get("best"), self._monitor, state.get("monitor"),
+                               "checkpoint.monitor", source):
+            self._warnings.append(note)
+        else:
+            self._best_monitor = state.get("best_monitor", self._monitor)
+        if self._early is not None and (note := resume_best(
+                self._early.best, state.get("early_stopping"), self._cfg.early_stopping.monitor,
+                state.get("es_monitor"), "early_stopping.monitor", source)):
+            self._warnings.append(note)
         self._rng = state["rng"]
         self._reported_step = self.step
         self._saved_at = (self.step, self.epoch, self._in_epoch)  # nothing new to save yet
@@ -1182,7 +1189,8 @@ class Run:
                                    else None)
         messages = {
             "completed": f"finished {self.step} steps",
-            "early_stopped": early_stop_message(self._cfg.early_stopping.monitor, self._cfg.early_stopping.patience),
+            "early_stopped": early_stop_message(self._cfg.early_stopping.monitor,
+                                                self._early.best.bad_epochs if self._early else 0),
             "stopped": "stopped after a clean save" if self._stop and self._stop.reason == "cancelled"
             else "stopped by the user after a clean save",
             "signal": f"stopped by signal {self._stop.signum if self._stop else ''} after a clean save",
