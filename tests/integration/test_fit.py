@@ -171,6 +171,29 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_fits_resume(tmp_path, 
     assert not (tmp_path / "b").exists()
 
 
+class LabelsAsText(Blobs):
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        return x, str(int(y))
+
+
+class Unreadable(Blobs):
+    def __getitem__(self, i: int):
+        raise KeyError(i)
+
+
+def test_a_training_set_the_step_cannot_take_is_bad_input_even_with_validation_data(tmp_path, capsys):
+    """Only the validation set's first samples were checked at start: a training set with text labels,
+    or one that cannot be read, failed at step 0 with an emergency checkpoint instead."""
+    err = _bad(capsys, train_data=LabelsAsText(32), val_data=Blobs(24, seed=1), run_dir=tmp_path / "a")
+    assert err.startswith("tui-trainer: error: fit: loss: ") and "targets tuple(str, str" in err, err
+    err = _bad(capsys, train_data=Unreadable(32), val_data=Blobs(24, seed=1), run_dir=tmp_path / "b")
+    assert err == "tui-trainer: error: fit: train_data: cannot read sample 0: KeyError: 0", err
+    err = _bad(capsys, train_data=Blobs(32), val_data=Unreadable(24), run_dir=tmp_path / "c")
+    assert err == "tui-trainer: error: fit: val_data: cannot read sample 0: KeyError: 0", err
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
 def test_a_run_dir_that_holds_a_run_is_refused_unless_it_resumes(tmp_path, capsys, one_torch_thread):
     """A new run into an old run's directory replaced its best.pt and last.pt and mixed two histories."""
     model, opt = objects()

@@ -12,7 +12,7 @@ from torch import nn
 
 from tui_trainer.parts import target
 from tui_trainer.parts.callbacks import build_callbacks
-from tui_trainer.parts.step import dry_run, resolve_step
+from tui_trainer.parts.step import dry_runs, resolve_step
 from tui_trainer.parts.data import DataParts, check_data, make_loaders
 from tui_trainer.parts.layers import LayerInfo, layer_rows
 from tui_trainer.parts.loss import build_loss, check_loss
@@ -227,7 +227,7 @@ def _build(preset: Preset, rank: int = 0, world: int = 1, local_rank: int = 0) -
         goals = {**goals, **metrics.goals}
         _require_goals(preset, goals)
     # the step, the model, the loss and the metrics, once on a real batch: bad input fails here
-    shapes = dry_run(preset, model, step_fn, loss_fn, data.sample_batch, device, metrics)
+    shapes = dry_runs(preset, model, step_fn, loss_fn, data, device, metrics)
     layers = layer_rows(model, shapes=shapes)
 
     optimizer = build_optimizer(preset.optimizer, model)

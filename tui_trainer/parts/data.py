@@ -48,6 +48,9 @@ class DataParts:
     # (else the training set), through the run's collate_fn; the start checks model, step and loss on it.
     sample_batch: Any = None
     collate_fn: Any = None  # data.collate resolved, or None (torch's default_collate)
+    # the first samples of the training set too, when `sample_batch` is the validation set's: the start
+    # checks the step on them as well (a train set whose labels are strings failed only at step 0)
+    train_batch: Any = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -517,8 +520,12 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: 
     if val_ds is not None and len(val_ds) > 0:
         val_batches = EpochBatches(len(val_ds), cfg.val_batch_size or cfg.batch_size, seed, False, False,
                                    rank=rank, world=world, even=False)  # every sample on exactly one rank
-    first_of = val_ds if val_batches is not None else train_ds
-    batch = first_batch(first_of, seed, min(cfg.batch_size, 8), collate_fn, cfg.collate)
+    n = min(cfg.batch_size, 8)
+    batch = None
+    if val_batches is not None:  # the validation set's, for the metrics' check; the user's own: named val_data
+        batch = first_batch(val_ds, seed, n, collate_fn, cfg.collate, key="data" if datasets is None else "val_data")
+    train_batch = first_batch(train_ds, seed, n, collate_fn, cfg.collate)
+    batch = train_batch if batch is None else batch
     if cfg.preload:
         train = PreloadedBatches(train_ds, batches, device, cfg.num_workers)
         val = PreloadedBatches(val_ds, val_batches, device, cfg.num_workers) if val_batches else None
@@ -540,7 +547,8 @@ def make_loaders(cfg: DataSection, seed: int, device: torch.device, accumulate: 
     if cfg.preload:
         note += f", preloaded to {device.type}"
     return DataParts(train, val, batches, len(classes) or None, classes, sample, note, sample_target,
-                     sample_batch=batch, collate_fn=collate_fn)
+                     sample_batch=batch, collate_fn=collate_fn, train_batch=train_batch if batch is not train_batch
+                     else None)
 
 
 def _worker_signals(_worker_id: int) -> None:
@@ -561,22 +569,22 @@ def _worker_signals(_worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def first_batch(ds, seed: int, n: int = 8, collate_fn=None, collate_name: str | None = None):
+def first_batch(ds, seed: int, n: int = 8, collate_fn=None, collate_name: str | None = None, key: str = "data"):
     """The first `n` samples of `ds` (through Keyed, unaugmented), collated with `collate_fn`
     (default_collate when None), on the CPU. A sample that cannot be read, or samples that cannot be
-    collated, are a one-line UserError (key "data", or "data.collate" for the user's collate)."""
+    collated, are a one-line UserError (`key`, or "data.collate" for the user's collate)."""
     keyed = Keyed(ds, seed, False)
     samples = []
     for i in range(min(n, len(ds))):
         try:
             samples.append(keyed[(0, i)])
         except DataError as exc:
-            raise UserError(str(exc), key="data") from None
+            raise UserError(str(exc), key=key) from None
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's dataset
             raise UserError(f"cannot read sample {_own_index(ds, i)}: {type(exc).__name__}: {_first_line(exc)}",
-                            key="data") from None
+                            key=key) from None
     try:
         return (collate_fn or default_collate)(samples)
     except UserError:
@@ -586,7 +594,7 @@ def first_batch(ds, seed: int, n: int = 8, collate_fn=None, collate_name: str | 
             raise UserError(f"{collate_name or 'the collate function'} failed on the first {len(samples)} samples:"
                             f" {type(exc).__name__}: {_first_line(exc)}", key="data.collate") from None
         raise UserError(f"cannot collate samples into a batch: {_first_line(exc)}; {_sample_shapes(samples)};"
-                        " give data.collate", key="data") from None
+                        " give data.collate", key=key) from None
 
 
 def _own_index(ds, i: int) -> int:

@@ -36,12 +36,12 @@ from tui_trainer.parts.data import DataParts, make_loaders
 from tui_trainer.parts.layers import layer_rows
 from tui_trainer.parts.metrics import build_metrics
 from tui_trainer.parts.optim import LrPlan, LrSchedule, is_plateau, simulate_plan
-from tui_trainer.parts.step import default_step, dry_run
+from tui_trainer.parts.step import default_step, dry_runs
 
 SOURCE = "fit"
 # preset keys in start-up errors -> the argument of fit() that supplied the object
 ARGUMENT_OF = {"model.arch": "model", "model": "model", "loss": "loss", "loss.name": "loss", "step.fn": "step",
-               "data": "train_data", "data.dataset": "train_data", "data.collate": "train_data",
+               "data": "train_data", "data.dataset": "train_data", "data.collate": "train_data", "val_data": "val_data",
                "optimizer": "optimizer", "scheduler": "scheduler"}
 PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # made for a step per batch
 PRESET_HINTS = (("check model.arch and the input size (data.image_size, data.channels, data.flatten)",
@@ -271,7 +271,7 @@ def _from_objects(preset, model, train, val, optimizer, loss_fn, scheduler, inte
     if metrics is not None:
         goals.update(metrics.goals)
         _require_goals(preset, goals)
-    shapes = dry_run(preset, model, step_fn, loss_fn, data.sample_batch, device, metrics)
+    shapes = dry_runs(preset, model, step_fn, loss_fn, data, device, metrics)
     layers = layer_rows(model, shapes=shapes)
     for i, cb in enumerate(callbacks):
         try:

@@ -144,6 +144,17 @@ def dry_run(preset: Preset, model: torch.nn.Module, step: Step, loss_fn, batch, 
     return shapes
 
 
+def dry_runs(preset: Preset, model: torch.nn.Module, step: Step, loss_fn, data, device: torch.device,
+             metrics: MetricSet | None) -> dict[str, tuple[int, ...]]:
+    """`dry_run` on the data's sample batch (the validation set's when there is one: the metrics are
+    checked on it) and on the training set's first samples too (`data.train_batch`), so that a
+    training set the step cannot take is bad input at start, not a failed step 0. The sample's shapes."""
+    shapes = dry_run(preset, model, step, loss_fn, data.sample_batch, device, metrics)
+    if getattr(data, "train_batch", None) is not None:
+        dry_run(preset, model, step, loss_fn, data.train_batch, device, None)
+    return shapes
+
+
 def _default_checked(preset: Preset, model, loss_fn, batch) -> dict[str, torch.Tensor]:
     """The default step, with the model's failures and the loss's told apart."""
     x, y = batch
