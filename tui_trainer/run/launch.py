@@ -195,7 +195,8 @@ class RankFailure:
     """Many ranks: a rank's failure reaches the person. The launcher's one line names the rank and
     says why (torch's elastic launcher reads it from the file its TORCHELASTIC_ERROR_FILE names:
     the rank's process ends with os._exit, so no exception carries it there), and a rank other than
-    0, which prints nothing else, prints it on stderr."""
+    0, which prints nothing else, prints it on stderr, unless it failed on the connection a rank that
+    ended first closed (the launcher names that one)."""
 
     def __init__(self, rank: int):
         self.rank = rank
@@ -203,8 +204,10 @@ class RankFailure:
     def __call__(self, event: Event) -> None:
         if not isinstance(event, Failed):
             return
-        if self.rank:
-            print(f"tui-trainer: error: rank {self.rank}: {event.error}", file=sys.stderr, flush=True)
+        from tui_trainer.run.ranks import LOST_PEER
+
+        if self.rank and not any(w in event.error.lower() for w in LOST_PEER):  # (a lost peer: an echo of
+            print(f"tui-trainer: error: rank {self.rank}: {event.error}", file=sys.stderr, flush=True)  # its cause)
         own = os.environ.get("TUI_TRAINER_FAILURES")  # run/ranks.py: the launcher names the first to fail
         if own:
             try:

@@ -66,13 +66,15 @@ def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_di
 
     rank = int(os.environ.get("RANK", "0"))
     if rank:  # stops come from rank 0, shared at a step boundary: a signal here must not end this rank alone
-        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
     elif on_hangup == "detach":
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the headless handlers keep an ignored SIGHUP ignored
     try:
         code = run_headless(preset_path, overrides, resume=resume, run_dir=run_dir, serve=rank == 0)
+    except KeyboardInterrupt:  # a second Ctrl+C: aborted (the spawn wrapper would call it exit 0)
+        code = 130
     except UserError as err:  # bad input found while this rank built its parts: the launcher says it once
         if not _tell_launcher(rank, str(err), err.exit_code):
             say_error(err)  # (no launcher of ours: this rank says it, named)
@@ -151,6 +153,7 @@ class Launch:
 
         self.failures_dir = tempfile.mkdtemp(prefix="tui-trainer-failures-")
         os.environ[FAILURES_ENV] = self.failures_dir  # the ranks, spawned below, inherit it
+        ignore_in_resource_tracker()
         threads = rank_threads(self.n, os.environ)
         if threads is not None:  # inherited by the ranks; the start line says it ("cpu, 1 thread")
             os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -160,8 +163,18 @@ class Launch:
             self.code = int(results.get(0, 1))
         except ChildFailedError as exc:
             codes = {f.exitcode for f in exc.failures.values()}
-            if codes <= {129, 130, 143}:  # stopped by a signal after rank 0's save: not a failure
+            if codes <= STOPPED:  # stopped by a signal after rank 0's save: not a failure
                 self.code = max(codes)
+                return self.code
+            first = exc.failures.get(0)
+            if first is not None and first.exitcode in STOPPED:  # rank 0 stopped (aborted: 130); the others
+                self.code = first.exitcode  # then failed on the lost connection, an echo of it
+                return self.code
+            if (sig := _forwarded_kill(exc.failures)) is not None:  # a stop sent before rank 0 could take it
+                self.code = 128 + sig
+                made = self.run_dir.is_dir()
+                print(f"tui-trainer: stopped by signal {sig} while the ranks started; nothing was trained"
+                      + (f" (run dir {self.run_dir})" if made else ""), file=sys.stderr)
                 return self.code
             bad = _bad_input(self.failures_dir)
             if bad is not None:  # every rank builds the same parts: one line, as one process prints it
@@ -215,6 +228,18 @@ def rank_threads(n: int, env, cores: int | None = None) -> int | None:
 
 
 FAILURES_ENV = "TUI_TRAINER_FAILURES"  # a directory where each rank that fails writes rank-<r>.json
+STOPPED = {129, 130, 143}  # a rank's exit after a stop by SIGHUP / SIGINT (abort) / SIGTERM
+_FORWARDED: set[int] = set()  # the signals signal_ranks passed on (a rank they killed was stopped, not failed)
+
+
+def _forwarded_kill(failures: dict) -> int | None:
+    """The signal that killed every failed rank, when it is one this process passed on to them: a
+    stop that reached a rank before its handlers were installed (while it built its parts)."""
+    sigs = {-f.exitcode for f in failures.values() if f.exitcode < 0}
+    others = [f for f in failures.values() if f.exitcode >= 0 and not any(w in _message(f).lower() for w in LOST_PEER)]
+    if len(sigs) == 1 and not others and (sig := sigs.pop()) in _FORWARDED:
+        return sig
+    return None
 
 
 def _tell_launcher(rank: int, error: str, code: int) -> bool:
@@ -289,19 +314,53 @@ def signal_ranks(signum: int) -> None:
     others ignore it)."""
     import psutil
 
+    _FORWARDED.add(signum)
     for child in psutil.Process().children(recursive=True):
         try:
+            if "resource_tracker" in " ".join(child.cmdline()):  # multiprocessing's: a signal would kill it
+                continue
             os.kill(child.pid, signum)
-        except OSError:
+        except (OSError, psutil.Error):
             pass
+
+
+def interrupt_ranks() -> None:
+    """SIGINT to this process: a Ctrl+C in the terminal reached the ranks too (they share its
+    foreground process group, and rank 0 stops them all), so it is passed on only when it cannot
+    have come from there (`kill -INT` to a launcher in the background or without a terminal)."""
+    try:
+        with open("/dev/tty", "rb") as tty:
+            if os.tcgetpgrp(tty.fileno()) == os.getpgrp():
+                return
+    except OSError:
+        pass  # no controlling terminal
+    signal_ranks(signal.SIGINT)
+
+
+def ignore_in_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (it outlives the ranks' semaphores) with SIGHUP and
+    SIGUSR1 ignored, which it inherits: a terminal that closes sends SIGHUP to its whole process
+    group, tracker included, and a dead tracker filled the screen with its KeyErrors."""
+    import threading
+    from multiprocessing import resource_tracker
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # (signal.signal works on the main thread only: run_ranks_app calls this before its thread)
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _in_thread(start):
     """Run the launcher in a thread: on the main thread elastic_launch would install its own signal
     handlers (and keep them), which forward a Ctrl+C the ranks already got from the terminal and then
     wait 30 s for ranks that are done. Here a Ctrl+C is left to the ranks (they share the terminal's
-    process group; rank 0 turns it into a stop for all), and SIGTERM or SIGHUP sent to this process
-    alone is passed on to them."""
+    process group; rank 0 turns it into a stop for all; `interrupt_ranks`), and SIGTERM, SIGHUP or
+    SIGUSR1 sent to this process alone is passed on to them (SIGUSR1 left to its default killed the
+    launcher and orphaned the ranks)."""
     import threading
 
     out: dict = {}
@@ -316,8 +375,8 @@ def _in_thread(start):
     thread.start()
     saved = {}
     if threading.current_thread() is threading.main_thread():
-        saved[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        saved[signal.SIGINT] = signal.signal(signal.SIGINT, lambda signum, frame: interrupt_ranks())
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             saved[sig] = signal.signal(sig, lambda signum, frame: signal_ranks(signum))
     try:
         while thread.is_alive():

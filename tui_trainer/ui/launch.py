@@ -170,10 +170,11 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
     import threading
     import time
 
-    from tui_trainer.run.ranks import Launch, signal_ranks
+    from tui_trainer.run.ranks import Launch, ignore_in_resource_tracker, interrupt_ranks, signal_ranks
 
     launch = Launch.check(preset_path, list(overrides), resume=resume, run_dir=run_dir)  # bad input: exit 2 here
     launch.on_hangup = on_hangup
+    ignore_in_resource_tracker()  # on this (the main) thread: the launcher's runs in the ranks thread
     early: list[int] = []  # a hang-up while the ranks build their data and model
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
@@ -201,8 +202,9 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
     # From here this process only waits for the ranks: a Ctrl+C reaches them from the terminal (rank 0
     # stops them all after a save), a SIGTERM sent here alone is passed on, and a hang-up now is
     # what --on-hangup says, as it was for the monitor.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal_ranks(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupt_ranks())
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: signal_ranks(signum))
     signal.signal(signal.SIGHUP, signal.SIG_IGN if on_hangup == "detach" else lambda signum, frame: signal_ranks(signum))
     if hung_up:
         point_at_devnull()  # nothing may write to the terminal that went away
