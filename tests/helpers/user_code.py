@@ -21,6 +21,13 @@ def mlp(inputs: int = 4, classes: int = 3, hidden: int = 16) -> nn.Module:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, classes))
 
 
+def slow_mlp(delay: float = 30.0) -> nn.Module:
+    """`mlp`, built after `delay` seconds: a rank still building its parts (its signal handlers not yet
+    installed) for as long as a test needs."""
+    time.sleep(delay)
+    return mlp()
+
+
 def mlp784(num_classes: int = 10) -> nn.Module:
     """An MNIST-style MLP: it takes flat (N, 784) inputs, not images."""
     return nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, num_classes))

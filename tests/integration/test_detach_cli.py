@@ -133,6 +133,7 @@ def test_detach_into_a_run_dir_in_use_fails_in_the_foreground_and_leaves_its_log
         from tui_trainer.run import detach as detach_module
 
         monkeypatch.setattr(detach_module, "refuse_if_live", lambda rd, source: None)
+        monkeypatch.setattr("tui_trainer.run.rundir.refuse_if_taken", lambda rd, arg=None: None)
         monkeypatch.setenv("PYTHONPATH", str(ROOT))
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         code = detach_module.detach(str(tiny_preset()), [], resume=None, run_dir="run")

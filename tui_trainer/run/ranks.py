@@ -60,11 +60,15 @@ CPU_RANKS_A_CORE = 4  # more CPU ranks than this a core is refused; more than on
 def rank_main(preset_path: str, overrides: list[str], resume: str | None, run_dir: str,
               on_hangup: str = "stop") -> int:
     """One rank (module level: the launcher starts it in a fresh interpreter and finds it by name).
-    `on_hangup` "detach": the terminal going away does not stop rank 0 either (they share its
-    process group, so the hang-up reaches every rank)."""
+    `on_hangup` "detach": the terminal going away does not stop rank 0 either (a hang-up the
+    launcher passes on, or one sent to the rank itself)."""
     from tui_trainer.run.headless import run_headless
 
     rank = int(os.environ.get("RANK", "0"))
+    # A process group of its own: a Ctrl+C (or a hang-up) from the terminal reaches the launcher alone,
+    # which passes each on once (`signal_ranks`). In the terminal's group rank 0 got a Ctrl+C twice when
+    # it was passed on too (an abort), and not at all when the launcher was sent it alone.
+    os.setpgid(0, 0)
     if rank:  # stops come from rank 0, shared at a step boundary: a signal here must not end this rank alone
         for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
             if hasattr(signal, name):
@@ -325,15 +329,8 @@ def signal_ranks(signum: int) -> None:
 
 
 def interrupt_ranks() -> None:
-    """SIGINT to this process: a Ctrl+C in the terminal reached the ranks too (they share its
-    foreground process group, and rank 0 stops them all), so it is passed on only when it cannot
-    have come from there (`kill -INT` to a launcher in the background or without a terminal)."""
-    try:
-        with open("/dev/tty", "rb") as tty:
-            if os.tcgetpgrp(tty.fileno()) == os.getpgrp():
-                return
-    except OSError:
-        pass  # no controlling terminal
+    """SIGINT to this process (a Ctrl+C in the terminal, `kill -INT`): passed on to the ranks, which
+    are in process groups of their own (`rank_main`); rank 0 stops them all, a second one aborts."""
     signal_ranks(signal.SIGINT)
 
 
@@ -357,9 +354,8 @@ def ignore_in_resource_tracker() -> None:
 def _in_thread(start):
     """Run the launcher in a thread: on the main thread elastic_launch would install its own signal
     handlers (and keep them), which forward a Ctrl+C the ranks already got from the terminal and then
-    wait 30 s for ranks that are done. Here a Ctrl+C is left to the ranks (they share the terminal's
-    process group; rank 0 turns it into a stop for all; `interrupt_ranks`), and SIGTERM, SIGHUP or
-    SIGUSR1 sent to this process alone is passed on to them (SIGUSR1 left to its default killed the
+    wait 30 s for ranks that are done. Here SIGINT, SIGTERM, SIGHUP and SIGUSR1 are passed on to the
+    ranks once each (rank 0 turns a stop into a stop for all; SIGUSR1 left to its default killed the
     launcher and orphaned the ranks)."""
     import threading
 

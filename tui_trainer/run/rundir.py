@@ -99,6 +99,7 @@ def refuse_if_taken(rd: RunDir, arg: ArgNames = CLI_NAMES) -> None:
     will write it (rank 0 of many, or one): the others find rank 0's files there."""
     if os.environ.get("RANK", "0") != "0":
         return
+    refuse_if_live(rd, arg.run_dir)  # a run in it now: that is what to say (and how to attach)
     held = [p for p in (rd.events_path,) if p.is_file()] + sorted(rd.checkpoints.glob("*.pt"))
     if not held:
         return

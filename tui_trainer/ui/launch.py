@@ -199,9 +199,9 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
         if ranks.is_alive() and not hung_up:
             _tell(f"tui-trainer: the run goes on ({launch.n} ranks); `tui-trainer attach {launch.run_dir}` to watch"
                   " it, Ctrl+C to stop it after a save")
-    # From here this process only waits for the ranks: a Ctrl+C reaches them from the terminal (rank 0
-    # stops them all after a save), a SIGTERM sent here alone is passed on, and a hang-up now is
-    # what --on-hangup says, as it was for the monitor.
+    # From here this process only waits for the ranks: a Ctrl+C, SIGTERM or SIGUSR1 is passed on to
+    # them (rank 0 stops them all after a save), and a hang-up now is what --on-hangup says, as it was
+    # for the monitor.
     signal.signal(signal.SIGINT, lambda signum, frame: interrupt_ranks())
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda signum, frame: signal_ranks(signum))
