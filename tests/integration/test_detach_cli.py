@@ -225,3 +225,18 @@ def test_attach_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
     (tmp_path / "notarun").mkdir()
     assert main(["attach", "notarun"]) == 2
     assert "notarun is not a run directory (no events.jsonl)" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_resume_that_cannot_continue_is_refused_in_the_foreground_before_any_log(tmp_path, tiny_preset):
+    """Another global batch was found by the background child, whose error went into the resumed
+    run's output.log."""
+    preset = tiny_preset()
+    first = run_cli(str(preset), "--no-ui", "--run-dir", "r", cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert first.returncode == 0, first.stderr[-1000:]
+    again = run_cli(str(preset), "--detach", "--resume", "r/checkpoints/last.pt", "--set", "data.batch_size=8",
+                    cwd=tmp_path, env_extra=ONE_THREAD_ENV)
+    assert again.returncode == 2
+    assert one_error_line(again.stderr).startswith("tui-trainer: error: --resume: r/checkpoints/last.pt was saved"
+                                                   " by 1 rank with 16 samples per step"), again.stderr
+    assert "training in the background" not in again.stdout
+    assert not (tmp_path / "r" / "output.log").exists()

@@ -32,8 +32,16 @@ def detach(preset_path: str, overrides: list[str], *, resume: str | None, run_di
         raise
     resume_path = resume_checkpoint(preset.name, resume)
     if resume_path is not None:
-        # missing, damaged or a loop's: exit 2 here, not in the background
-        checkpoint.check_kind(checkpoint.load(resume_path), resume_path, loop=False)
+        # missing, damaged, a loop's, or another global batch: exit 2 here, not in the background (nor
+        # into the resumed run's output.log)
+        state = checkpoint.load(resume_path, mmap=True)
+        checkpoint.check_kind(state, resume_path, loop=False)
+        world = 1
+        if preset.train.devices != 1:
+            from tui_trainer.run.ranks import device_count
+
+            world = device_count(preset)[0]
+        checkpoint.resume_fit(state, preset, world, resume_path)
     rd, fresh = choose_run_dir(preset.name, run_dir, resume_path)  # the same rule as the foreground run
     if not fresh:  # before output.log is opened: a refused run must not write into a live run's log
         refuse_if_live(rd, "--run-dir" if run_dir is not None else "--resume")
