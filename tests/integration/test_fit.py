@@ -231,6 +231,30 @@ def test_a_resume_that_follows_another_monitor_starts_its_best_afresh(tmp_path, 
     assert torch.load(more.best_path, weights_only=True)["epoch"] == 3
 
 
+SCORES: list[float] = []  # what `scripted` says, epoch after epoch
+
+
+def scripted(outputs, targets):
+    """A user's metric whose values the test chooses."""
+    return torch.tensor(SCORES[0])
+
+
+def test_a_resume_that_sets_no_new_best_still_names_the_best_checkpoint(tmp_path, one_torch_thread):
+    """Its end named no best.pt (best_path None), though the best it went on from is in one."""
+    model, opt = objects()
+    args = dict(loss=nn.CrossEntropyLoss(), metrics=[scripted], checkpoint={"monitor": "val_scripted", "mode": "max"},
+                batch_size=16, run_dir=tmp_path / "run", **QUIET)
+    SCORES[:] = [0.9]
+    first = tui_trainer.fit(model, Blobs(32), Blobs(16, seed=1), optimizer=opt, epochs=1, **args)
+    assert first.best == pytest.approx(0.9) and first.best_path is not None
+    SCORES[:] = [0.1]  # worse: no new best
+    model, opt = objects()
+    more = tui_trainer.fit(model, Blobs(32), Blobs(16, seed=1), optimizer=opt, epochs=2, resume=first.last_path,
+                           **args)
+    assert more.epoch == 2 and more.best == pytest.approx(0.9)
+    assert more.best_path == first.best_path
+
+
 def test_a_metric_function_of_the_users_module_is_a_metric(tmp_path, one_torch_thread):
     model, opt = objects()
     result = tui_trainer.fit(model, Blobs(96), Blobs(24, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),

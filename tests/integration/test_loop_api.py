@@ -751,3 +751,16 @@ def test_a_loader_with_no_len_gets_its_lr_plan_after_its_first_epoch(tmp_path, c
         replay.add(RunWarning(18, f"warning {i}"))
     lines = replay.lines().decode().splitlines()
     assert sum('"kind":"LrPlanned"' in line for line in lines) == 1
+
+
+def test_a_resume_that_sets_no_new_best_still_names_the_best_checkpoint(tmp_path, one_torch_thread):
+    """The resumed best (epoch 2) stays the best: the run's end named no best.pt (best_path None)."""
+    def finished(run_dir):
+        return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()][-1]
+
+    assert Textbook(epochs=2, val=[0.5, 0.4]).loop(tmp_path) == 0
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert finished(tmp_path / "run")["best_path"] == str(best)
+    assert Textbook(epochs=3, val=[0.5, 0.4, 0.9]).loop(tmp_path, resume=tmp_path / "run" / "checkpoints" / "last.pt") == 0
+    end = finished(tmp_path / "run")
+    assert (end["kind"], end["best"], end["best_epoch"], end["best_path"]) == ("Finished", 0.4, 2, str(best))

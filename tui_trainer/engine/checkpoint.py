@@ -382,6 +382,18 @@ def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None,
     return None
 
 
+def best_file_of(source, epoch: int | None) -> Path | None:
+    """The best.pt beside the resumed checkpoint `source` when it holds the best of epoch `epoch` (a
+    resume that sets no new best still ends naming it); None when there is none, or a later best
+    replaced it (a resume from an older epoch's file)."""
+    path = Path(str(source)).parent / "best.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - absent or unreadable: no best file to name
+        return None
+    return path if isinstance(state, dict) and state.get("epoch") == epoch else None
+
+
 def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> None:
     """Put a checkpoint's state back into `t`: weights, optimizer, schedule, scaler, RNG, position,
     trainable map. A checkpoint of another model or optimizer is a UserError that names `source`."""
@@ -418,6 +430,8 @@ def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> N
             saved_monitor = None if named in (None, getattr(t.preset, raw).monitor) else named
         if note := resume_best(best, saved_best, monitor, saved_monitor, key, str(source)):
             t.parts.warnings.append(note)
+    if t.best.value is not None:  # the run's result names the best.pt of the best it goes on from
+        t._best_path = best_file_of(source, t.best.epoch)
     t.schedule.before_step(t.step)
     set_rng_state(state["rng"])
 

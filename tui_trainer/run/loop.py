@@ -1097,6 +1097,8 @@ class Run:
             self._warnings.append(note)
         else:
             self._best_monitor = state.get("best_monitor", self._monitor)
+        if self._best.value is not None:  # the result names the best.pt of the best it goes on from
+            self._best_path = ckpt.best_file_of(source, self._best.epoch)
         if self._early is not None and (note := resume_best(
                 self._early.best, state.get("early_stopping"), self._cfg.early_stopping.monitor,
                 state.get("es_monitor"), "early_stopping.monitor", source)):
