@@ -172,7 +172,8 @@ def test_a_new_run_into_a_run_dir_that_holds_a_run_is_refused(tmp_path):
     again = run_cli(str(preset), "--no-ui", "--run-dir", "r", "--set", "train.epochs=1", cwd=tmp_path,
                     env_extra=ONE_THREAD_ENV)
     assert again.returncode == 2
-    assert again.stderr.strip() == ("tui-trainer: error: --run-dir: r already holds a run (events.jsonl);"
+    n = len(list((tmp_path / "r" / "checkpoints").glob("*.pt")))
+    assert again.stderr.strip() == (f"tui-trainer: error: --run-dir: r already holds a run with {n} checkpoints;"
                                     " --resume r/checkpoints/last.pt continues it, or choose another --run-dir"
                                     " for a new one"), again.stderr
     assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == files

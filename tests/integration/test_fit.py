@@ -202,7 +202,8 @@ def test_a_run_dir_that_holds_a_run_is_refused_unless_it_resumes(tmp_path, capsy
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
     err = _bad(capsys, run_dir=tmp_path / "a")
-    assert err == (f"tui-trainer: error: fit: run_dir: {tmp_path / 'a'} already holds a run (events.jsonl);"
+    n = len(list((tmp_path / "a" / "checkpoints").glob("*.pt")))
+    assert err == (f"tui-trainer: error: fit: run_dir: {tmp_path / 'a'} already holds a run with {n} checkpoints;"
                    f' resume="{done.last_path}" continues it, or choose another run_dir for a new one'), err
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before
     model, opt = objects()

@@ -93,21 +93,22 @@ def choose_run_dir(name: str, run_dir: str | Path | None, resume_path: Path | No
 
 
 def refuse_if_taken(rd: RunDir, arg: ArgNames = CLI_NAMES) -> None:
-    """A new run (no resume) into a directory that holds another run's events or checkpoints would
-    mix two histories in one events.jsonl and metrics.csv, and its checkpoints would replace the old
-    run's best.pt and last.pt (and keep_last would delete its own first). Asked by the process that
-    will write it (rank 0 of many, or one): the others find rank 0's files there."""
+    """A new run (no resume) into a directory that holds another run's checkpoints would replace its
+    best.pt and last.pt (and keep_last would delete its own first), and mix two histories in one
+    events.jsonl and metrics.csv. Asked by the process that will write it (rank 0 of many, or one):
+    the others find rank 0's files there."""
     if os.environ.get("RANK", "0") != "0":
         return
     refuse_if_live(rd, arg.run_dir)  # a run in it now: that is what to say (and how to attach)
-    held = [p for p in (rd.events_path,) if p.is_file()] + sorted(rd.checkpoints.glob("*.pt"))
-    if not held:
+    held = sorted(rd.checkpoints.glob("*.pt"))
+    if not held:  # nothing to lose (a run killed before its first save: starting again is the way on)
         return
     last = rd.checkpoints / "last.pt"
     cont = (f"{arg.without} {last}" if arg is CLI_NAMES else f'{arg.without}="{last}"') if last.is_file() else \
         arg.without
-    raise UserError(f"{rd.path} already holds a run ({held[0].name}); {cont} continues it, or choose another"
-                    f" {arg.run_dir.split(': ')[-1]} for a new one", source=arg.run_dir)
+    raise UserError(f"{rd.path} already holds a run with {len(held)} checkpoint{'' if len(held) == 1 else 's'};"
+                    f" {cont} continues it, or choose another {arg.run_dir.split(': ')[-1]} for a new one",
+                    source=arg.run_dir)
 
 
 def refuse_if_live(rd: RunDir, source: str) -> None:
