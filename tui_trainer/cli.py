@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             if opts.run_dirs and opts.last is not None:
                 raise UserError("give RUN_DIRs or --last N, not both", source="compare")
             runs = open_runs(opts.run_dirs or newest_runs(2 if opts.last is None else opts.last))
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):  # the screen would wait for keys forever
+                raise UserError("draws its screen in a terminal, and stdin or stdout is not one; run it in a"
+                                " terminal (over SSH: ssh -t HOST tui-trainer compare ...)", source="compare")
             from tui_trainer.ui.compare import run_compare
 
             return run_compare(runs)

@@ -163,6 +163,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         (["--last", "3"], "0 runs in no runs/ folder here, 3 needed"),
         (["--last", "9"], "--last takes 2 to 6 (got 9)"),
         (["--last", "2", str(small), str(large)], "give RUN_DIRs or --last N, not both"),
+        ([str(small), str(large)], "compare: draws its screen in a terminal, and stdin or stdout is not one"),
     ]
     for args, expected in cases:
         line = one_line_error(run_cli("compare", *args, cwd=tmp_path))
