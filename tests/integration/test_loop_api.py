@@ -761,6 +761,28 @@ def test_a_resume_that_sets_no_new_best_still_names_the_best_checkpoint(tmp_path
     assert Textbook(epochs=2, val=[0.5, 0.4]).loop(tmp_path) == 0
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     assert finished(tmp_path / "run")["best_path"] == str(best)
-    assert Textbook(epochs=3, val=[0.5, 0.4, 0.9]).loop(tmp_path, resume=tmp_path / "run" / "checkpoints" / "last.pt") == 0
+    assert Textbook(epochs=3, val=[0.5, 0.4, 0.9]).loop(tmp_path, resume=best.parent / "last.pt") == 0
     end = finished(tmp_path / "run")
     assert (end["kind"], end["best"], end["best_epoch"], end["best_path"]) == ("Finished", 0.4, 2, str(best))
+
+
+def test_resume_refuses_a_checkpoint_of_another_optimizer(tmp_path, capsys, one_torch_thread):
+    """An SGD's state went into the Adam, whose first step failed on 'betas' with a traceback."""
+    assert Textbook(epochs=1).loop(tmp_path) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    capsys.readouterr()
+    assert Textbook(epochs=2, opt="adamw").loop(tmp_path, resume=last) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tui-trainer: error: loop: resume: {last} was saved with optimizer SGD and this run's is AdamW;"
+                   " resume with the optimizer it was trained with (or start a new run from its weights)"], err
+    model = mlp()
+    done = tui_trainer.fit(model, Blobs(32), None, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss=nn.CrossEntropyLoss(), epochs=1, ui=False, run_dir=tmp_path / "f")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        tui_trainer.fit(model, Blobs(32), None, optimizer=torch.optim.Adam(model.parameters()),
+                        loss=nn.CrossEntropyLoss(), epochs=2, ui=False, resume=done.last_path)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tui-trainer: error: fit: resume: {done.last_path} was saved with optimizer SGD and this run's is Adam;"
+        " resume with the optimizer it was trained with (or start a new run from its weights)")

@@ -308,6 +308,7 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
         "epoch_loss": list(t.epoch_loss),
         "model": t.model.state_dict(),
         "optimizer": t.optimizer.state_dict(),
+        "optimizer_class": type(t.optimizer).__name__,  # torch loads an SGD's state into an Adam without a word
         "schedule": t.schedule.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
         "rng": rng_state(),
@@ -382,6 +383,18 @@ def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None,
     return None
 
 
+def check_optimizer(state: dict[str, Any], optimizer, source, arg: str) -> None:
+    """A checkpoint's optimizer state goes into an optimizer of the class that saved it: torch loads
+    an SGD's state into an Adam without a word, and its first step failed on the missing 'betas'
+    (a traceback, and the user's optimizer left with SGD's settings). Checkpoints that did not record
+    the class are loaded as before."""
+    saved = state.get("optimizer_class")
+    if saved and saved != type(optimizer).__name__:
+        raise UserError(f"{source} was saved with optimizer {saved} and this run's is {type(optimizer).__name__};"
+                        " resume with the optimizer it was trained with (or start a new run from its weights)",
+                        source=arg)
+
+
 def best_file_of(source, epoch: int | None) -> Path | None:
     """The best.pt beside the resumed checkpoint `source` when it holds the best of epoch `epoch` (a
     resume that sets no new best still ends naming it); None when there is none, or a later best
@@ -406,10 +419,12 @@ def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> N
     trainable = state.get("trainable", {})
     for name, param in t.model.named_parameters():
         param.requires_grad_(bool(trainable.get(name, param.requires_grad)))
+    check_optimizer(state, t.optimizer, source, "--resume")
     try:
         t.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as exc:
-        raise UserError(f"{source}: optimizer state does not fit this preset's optimizer or param groups ({exc})",
+        raise UserError(f"{source}: its optimizer state does not fit this optimizer or its param groups"
+                        f" ({type(exc).__name__}: {exc}); resume with the optimizer it was trained with",
                         source="--resume") from None
     t.schedule.load_state_dict(state["schedule"])
     if t.scaler is not None and state.get("scaler"):

@@ -120,6 +120,7 @@ from tui_trainer.parts.layers import first_tensor, layer_rows, matches, trainabl
 from tui_trainer.parts.optim import LrPlan, LrSchedule
 
 SOURCE = "loop"
+RESUME = f"{SOURCE}: resume"  # what a resume's errors name (checkpoint.api_names)
 # the settings that mean something to a loop tui-trainer does not run itself (module docstring)
 ALLOWED = ("train.log_every", "train.log_min_interval_s", "train.nonfinite", "checkpoint.", "early_stopping.", "ui.", "log.",
            "scheduler.interval")
@@ -1041,6 +1042,7 @@ class Run:
             "epoch_more": {k: list(v) for k, v in self._epoch_more.items()},
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "optimizer_class": type(self.optimizer).__name__ if self.optimizer is not None else None,
             "schedule": self._schedule.state_dict() if self._schedule is not None else None,
             "rng": ckpt.rng_state(),
             "trainable": {n: p.requires_grad for n, p in self.model.named_parameters()},
@@ -1062,30 +1064,31 @@ class Run:
         except RuntimeError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             raise UserError(f"{source} is from another model ({lines[1][:160] if len(lines) > 1 else lines[0]})",
-                            source="resume") from None
+                            source=RESUME) from None
         trainable = state.get("trainable") or {}
         for name, param in self.model.named_parameters():
             param.requires_grad_(bool(trainable.get(name, param.requires_grad)))
         if self.optimizer is not None:
             if state.get("optimizer") is None:
                 raise UserError(f"{source} holds no optimizer state (it was saved without optimizer=...)",
-                                source="resume")
+                                source=RESUME)
+            ckpt.check_optimizer(state, self.optimizer, source, RESUME)
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as exc:
                 raise UserError(f"{source}: the optimizer state does not fit this optimizer ({exc})",
-                                source="resume") from None
+                                source=RESUME) from None
         if self._schedule is not None and state.get("schedule") is not None:
             saved = state["schedule"]
             if (saved.get("scheduler") is None) != (self.scheduler is None):
                 has = "a" if saved.get("scheduler") is not None else "no"
                 raise UserError(f"{source} was saved with {has} scheduler and this loop has"
-                                f" {'one' if self.scheduler is not None else 'none'}", source="resume")
+                                f" {'one' if self.scheduler is not None else 'none'}", source=RESUME)
             try:
                 self._schedule.load_state_dict(saved)
             except (ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"{source}: the scheduler state does not fit this scheduler ({exc})",
-                                source="resume") from None
+                                source=RESUME) from None
             self._schedule.before_step(0)  # the LRs: the schedule's own value x the manual factor
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
