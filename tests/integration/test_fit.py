@@ -153,6 +153,9 @@ def test_bad_input_is_one_line_naming_the_argument_and_exit_2(tmp_path, capsys):
     wrong = nn.Sequential(nn.Linear(7, 3))  # takes 7 features; the samples have 4
     err = _bad(capsys, model=wrong, optimizer=torch.optim.SGD(wrong.parameters(), lr=0.1), run_dir=tmp_path / "c")
     assert err.startswith("tui-trainer: error: fit: model: ") and "7" in err and "4" in err, err
+    err = _bad(capsys, scheduler={"monitor": "val_acc"}, run_dir=tmp_path / "s")
+    assert err == ('tui-trainer: error: fit: scheduler: is a dict, not a scheduler; give the scheduler object here'
+                   ' and its settings as **{"scheduler.monitor": "val_acc"}'), err
     err = _bad(capsys, lr=0.5, run_dir=tmp_path / "d")
     assert "fit takes your optimizer object itself" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing written
@@ -346,3 +349,12 @@ def test_what_the_users_code_prints_goes_to_the_log_not_over_the_screen(tmp_path
     import sys
 
     assert not type(sys.stdout).__name__ == "LineStream"  # the streams are back
+
+
+def test_a_run_dir_that_is_a_file_is_named_as_fit_spells_it(tmp_path, capsys):
+    """It said 'another run just made afile; start again, or give --run-dir' (fit has no --run-dir)."""
+    (tmp_path / "afile").write_text("mine")
+    err = _bad(capsys, run_dir=tmp_path / "afile")
+    assert err == (f"tui-trainer: error: fit: run_dir: {tmp_path / 'afile'} is a file, not a directory; choose"
+                   " another run_dir")
+    assert (tmp_path / "afile").read_text() == "mine"

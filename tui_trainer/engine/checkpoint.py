@@ -379,7 +379,8 @@ def resume_fit(state: dict[str, Any], preset, world: int, path, parts=None,
                         f' both, or start a new run from its weights (model.weights = "{path}")', source=arg.resume)
     if saved_world != world:
         return (f"resumed on {ranks(world)} from a checkpoint of {ranks(saved_world)}: the same {now_global}"
-                " samples per step in the same order (the sums differ from an uninterrupted run by float rounding)")
+                " samples per step in the same order (the sums differ from an uninterrupted run by float rounding,"
+                " and random layers such as dropout draw other masks on other ranks)")
     return None
 
 

@@ -254,6 +254,10 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
         interval = scheduler_interval(scheduler, cfg.scheduler.interval if said else None)
         if step is not None and not callable(step):
             raise UserError(f"is a {type(step).__name__}; give fn(model, batch, loss_fn)", source=SOURCE, key="step")
+        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+            # a dict of its settings was taken for the scheduler and failed at the first epoch's end
+            raise UserError(f"is a {type(scheduler).__name__}, not a scheduler; give the scheduler object here and"
+                            ' its settings as **{"scheduler.monitor": "val_acc"}', source=SOURCE, key="scheduler")
         ending: dict[str, Any] = {}
         outer = (sys.stdout, sys.stderr)
 

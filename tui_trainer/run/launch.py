@@ -171,7 +171,7 @@ def open_run(preset: config.Preset, trainer, rd: RunDir, fresh: bool, *, control
     if serve and not fresh:
         refuse_if_live(rd, refuse_key)
 
-    with writing(rd):
+    with writing(rd, refuse_key):
         rd.path.mkdir(parents=True, exist_ok=not fresh)
         rd.write_config(preset)
         recorder = Recorder(rd, [f"val_{m.key}" for m in preset.metrics], n_groups)

@@ -121,16 +121,19 @@ def refuse_if_live(rd: RunDir, source: str) -> None:
 
 
 @contextlib.contextmanager
-def writing(rd: RunDir) -> Iterator[None]:
+def writing(rd: RunDir, source: str = "--run-dir") -> Iterator[None]:
     """Making or writing the run directory: an OSError (read-only, not a directory, full disk) is
-    bad input, one line and exit 2, naming --run-dir."""
+    bad input, one line and exit 2, naming `source` (--run-dir, or fit's run_dir)."""
     try:
         yield
     except FileExistsError:
+        if rd.path.exists() and not rd.path.is_dir():
+            raise UserError(f"{rd.path} is a file, not a directory; choose another {source.split(': ')[-1]}",
+                            source=source) from None
         raise UserError(f"another run just made {rd.path}; start again, or give --run-dir") from None
     except OSError as exc:
         raise UserError(f"cannot write the run directory {rd.path}: {exc.strerror or exc}; choose another"
-                        " --run-dir or free some space", source="--run-dir") from None
+                        f" {source.split(': ')[-1]} or free some space", source=source) from None
 
 
 # data_wait: the share of the row's wall time spent waiting for batches (0..1; input-bound above ~0.2)
