@@ -153,6 +153,12 @@ def test_bad_input_is_one_line_naming_the_argument_and_exit_2(tmp_path, capsys):
     wrong = nn.Sequential(nn.Linear(7, 3))  # takes 7 features; the samples have 4
     err = _bad(capsys, model=wrong, optimizer=torch.optim.SGD(wrong.parameters(), lr=0.1), run_dir=tmp_path / "c")
     assert err.startswith("tui-trainer: error: fit: model: ") and "7" in err and "4" in err, err
+    model, opt = objects()  # a OneCycleLR made for fewer steps than the run makes failed at the run's end
+    short = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=2)
+    err = _bad(capsys, model=model, optimizer=opt, scheduler=short, epochs=3, run_dir=tmp_path / "o")
+    assert err.startswith("tui-trainer: error: fit: scheduler: OneCycleLR fails when stepped through the run's 3"
+                          " optimizer steps (1 an epoch: ") and err.endswith("; give it total_steps=3 (or epochs and"
+                                                                              " steps_per_epoch=1)"), err
     err = _bad(capsys, scheduler={"monitor": "val_acc"}, run_dir=tmp_path / "s")
     assert err == ('tui-trainer: error: fit: scheduler: is a dict, not a scheduler; give the scheduler object here'
                    ' and its settings as **{"scheduler.monitor": "val_acc"}'), err

@@ -186,11 +186,13 @@ def dataset_data(preset: Preset, train, val, device: torch.device, rank: int, wo
 
 
 def plan_objects(optimizer: torch.optim.Optimizer, scheduler, interval: str, warmup_steps: int, steps_per_epoch: int,
-                 total_steps: int, group_names: list[str], max_points: int = 2000) -> LrPlan:
+                 total_steps: int, group_names: list[str], max_points: int = 2000, strict: bool = False) -> LrPlan:
     """The planned LR of every group over the run: the user's scheduler, copied onto a throw-away
     optimizer with the same param groups (its state and its LR rule as they are now), stepped as the
     engine will step it. ReduceLROnPlateau has no planned future; a scheduler that cannot be copied
-    is "not plannable": both show only the current LR and its history."""
+    is "not plannable": both show only the current LR and its history. `strict` (fit, before the
+    run): a copy that fails while it is stepped through the run is bad input, since the scheduler
+    itself would fail at that step (OneCycleLR made for more steps an epoch than the run makes)."""
     current = [float(g["lr"]) for g in optimizer.param_groups]
 
     def flat(note: str, adaptive: bool = True) -> LrPlan:
@@ -207,10 +209,26 @@ def plan_objects(optimizer: torch.optim.Optimizer, scheduler, interval: str, war
             return flat("not plannable: the scheduler does not keep its optimizer where it can be replaced")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return simulate_plan(LrSchedule(dummy, copied, interval, warmup_steps), group_names, steps_per_epoch,
-                                 total_steps, max_points)
+            try:
+                return simulate_plan(LrSchedule(dummy, copied, interval, warmup_steps), group_names, steps_per_epoch,
+                                     total_steps, max_points)
+            except Exception as exc:  # noqa: BLE001 - the user's scheduler
+                if strict:
+                    raise _fails_in_run(scheduler, exc, steps_per_epoch, total_steps) from None
+                raise
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the user's scheduler: the run goes on without a plan
         return flat(f"not plannable: copying {type(scheduler).__name__} failed ({type(exc).__name__})")
+
+
+def _fails_in_run(scheduler, exc: BaseException, steps_per_epoch: int, total_steps: int) -> UserError:
+    name = type(scheduler).__name__
+    hint = (f"; give it total_steps={total_steps} (or epochs and steps_per_epoch={steps_per_epoch})"
+            if name == "OneCycleLR" else "")
+    return error("scheduler", f"{name} fails when stepped through the run's {total_steps} optimizer steps"
+                              f" ({steps_per_epoch} an epoch: a last partial batch is dropped): {type(exc).__name__}:"
+                              f" {_first_line(exc)}{hint}")
 
 
 # --------------------------------------------------------------------------- everything
@@ -285,7 +303,7 @@ def _from_objects(preset, model, train, val, optimizer, loss_fn, scheduler, inte
     warmup = preset.scheduler.warmup_steps
     schedule = LrSchedule(optimizer, scheduler, interval, warmup)
     group_names = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
-    plan = plan_objects(optimizer, scheduler, interval, warmup, steps_per_epoch, total_steps, group_names)
+    plan = plan_objects(optimizer, scheduler, interval, warmup, steps_per_epoch, total_steps, group_names, strict=True)
     amp_dtype = resolve_amp(preset.train.amp, device)
     return Parts(preset, model, device, device_label(device), amp_dtype, data, optimizer, schedule, loss_fn, layers,
                  plan, steps_per_epoch, total_steps, f"your {type(model).__name__}", warnings_, callbacks, step_fn,
