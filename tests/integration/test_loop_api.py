@@ -786,3 +786,14 @@ def test_resume_refuses_a_checkpoint_of_another_optimizer(tmp_path, capsys, one_
     assert capsys.readouterr().err.strip() == (
         f"tui-trainer: error: fit: resume: {done.last_path} was saved with optimizer SGD and this run's is Adam;"
         " resume with the optimizer it was trained with (or start a new run from its weights)")
+
+
+def test_a_monitor_the_loop_never_logs_is_said_once(tmp_path, one_torch_thread):
+    """checkpoint.monitor val_f1 while the loop logs val_loss alone: no best.pt, and nothing said."""
+    t = Textbook(epochs=2)
+    assert t.loop(tmp_path, checkpoint={"monitor": "val_f1"}) == 0
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    said = [e["message"] for e in events if e["kind"] == "RunWarning" and "val_f1" in e["message"]]
+    assert said == ["checkpoint.monitor is val_f1 and epoch 1 logged none (val_loss, val_acc, train_loss): no epoch"
+                    " is judged and no best.pt is kept; run.log_epoch(val_f1=...) each epoch, or"
+                    ' checkpoint={"monitor": "<one of those>"}'], said

@@ -489,6 +489,7 @@ class Run:
         self._monitor = cfg.checkpoint.monitor
         self._best = Best(resolve_mode(self._monitor, cfg.checkpoint.mode, goals))
         self._best_monitor = self._monitor  # what _best.value is: train_loss where an epoch logged no monitor
+        self._said_unlogged = False  # the warning that the monitor is never logged, said once
         es = cfg.early_stopping
         self._early = EarlyStopping(resolve_mode(es.monitor, es.mode, goals), es.patience, es.min_delta) \
             if es.enabled else None
@@ -853,6 +854,12 @@ class Run:
         # an epoch without the monitored number (no run.log_epoch of it) is judged by its train_loss
         # when the monitor is a loss too, else not at all (stopping.monitored)
         value, monitor = monitored(everything, self._monitor, self._best.mode, train_loss)
+        if value is None and not self._said_unlogged and everything.get(self._monitor) is None:
+            self._said_unlogged = True  # else a run with save_best made no best.pt, silently
+            logged = ", ".join(k for k, v in everything.items() if v is not None) or "nothing"
+            self._warn(f"checkpoint.monitor is {self._monitor} and epoch {epoch_no} logged none ({logged}): no"
+                       f" epoch is judged and no best.pt is kept; run.log_epoch({self._monitor}=...) each epoch, or"
+                       f' checkpoint={{"monitor": "<one of those>"}}')
         improved = self._best.update(value, epoch_no) if value is not None else False
         if improved:
             self._best_monitor = monitor
