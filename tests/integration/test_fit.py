@@ -159,6 +159,15 @@ def test_bad_input_is_one_line_naming_the_argument_and_exit_2(tmp_path, capsys):
     assert err.startswith("tui-trainer: error: fit: scheduler: OneCycleLR fails when stepped through the run's 3"
                           " optimizer steps (1 an epoch: ") and err.endswith("; give it total_steps=3 (or epochs and"
                                                                               " steps_per_epoch=1)"), err
+    from torch.utils.data import TensorDataset
+
+    reg = nn.Linear(4, 1)  # accuracy on a regression's targets counted (output > 0) == (target > 0.5)
+    data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1) * 3)
+    err = _bad(capsys, model=reg, optimizer=torch.optim.SGD(reg.parameters(), lr=0.1), loss=nn.MSELoss(),
+               train_data=data, val_data=data, metrics=["accuracy"], run_dir=tmp_path / "r")
+    assert err.startswith("tui-trainer: error: fit: metrics: accuracy counts classes, and these targets are real"
+                          " numbers ((8, 1) float32, such as ") and err.endswith("for a regression use mae, rmse or"
+                                                                                 " r2"), err
     err = _bad(capsys, scheduler={"monitor": "val_acc"}, run_dir=tmp_path / "s")
     assert err == ('tui-trainer: error: fit: scheduler: is a dict, not a scheduler; give the scheduler object here'
                    ' and its settings as **{"scheduler.monitor": "val_acc"}'), err

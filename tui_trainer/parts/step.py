@@ -227,6 +227,12 @@ def _check_metrics(preset: Preset, result, metrics: MetricSet, where: str) -> No
         raise PresetError(f"[[metrics]] need the step's outputs and targets: make {where} return"
                           " {\"loss\": loss, \"outputs\": outputs, \"targets\": targets}", key="step.fn")
     outputs, targets = _detached(result["outputs"]), _detached(result["targets"])
+    if (any(m.key == "acc" for m in preset.metrics) and isinstance(targets, torch.Tensor)
+            and targets.is_floating_point() and not bool(((targets == 0) | (targets == 1)).all())):
+        # a regression's targets: accuracy would count (output > 0) == (target > 0.5), a number of nothing
+        odd = targets[(targets != 0) & (targets != 1)].flatten()[0].item()
+        raise PresetError(f"accuracy counts classes, and these targets are real numbers ({describe(targets)}, such"
+                          f" as {odd:.4g}); for a regression use mae, rmse or r2", key="metrics")
     metrics.reset()
     try:
         metrics.update(outputs, targets)
