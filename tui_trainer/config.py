@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tui_trainer.errors import UserError, did_you_mean
 
@@ -129,6 +129,19 @@ class TrainSection(_Strict):
     deterministic: bool = False
     freeze_bn_stats: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value):
+        """One line for any other value (pydantic said `train.devices.int: ... got True` for true)."""
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if whole or value == "all" or (isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            return value
+        import json
+
+        raise ValueError(f'is a number of ranks (2), a list of CUDA devices ([0, 2]) or "all"; got'
+                         f" {json.dumps(value, default=str)}")  # as TOML writes it: true, "2"
 
 
 class CheckpointSection(_Strict):

@@ -74,6 +74,10 @@ def test_keys_not_overridden_come_from_the_file(tiny_preset):
                                       " there is no entry 3"),
         ("train.epochs.x=1", "--set train.epochs.x: train.epochs is a value, not a table"),
         ("train..epochs=1", "--set train..epochs=1: expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=0.05"),
+        ("train.devices=true", '--set train.devices: is a number of ranks (2), a list of CUDA devices ([0, 2]) or'
+                               ' "all"; got true'),  # it said "train.devices.int: expected a whole number, got True"
+        ('train.devices="2"', '--set train.devices: is a number of ranks (2), a list of CUDA devices ([0, 2]) or'
+                              ' "all"; got "2"'),
     ],
 )
 def test_bad_values_name_the_set(item, message, tiny_preset):
