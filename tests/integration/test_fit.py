@@ -373,3 +373,11 @@ def test_a_run_dir_that_is_a_file_is_named_as_fit_spells_it(tmp_path, capsys):
     assert err == (f"tui-trainer: error: fit: run_dir: {tmp_path / 'afile'} is a file, not a directory; choose"
                    " another run_dir")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_the_default_name_is_the_calling_scripts(tmp_path, monkeypatch, one_torch_thread):
+    """Every script's runs were runs/fit-*, so resume="auto" in one script took another's run."""
+    monkeypatch.chdir(tmp_path)
+    model, opt = objects()
+    result = tui_trainer.fit(model, Blobs(32), None, optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=1, **QUIET)
+    assert Path(result.run_dir).name.startswith("test_fit-"), result.run_dir

@@ -218,7 +218,7 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
       mid-epoch: the run says so). `val_data=None`: no validation.
     - `optimizer`, `loss`: objects. `scheduler`: optional, stepped per epoch (per step for
       OneCycleLR/CyclicLR, or with `interval="step"`); ReduceLROnPlateau gets `val_loss` (or
-      `scheduler={"monitor": "val_acc"}`). The LR keys scale every param group on top of it.
+      `**{"scheduler.monitor": "val_acc"}`). The LR keys scale every param group on top of it.
     - `metrics`: names ("accuracy", "f1", "mae", "torchmetrics:F1Score"), dicts ({"name": "f1",
       "label": "f1"}) or module-level functions fn(outputs, targets) -> a number.
     - `step`: fn(model, batch, loss_fn) -> loss or {"loss", "outputs", "targets"} (default: the
@@ -229,12 +229,17 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
       `early_stopping={"enabled": True}`).
     - `ui`: None = the app when there is a terminal, else headless lines; `resume`: "auto" (the
       newest checkpoint of this name) or a path; `run_dir`: where the run is written (default
-      runs/<name>-<time>/).
+      runs/<name>-<time>/). `name`: default the preset file's name, else the calling script's file
+      name (so `resume="auto"` finds this script's runs, not another's), else "fit".
 
     Returns a `Result`. Bad input raises SystemExit(2) after one line on stderr naming the argument,
     before anything is written."""
     from tui_trainer.run.launch import prepare_objects
 
+    if name is None and preset is None:  # the script that calls fit: its runs, for resume="auto"
+        from tui_trainer.run.loop import file_name
+
+        name = file_name(sys._getframe(1).f_globals.get("__file__")) or None
     try:
         record = object_names(model=model, train_data=train_data, optimizer=optimizer, loss=loss,
                               scheduler=scheduler, step=step)

@@ -250,18 +250,19 @@ def _check_objects(train_fn, model, optimizer, scheduler) -> None:
 
 def default_name(train_fn) -> str:
     """The file name of the script or module that defines `train_fn` ("textbook_loop"), else "loop"."""
-    path = None
-    module = sys.modules.get(getattr(train_fn, "__module__", "") or "")
-    if module is not None:
-        path = getattr(module, "__file__", None)
+    path = getattr(sys.modules.get(getattr(train_fn, "__module__", "") or ""), "__file__", None)
     if path is None:
         try:
             path = inspect.getfile(train_fn)
         except TypeError:
             path = None
-    stem = Path(path).stem if path else ""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._-")
-    return stem if stem and not stem.startswith("<") else "loop"
+    return file_name(path) or "loop"
+
+
+def file_name(path: str | None) -> str:
+    """A run name from a source file's path ("textbook_loop"); "" for none (an interactive session)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem if path else "").strip("._-")
+    return stem if not stem.startswith("<") else ""
 
 
 def loop_settings(train_fn, name: str | None, settings: dict[str, Any], model, optimizer,
