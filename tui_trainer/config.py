@@ -237,6 +237,7 @@ class Preset(_Strict):
 
     _source: str = PrivateAttr(default="<preset>")
     _overridden: tuple[str, ...] = PrivateAttr(default=())
+    _notes: tuple[str, ...] = PrivateAttr(default=())  # warnings found while it was made (fit's preset=)
 
     @property
     def monitors(self) -> tuple[str, ...]:

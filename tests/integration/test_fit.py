@@ -381,3 +381,19 @@ def test_the_default_name_is_the_calling_scripts(tmp_path, monkeypatch, one_torc
     model, opt = objects()
     result = tui_trainer.fit(model, Blobs(32), None, optimizer=opt, loss=nn.CrossEntropyLoss(), epochs=1, **QUIET)
     assert Path(result.run_dir).name.startswith("test_fit-"), result.run_dir
+
+
+def test_a_presets_object_keys_that_fit_replaces_are_named_and_not_recorded(tmp_path, one_torch_thread):
+    """They were dropped without a word, and config.toml still said [model.kwargs] hidden = 512."""
+    preset = tmp_path / "p.toml"
+    preset.write_text('[model]\narch = "resnet18"\nkwargs = { hidden = 512 }\n[optimizer]\nname = "Adam"\nlr = 0.001\n'
+                      '[train]\nepochs = 1\n', encoding="utf-8")
+    model, opt = objects()
+    result = tui_trainer.fit(model, Blobs(32), None, optimizer=opt, loss=nn.CrossEntropyLoss(), preset=preset,
+                             run_dir=tmp_path / "run", **QUIET)
+    assert result.status == "completed"
+    started = next(e for e in events(tmp_path / "run") if e["kind"] == "RunStarted")
+    assert f"{preset}: [model], [optimizer] not used: fit trains the objects you pass (their classes are what" \
+           " config.toml records)" in started["warnings"], started["warnings"]
+    recorded = (tmp_path / "run" / "config.toml").read_text()
+    assert "hidden" not in recorded and "Adam" not in recorded and 'arch = "python:' in recorded

@@ -272,7 +272,7 @@ def _from_objects(preset, model, train, val, optimizer, loss_fn, scheduler, inte
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     seed_everything(preset.seed, preset.train.deterministic)
-    warnings_: list[str] = []
+    warnings_: list[str] = list(preset._notes)
     if is_loader(train):
         data, notes = loader_data(train, val, preset.train.accumulate, world)
         warnings_ += notes

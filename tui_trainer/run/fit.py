@@ -68,6 +68,7 @@ def settings_preset(preset: str | Path | None, name: str | None, settings: dict[
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"not a TOML preset: {exc}", source=str(path)) from None
         source = str(path)
+    unused = _objects_keys(raw)  # what fit's objects replace: dropped, so config.toml does not claim them
     raw.setdefault("name", name or (Path(preset).stem if preset is not None else "fit"))
     if name is not None:
         raw["name"] = name
@@ -104,7 +105,28 @@ def settings_preset(preset: str | Path | None, name: str | None, settings: dict[
     for key, what in (objects or {}).items():  # config.toml says what ran: "python:<class>" of each object
         section, _, sub = key.partition(".")
         raw.setdefault(section, {})[sub] = what
-    return config.from_dict(raw, source=source)
+    made = config.from_dict(raw, source=source)
+    if unused:
+        made._notes = (f"{source}: {', '.join(unused)} not used: fit trains the objects you pass (their classes"
+                       " are what config.toml records)",)
+    return made
+
+
+OBJECT_SECTIONS = ("model", "optimizer", "loss")  # a preset's, wholly replaced by fit's model, optimizer and loss
+
+
+def _objects_keys(raw: dict[str, Any]) -> list[str]:
+    """Take out of a preset's table the keys that fit's objects replace ([model], [optimizer], [loss],
+    scheduler.name and its kwargs, the dataset's keys) and name them: they were ignored without a word
+    while config.toml still recorded them (a [model] kwargs that never applied)."""
+    said = [f"[{s}]" for s in OBJECT_SECTIONS if raw.pop(s, None)]
+    for key in ("scheduler.name", "scheduler.kwargs", *NOT_FOR_OBJECTS):
+        section, _, sub = key.partition(".")
+        if isinstance(raw.get(section), dict) and sub in raw[section]:
+            del raw[section][sub]
+            if key not in said:
+                said.append(key)
+    return said
 
 
 def object_names(**objects) -> dict[str, str]:
