@@ -206,8 +206,9 @@ class RankFailure:
             return
         from tui_trainer.run.ranks import LOST_PEER
 
-        if self.rank and not any(w in event.error.lower() for w in LOST_PEER):  # (a lost peer: an echo of
-            print(f"tui-trainer: error: rank {self.rank}: {event.error}", file=sys.stderr, flush=True)  # its cause)
+        lost_peer = any(w in event.error.lower() for w in LOST_PEER)  # an echo of another rank's end
+        if self.rank and not lost_peer:
+            print(f"tui-trainer: error: rank {self.rank}: {event.error}", file=sys.stderr, flush=True)
         own = os.environ.get("TUI_TRAINER_FAILURES")  # run/ranks.py: the launcher names the first to fail
         if own:
             try:
