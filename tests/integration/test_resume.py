@@ -146,9 +146,10 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing(tiny_preset, tmp_path):
         "model.kwargs.width=8": f"--resume: {last} is from another model (size mismatch for 0.0.weight: copying a"
                                 " param with shape torch.Size([4, 3, 3, 3]) from checkpoint, the shape in current"
                                 " model is torch.Size([8, 3, 3, 3]).); resume with the model it was trained with",
-        'optimizer.groups=[{params=["6"], lr=0.1}]': f"--resume: {last}: optimizer state does not fit this preset's"
-                                                     " optimizer or param groups (loaded state dict has a different"
-                                                     " number of parameter groups)",
+        'optimizer.groups=[{params=["6"], lr=0.1}]': f"--resume: {last}: its optimizer state does not fit this"
+                                                     " optimizer or its param groups (loaded state dict has a different"
+                                                     " number of parameter groups); resume with the optimizer and"
+                                                     " param groups it was trained with",
     }
     for override, message in cases.items():
         with pytest.raises(UserError) as info:

@@ -424,9 +424,8 @@ def load_trainer_state(t: Trainer, state: dict, source: str = "checkpoint") -> N
     try:
         t.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as exc:
-        raise UserError(f"{source}: its optimizer state does not fit this optimizer or its param groups"
-                        f" ({type(exc).__name__}: {exc}); resume with the optimizer it was trained with",
-                        source="--resume") from None
+        raise UserError(f"{source}: its optimizer state does not fit this optimizer or its param groups ({exc});"
+                        " resume with the optimizer and param groups it was trained with", source="--resume") from None
     t.schedule.load_state_dict(state["schedule"])
     if t.scaler is not None and state.get("scaler"):
         t.scaler.load_state_dict(state["scaler"])
