@@ -2,6 +2,7 @@
 at random moments, and count what went wrong.
 
     .venv/bin/python -m tests.stress_ssh_drop --runs 20 [--json out.json]
+    .venv/bin/python -m tests.stress_ssh_drop --runs 8 --set train.devices=2 --set train.device=cpu
 
 Each round starts the shipped preset (presets/resnet18_finetune.toml: resnet18, 2 DataLoader
 workers) in the TUI through a real sshd on 127.0.0.1 (tests/helpers/sshd.py), with a checkpoint
@@ -42,9 +43,11 @@ from tests.integration.test_ssh_drop import _remote
 SHIPPED = ROOT / "presets" / "resnet18_finetune.toml"
 
 
-def one_round(sshd, work: Path, i: int, mode: str, rng: random.Random) -> dict:
+def one_round(sshd, work: Path, i: int, mode: str, rng: random.Random, sets: tuple[str, ...] = ()) -> dict:
     run, exit_file = work / f"run{i:02d}", work / f"exit{i:02d}"
     args = [SHIPPED, "--run-dir", run, "--set", "checkpoint.every_steps=3"]
+    for item in sets:  # e.g. train.devices=2 train.device=cpu: the monitor of two ranks
+        args += ["--set", item]
     if mode == "detach":
         args += ["--on-hangup", "detach"]
     result = {"round": i, "mode": mode}
@@ -132,6 +135,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write every round's result here")
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a preset override for every round (train.devices=2 --set train.device=cpu: two ranks)")
     opts = ap.parse_args()
     from tests.helpers.sshd import serve
 
@@ -142,7 +147,7 @@ def main() -> int:
     try:
         with serve() as sshd:
             for i in range(opts.runs):
-                r = one_round(sshd, work, i, modes[i % len(modes)], rng)
+                r = one_round(sshd, work, i, modes[i % len(modes)], rng, tuple(opts.sets))
                 results.append(r)
                 print(f"{i:2d} {r['mode']:8s} drop at {r['dropped_after_s']:5.2f}s (step {r['steps_at_drop']:3d})"
                       f" -> exit {r['exit']} (expected {r['expected_exit']}) status {r['status']} step {r['steps']}"
