@@ -90,6 +90,7 @@ def test_socket_commands_reach_both_ranks_at_the_same_step(tmp_path):
 
     run_dir = tmp_path / "run"
     preset = write_preset(tmp_path / "p.toml", callbacks=[{"target": "tests.helpers.ranks:Seen"}],
+                          data={"kwargs": {"n": 3200}},  # 100 steps an epoch: a stop does not wait for its end
                           train={"epochs": 10000}, checkpoint={"every_epochs": 0, "save_best": False})
     out: dict = {}
     runner = threading.Thread(target=lambda: out.update(ranks.launch(ranks.seen_run, str(preset), str(run_dir))))
@@ -132,6 +133,8 @@ def test_socket_commands_reach_both_ranks_at_the_same_step(tmp_path):
     p = paused["step"]
     assert ("state", p, "paused") in changes and ("trainable", p, ("0",), False) in changes
     assert ("state", p, "running") in changes
+    stopping = next(step for kind, step, *rest in changes if kind == "state" and rest == ["stopping"])
+    assert r0["step"] == stopping and stopping % 100, "the ranks stop at the step the stop was applied"
     assert r0["lr"] == r1["lr"] == pytest.approx(0.05)
     for name, value in r0["state"].items():
         assert torch.equal(value, r1["state"][name]), name

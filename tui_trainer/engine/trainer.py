@@ -344,6 +344,8 @@ class Trainer:
         the first step (a --paused start) and while paused, when every rank waits here and asks rank
         0 every 0.1 s (Dist.share, on the CPU control group)."""
         while True:
+            if self._stop is not None:  # applied in the last sync, on every rank at the same step (it waited
+                return self._stop_status()  # for the epoch's end, as nothing here looked at it)
             if not self._share_now and not self._paused:
                 return None  # the fast path of every step
             self._share_now = False
