@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -78,6 +79,10 @@ class TrainerApp(App[int]):
         self.aborted = False
         self.remote = bool(getattr(link, "remote", False))  # a viewer of a run in another process
         self.hangup_detached = False  # the terminal went away and the run goes on headless
+        # a viewer that is the monitor of ranks this process started: passes a hang-up on to them at
+        # once (ui/launch.run_ranks_app; they are in process groups of their own, so it reaches them
+        # only so), not after the app has wound down
+        self.pass_hangup: Callable[[], None] | None = None
         self.detach_on_hangup = False
         self.terminal_gone = False  # set by the driver (any thread) when a write to the terminal failed
         self._hung_up = False
@@ -321,7 +326,9 @@ class TrainerApp(App[int]):
         self._hung_up = True
         if not terminal_alive(0):  # nothing may write to a dead terminal, not even Textual's goodbye
             point_at_devnull()
-        if self.remote:  # a viewer's terminal went away: the run itself goes on
+        if self.remote:  # a viewer's terminal went away: the run itself goes on (unless it passes it on)
+            if self.pass_hangup is not None:
+                self.pass_hangup()
             self.exit(0)
         elif (self.detach_on_hangup or self._sighup_ignored) and self.view.final is None:
             self.hangup_detached = True  # --on-hangup detach (or nohup): keep training headless, socket open

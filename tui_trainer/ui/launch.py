@@ -185,8 +185,11 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
         time.sleep(0.1)
     hung_up = bool(early)
     code = 0
+    passed: list[int] = []  # the hang-up, passed on to the ranks by the monitor as it came
     if ranks.is_alive() and not hung_up:
         app = make_attach_app(launch.run_dir)
+        if on_hangup == "stop":
+            app.pass_hangup = lambda: (passed.append(1), signal_ranks(signal.SIGHUP))
         try:
             app.run(mouse=False)
         finally:
@@ -208,7 +211,7 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
     signal.signal(signal.SIGHUP, signal.SIG_IGN if on_hangup == "detach" else lambda signum, frame: signal_ranks(signum))
     if hung_up:
         point_at_devnull()  # nothing may write to the terminal that went away
-        if on_hangup == "stop":
+        if on_hangup == "stop" and not passed:
             signal_ranks(signal.SIGHUP)  # rank 0 saves once and stops them all (the others ignore it)
     while ranks.is_alive():
         ranks.join(0.2)  # a timed join: the signal handlers above run between waits
