@@ -314,8 +314,9 @@ def _cause(failures: dict):
 
 
 def signal_ranks(signum: int) -> None:
-    """Pass a signal to the ranks this process started (rank 0 turns it into a stop for all; the
-    others ignore it)."""
+    """Pass a signal to the ranks this process started, once: they are in process groups of their own
+    (`rank_main`), so a Ctrl+C or hang-up from the terminal reaches them only so. Rank 0 turns a stop
+    into a stop for all (a second SIGINT aborts); the others ignore it."""
     import psutil
 
     _FORWARDED.add(signum)
@@ -326,12 +327,6 @@ def signal_ranks(signum: int) -> None:
             os.kill(child.pid, signum)
         except (OSError, psutil.Error):
             pass
-
-
-def interrupt_ranks() -> None:
-    """SIGINT to this process (a Ctrl+C in the terminal, `kill -INT`): passed on to the ranks, which
-    are in process groups of their own (`rank_main`); rank 0 stops them all, a second one aborts."""
-    signal_ranks(signal.SIGINT)
 
 
 def ignore_in_resource_tracker() -> None:
@@ -371,8 +366,7 @@ def _in_thread(start):
     thread.start()
     saved = {}
     if threading.current_thread() is threading.main_thread():
-        saved[signal.SIGINT] = signal.signal(signal.SIGINT, lambda signum, frame: interrupt_ranks())
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             saved[sig] = signal.signal(sig, lambda signum, frame: signal_ranks(signum))
     try:
         while thread.is_alive():

@@ -170,7 +170,7 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
     import threading
     import time
 
-    from tui_trainer.run.ranks import Launch, ignore_in_resource_tracker, interrupt_ranks, signal_ranks
+    from tui_trainer.run.ranks import Launch, ignore_in_resource_tracker, signal_ranks
 
     launch = Launch.check(preset_path, list(overrides), resume=resume, run_dir=run_dir)  # bad input: exit 2 here
     launch.on_hangup = on_hangup
@@ -205,8 +205,7 @@ def run_ranks_app(preset_path, overrides=(), *, resume=None, run_dir=None, on_ha
     # From here this process only waits for the ranks: a Ctrl+C, SIGTERM or SIGUSR1 is passed on to
     # them (rank 0 stops them all after a save), and a hang-up now is what --on-hangup says, as it was
     # for the monitor.
-    signal.signal(signal.SIGINT, lambda signum, frame: interrupt_ranks())
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda signum, frame: signal_ranks(signum))
     signal.signal(signal.SIGHUP, signal.SIG_IGN if on_hangup == "detach" else lambda signum, frame: signal_ranks(signum))
     if hung_up:
