@@ -11,6 +11,7 @@ command count folded in); plus the cost of one `Dist.share([])` alone (the pause
     python benchmarks/ddp.py --pieces              # + the engine's pieces timed in place on each rank
     python benchmarks/ddp.py --workload tiny --windows 0 --pairs 300   # epochs paired inside one run
     python benchmarks/ddp.py --quick               # smoke: tiny, a few steps, seconds
+    python benchmarks/ddp.py --pool a.json b.json  # the paired rounds of earlier --json runs, pooled
 
 Every run is a fresh pair of ranks started the way the CLI starts them: torch's elastic launcher,
 spawn, gloo on CPU (NCCL on CUDA), one torch/OpenMP thread per rank (`--threads`). Both variants
@@ -607,11 +608,16 @@ def measure_paired_rounds(w: Workload, pairs: int, rounds: int, device: str, amp
     """`measure_paired` `rounds` times (each its own 2-rank run), pooled: the median of every pair's
     ratio, with a 95% interval that resamples the rounds too (step_forms.bootstrap_pooled), since one
     run's median moves between runs by more than its own interval says."""
+    each = [measure_paired(w, pairs, device, amp, scratch, threads, by_thread) for _ in range(rounds)]
+    return each[0] if rounds == 1 else pool_rounds(each)
+
+
+def pool_rounds(each: list[dict]) -> dict:
+    """Paired rounds (each `measure_paired`'s result, with its per-pair ratios) pooled and printed: the
+    median of every pair's ratio, its 95% interval resampling the rounds and the pairs."""
     from benchmarks.step_forms import bootstrap_pooled
 
-    each = [measure_paired(w, pairs, device, amp, scratch, threads, by_thread) for _ in range(rounds)]
-    if rounds == 1:
-        return each[0]
+    rounds = len(each)
     speed = [x for one in each for x in one["wall_per_pair"]]
     cost = [x for one in each for x in one["cpu_per_pair"]]
     result = {"pairs": len(speed), "block_steps": each[0]["block_steps"], "warm_steps": each[0]["warm_steps"],
@@ -631,6 +637,31 @@ def measure_paired_rounds(w: Workload, pairs: int, rounds: int, device: str, amp
     print(f"    bare/engine CPU   {result['cpu']:.4f} (95% CI {cci[0]:.4f}..{cci[1]:.4f}): {_paired_verdict(cci)}",
           flush=True)
     return result
+
+
+def saved_rounds(paths: list[str]) -> list[dict]:
+    """The paired rounds of earlier runs (their --json files; pooled runs and single ones), each with its
+    own per-pair ratios again (a pooled file keeps them in one list, in round order)."""
+    import json
+
+    each = []
+    for path in paths:
+        for workload in json.loads(Path(path).read_text())["workloads"]:
+            paired = workload.get("paired")
+            if not paired:
+                continue
+            rounds = paired.get("rounds") or [paired]
+            at = 0
+            for one in rounds:
+                n = one["pairs"]
+                each.append({**one, "wall_per_pair": paired["wall_per_pair"][at:at + n],
+                             "cpu_per_pair": paired["cpu_per_pair"][at:at + n]})
+                at += n
+            if at != len(paired["wall_per_pair"]):
+                raise SystemExit(f"ddp: {path}: {at} pairs in its rounds, {len(paired['wall_per_pair'])} in all")
+    if not each:
+        raise SystemExit(f"ddp: no paired rounds in {', '.join(paths)} (runs made with --pairs and --json)")
+    return each
 
 
 def _paired_verdict(ci) -> str:
@@ -720,7 +751,13 @@ def main(argv: list[str] | None = None) -> dict:
                    help="with --pairs: every thread's CPU in the engine's and the bare blocks, per rank")
     p.add_argument("--pieces", action="store_true",
                    help="also time the engine's pieces in place on each rank (Dist.share, _report, sum_ ...), b and c")
+    p.add_argument("--pool", nargs="+", metavar="JSON",
+                   help="measure nothing: pool the paired rounds of these earlier --json files (runs of the same"
+                        " code and command) and print the pooled ratio and its interval")
     args = p.parse_args(argv)
+    if args.pool:
+        print(f"pooled from {', '.join(args.pool)}:")
+        return {"pooled_from": args.pool, "paired": pool_rounds(saved_rounds(args.pool))}
     if not args.variants or set(args.variants) - set("abc") or len(set(args.variants)) != len(args.variants):
         p.error("--variants: some of a, b, c, each once (a is the baseline of every ratio)")
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)

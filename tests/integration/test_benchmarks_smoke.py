@@ -97,6 +97,10 @@ def test_ddp_reports_ratios_and_the_broadcast(tmp_path, capsys):
     assert paired["pairs"] == 2 and paired["block_steps"] > 0  # 3 engine blocks; the last has no bare after it
     assert all(r > 0 for r in paired["wall_per_pair"] + paired["cpu_per_pair"])
     assert "paired in one engine run" in text
+    pooled = ddp.main(["--pool", str(out), str(out)])["paired"]  # saved rounds pooled again, nothing measured
+    assert pooled["pairs"] == 4 and len(pooled["rounds"]) == 2
+    assert sorted(pooled["wall_per_pair"]) == sorted(paired["wall_per_pair"] * 2)
+    assert "2 runs pooled" in capsys.readouterr().out
 
 
 def test_step_costs_reports_each_part():
