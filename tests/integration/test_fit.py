@@ -173,6 +173,9 @@ def test_bad_input_is_one_line_naming_the_argument_and_exit_2(tmp_path, capsys):
                    ' and its settings as **{"scheduler.monitor": "val_acc"}'), err
     err = _bad(capsys, lr=0.5, run_dir=tmp_path / "d")
     assert "fit takes your optimizer object itself" in err
+    err = _bad(capsys, loss=nn.CrossEntropyLoss, run_dir=tmp_path / "l")  # the class: calling it made a module
+    assert err == ("tui-trainer: error: fit: loss: is the class CrossEntropyLoss, not a loss; give an instance, e.g."
+                   " CrossEntropyLoss()"), err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing written
 
 
@@ -397,3 +400,16 @@ def test_a_presets_object_keys_that_fit_replaces_are_named_and_not_recorded(tmp_
            " config.toml records)" in started["warnings"], started["warnings"]
     recorded = (tmp_path / "run" / "config.toml").read_text()
     assert "hidden" not in recorded and "Adam" not in recorded and 'arch = "python:' in recorded
+
+
+class AsDicts(Blobs):
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        return {"x": x, "y": y}
+
+
+def test_dict_batches_without_a_step_are_told_to_pass_step_in_fit_words(tmp_path, capsys):
+    err = _bad(capsys, train_data=AsDicts(32), run_dir=tmp_path / "a")
+    assert err.startswith("tui-trainer: error: fit: step: the default step takes (input, target) batches; these"
+                          " batches are dict(x: ") and err.endswith("write a step for them: pass step=fn, a function"
+                                                                    " (model, batch, loss_fn) -> loss (see the README)"), err

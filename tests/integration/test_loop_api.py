@@ -797,3 +797,18 @@ def test_a_monitor_the_loop_never_logs_is_said_once(tmp_path, one_torch_thread):
     assert said == ["checkpoint.monitor is val_f1 and epoch 1 logged none (val_loss, val_acc, train_loss): no epoch"
                     " is judged and no best.pt is kept; run.log_epoch(val_f1=...) each epoch, or"
                     ' checkpoint={"monitor": "<one of those>"}'], said
+
+
+def test_a_log_value_that_is_not_a_number_fails_naming_the_argument(tmp_path, one_torch_thread):
+    """run.log("abc") failed deep inside float() with "could not convert string to float"."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def train(run):
+        for x, y in run.batches(DataLoader(Blobs(32), batch_size=16)):
+            run.log(loss=1.0, acc="high")
+
+    assert tui_trainer.loop(train, model=model, optimizer=opt, run_dir=tmp_path / "run", **QUIET) == 1
+    final = events(tmp_path / "run")[-1]
+    assert final["kind"] == "Failed" and final["error"] == ("TypeError: run.log(acc=...) is a str ('high'); give a"
+                                                            " number or a tensor"), final["error"]

@@ -47,7 +47,9 @@ PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # made for a step per batch
 PRESET_HINTS = (("check model.arch and the input size (data.image_size, data.channels, data.flatten)",
                  "the model's first layer must take this input"),
                 ("check [loss] and that", "check the loss and that"),
-                ("(or write a [step] fn)", "(or pass step=fn)"))
+                ("(or write a [step] fn)", "(or pass step=fn)"),
+                ('[step] fn = "package.module:step" (see the README)', "pass step=fn, a function (model, batch, loss_fn)"
+                 " -> loss (see the README)"))
 
 
 def is_loader(data: Any) -> bool:
@@ -258,6 +260,8 @@ def _from_objects(preset, model, train, val, optimizer, loss_fn, scheduler, inte
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise error("optimizer", f"is a {type(optimizer).__name__}; give a torch.optim.Optimizer made on the model's"
                                  " parameters")
+    if isinstance(loss_fn, type):  # callable, but calling it makes a loss instead of computing one
+        raise error("loss", f"is the class {loss_fn.__name__}, not a loss; give an instance, e.g. {loss_fn.__name__}()")
     if not callable(loss_fn):
         raise error("loss", f"is a {type(loss_fn).__name__}; give a loss function or module, e.g."
                             " torch.nn.CrossEntropyLoss()")

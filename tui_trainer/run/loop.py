@@ -695,7 +695,7 @@ class Run:
             # tiny steps `.data` cost ~3.7 us a batch (its alias made on cold caches and freed at
             # the report; benchmarks/RESULTS.md, session 10). The graph is freed by the backward;
             # only its emptied nodes wait for the report. Read on the host at the report.
-            value = loss if isinstance(loss, torch.Tensor) else float(loss)
+            value = loss if isinstance(loss, torch.Tensor) else _number("loss", loss)
             if self._loss_step == step and self._pending:
                 self._pending[-1] = value
             else:
@@ -703,7 +703,7 @@ class Run:
                 self._loss_step = step
         if more:
             for key, v in more.items():
-                self._pending_more.append((key, v.data if isinstance(v, torch.Tensor) else float(v)))
+                self._pending_more.append((key, v.data if isinstance(v, torch.Tensor) else _number(key, v)))
         self._logged_step = step
 
     def log_epoch(self, **metrics) -> None:
@@ -1498,6 +1498,16 @@ def _caused_by(exc: BaseException, cause: BaseException) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _number(key: str, value) -> float:
+    """A value given to run.log that is not a tensor, as a float; a TypeError naming the argument
+    (the run then fails at the user's own line) for anything else."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"run.log({key}=...) is a {type(value).__name__} ({value!r:.40}); give a number or a"
+                        " tensor") from None
 
 
 def _describe(exc: BaseException, batch_size: int) -> str:
