@@ -413,3 +413,27 @@ def test_dict_batches_without_a_step_are_told_to_pass_step_in_fit_words(tmp_path
     assert err.startswith("tui-trainer: error: fit: step: the default step takes (input, target) batches; these"
                           " batches are dict(x: ") and err.endswith("write a step for them: pass step=fn, a function"
                                                                     " (model, batch, loss_fn) -> loss (see the README)"), err
+
+
+def test_a_dataloader_counts_samples_with_its_own_batch_size(tmp_path, capsys, one_torch_thread):
+    """samples/s, config.toml and RunStarted took fit's default batch_size (64) for a loader of 16."""
+    model, opt = objects()
+    result = tui_trainer.fit(model, DataLoader(Blobs(64), batch_size=16), None, optimizer=opt,
+                             loss=nn.CrossEntropyLoss(), epochs=1, run_dir=tmp_path / "run", **QUIET)
+    assert result.status == "completed" and result.step == 4
+    started = next(e for e in events(tmp_path / "run") if e["kind"] == "RunStarted")
+    assert started["batch_size"] == 16 and "batch_size = 16" in (tmp_path / "run" / "config.toml").read_text()
+    err = _bad(capsys, train_data=DataLoader(Blobs(64), batch_size=16), batch_size=32, run_dir=tmp_path / "b")
+    assert err == ("tui-trainer: error: fit: batch_size: is 32, but train_data is a DataLoader that makes batches of"
+                   " 16; leave batch_size out (a DataLoader keeps its own)"), err
+
+
+def test_a_one_cycle_sized_for_more_steps_than_the_run_makes_is_a_warning(tmp_path, one_torch_thread):
+    model, opt = objects()  # 100 samples, batch 32: len(loader) 4, but fit makes 3 steps an epoch
+    long = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, steps_per_epoch=4, epochs=2)
+    result = tui_trainer.fit(model, Blobs(100), None, optimizer=opt, loss=nn.CrossEntropyLoss(), scheduler=long,
+                             epochs=2, batch_size=32, run_dir=tmp_path / "run", **QUIET)
+    assert result.status == "completed" and result.step == 6
+    warnings = [e["message"] for e in events(tmp_path / "run") if e["kind"] == "RunWarning"]
+    assert ("scheduler: OneCycleLR is sized for 8 steps and the run makes 6 (3 an epoch: a last partial batch is"
+            " dropped), so the run ends before its annealing does; give it total_steps=6") in warnings, warnings

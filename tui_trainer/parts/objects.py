@@ -308,6 +308,11 @@ def _from_objects(preset, model, train, val, optimizer, loss_fn, scheduler, inte
     schedule = LrSchedule(optimizer, scheduler, interval, warmup)
     group_names = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
     plan = plan_objects(optimizer, scheduler, interval, warmup, steps_per_epoch, total_steps, group_names, strict=True)
+    planned = getattr(scheduler, "total_steps", None) if type(scheduler).__name__ == "OneCycleLR" else None
+    if isinstance(planned, int) and planned > total_steps:  # sized by len(loader): counts the dropped partial batch
+        warnings_.append(f"scheduler: OneCycleLR is sized for {planned} steps and the run makes {total_steps}"
+                         f" ({steps_per_epoch} an epoch: a last partial batch is dropped), so the run ends before"
+                         f" its annealing does; give it total_steps={total_steps}")
     amp_dtype = resolve_amp(preset.train.amp, device)
     return Parts(preset, model, device, device_label(device), amp_dtype, data, optimizer, schedule, loss_fn, layers,
                  plan, steps_per_epoch, total_steps, f"your {type(model).__name__}", warnings_, callbacks, step_fn,

@@ -268,6 +268,7 @@ def fit(model, train_data, val_data=None, *, optimizer, loss, scheduler=None, me
         groups = getattr(optimizer, "param_groups", None)
         if groups and isinstance(groups[0].get("lr"), (int, float)) and groups[0]["lr"] > 0:
             record["optimizer.lr"] = float(groups[0]["lr"])
+        record.update(_loader_batch(train_data, settings))
         cfg = settings_preset(preset, name, settings, metrics, record)
         if cfg.train.devices != 1 and "WORLD_SIZE" not in os.environ:
             raise UserError(f"is {cfg.train.devices}: fit trains in this process, with your objects; for several"
@@ -333,6 +334,26 @@ def capture_prints(trainer, outer) -> None:
             capture.stop()
 
     trainer.sink, trainer.run = deliver, run_capturing
+
+
+def _loader_batch(train_data, settings: dict[str, Any]) -> dict[str, int]:
+    """A DataLoader keeps its own batch size: the run counts samples (samples/s, config.toml) with
+    it, not with the batch_size setting, which only Datasets use; a different batch_size is refused."""
+    from torch.utils.data import DataLoader
+
+    if not isinstance(train_data, DataLoader):
+        return {}
+    size = train_data.batch_size or getattr(train_data.batch_sampler, "batch_size", None)
+    if not isinstance(size, int) or size < 1:
+        return {}
+    data = settings.get("data") if isinstance(settings.get("data"), dict) else {}
+    for key, given in (("batch_size", settings.get("batch_size")), ("data.batch_size", settings.get("data.batch_size")),
+                       ("data", data.get("batch_size"))):
+        if given is not None and given != size:
+            raise UserError(f"is {given}, but train_data is a DataLoader that makes batches of {size}; leave"
+                            " batch_size out (a DataLoader keeps its own)", source=SOURCE,
+                            key="batch_size" if key == "data" else key)
+    return {"data.batch_size": size}
 
 
 def _preset_table(preset) -> dict[str, Any]:
