@@ -437,3 +437,14 @@ def test_a_one_cycle_sized_for_more_steps_than_the_run_makes_is_a_warning(tmp_pa
     warnings = [e["message"] for e in events(tmp_path / "run") if e["kind"] == "RunWarning"]
     assert ("scheduler: OneCycleLR is sized for 8 steps and the run makes 6 (3 an epoch: a last partial batch is"
             " dropped), so the run ends before its annealing does; give it total_steps=6") in warnings, warnings
+
+
+def test_every_epochs_0_still_ends_a_completed_run_with_a_last_pt_to_resume(tmp_path, one_torch_thread):
+    """A best.pt at the last epoch's end counted as the run's save: no last.pt, and resume="auto" found none."""
+    model, opt = objects()
+    result = tui_trainer.fit(model, Blobs(64), Blobs(32, seed=1), optimizer=opt, loss=nn.CrossEntropyLoss(),
+                             epochs=2, batch_size=16, every_epochs=0, name="e0", run_dir=tmp_path / "run", **QUIET)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert result.last_path == str(ckpts / "last.pt") and (ckpts / "last.pt").is_file()
+    assert not any(p.name.startswith("epoch-") for p in ckpts.iterdir())
+    assert torch.load(ckpts / "last.pt", weights_only=True)["step"] == 8

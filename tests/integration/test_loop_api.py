@@ -812,3 +812,11 @@ def test_a_log_value_that_is_not_a_number_fails_naming_the_argument(tmp_path, on
     final = events(tmp_path / "run")[-1]
     assert final["kind"] == "Failed" and final["error"] == ("TypeError: run.log(acc=...) is a str ('high'); give a"
                                                             " number or a tensor"), final["error"]
+
+
+def test_every_epochs_0_still_ends_a_completed_loop_with_a_last_pt(tmp_path, one_torch_thread):
+    t = Textbook(epochs=2, val=[1.0, 0.5])  # epoch 2 improves: its best.pt was the run's last save
+    assert t.loop(tmp_path, checkpoint={"every_epochs": 0}) == 0
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]
+    assert torch.load(ckpts / "last.pt", weights_only=True)["step"] == 12

@@ -751,8 +751,8 @@ class Trainer:
     def _saved(self, tags: tuple[str, ...], name: str) -> None:
         """A save done: on rank 0 written; on the others, what rank 0 wrote (Finished's paths, so
         that `fit`'s Result names the same files on every rank)."""
-        self._saved_step = self.step
-        if "last" in tags or name == "last.pt":
+        if "last" in tags or name == "last.pt":  # the step last.pt holds: the final save skips only that one
+            self._saved_step = self.step  # (a best.pt alone, every_epochs = 0, left a run with no last.pt)
             self._last_path = self.checkpoints.root / "last.pt"
         if "best" in tags:
             self._best_path = self.checkpoints.root / "best.pt"

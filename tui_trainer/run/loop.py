@@ -1018,8 +1018,8 @@ class Run:
                 goes_on = "" if "emergency" in tags else "; the previous checkpoint is intact; training goes on"
                 self._warn(f"checkpoint NOT saved ({name}): {why}{goes_on}")
             return None
-        self._saved_at = (self.step, self.epoch, self._in_epoch)
-        if "last" in tags:
+        if "last" in tags:  # where last.pt is: the final save skips only that (not a best.pt alone)
+            self._saved_at = (self.step, self.epoch, self._in_epoch)
             self._last_path = self._checkpoints.root / "last.pt"
         if "best" in tags:
             self._best_path = self._checkpoints.root / "best.pt"
