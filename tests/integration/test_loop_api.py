@@ -820,3 +820,41 @@ def test_every_epochs_0_still_ends_a_completed_loop_with_a_last_pt(tmp_path, one
     ckpts = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]
     assert torch.load(ckpts / "last.pt", weights_only=True)["step"] == 12
+
+
+class ReturnsMidEpoch(Textbook):
+    """The textbook loop that returns from inside run.batches at step `cut` (a user's time budget)."""
+
+    def __init__(self, cut=None, **kw):
+        super().__init__(**kw)
+        self.cut = cut
+
+    def __call__(self, run):
+        for epoch in run.epochs(self.epochs):
+            for x, y in run.batches(self.loader):
+                self.opt.zero_grad()
+                loss = self.crit(self.model(x), y)
+                loss.backward()
+                self.opt.step()
+                run.log(loss=loss)
+                if run.step + 1 == self.cut:
+                    return
+            run.log_epoch(val_loss=1.0 / (epoch + 1))
+
+
+def test_a_return_from_inside_the_batches_leaves_the_epoch_unfinished_and_resumes_exactly(tmp_path, one_torch_thread):
+    """It counted as a finished epoch: "epoch 2 done" from 3 of 6 batches, a best.pt judged on its train
+    loss, and a resume that skipped the rest of the epoch (weights off by ~0.02)."""
+    whole = ReturnsMidEpoch(epochs=3)
+    assert whole.loop(tmp_path, "whole") == 0
+    cut = ReturnsMidEpoch(cut=9, epochs=3)  # epoch 2, batch 3 of 6
+    assert cut.loop(tmp_path, "cut") == 0
+    ev = events(tmp_path / "cut")
+    assert [e["epoch"] for e in ev if e["kind"] == "EpochEnd"] == [1]
+    assert [e["tags"] for e in ev if e["kind"] == "CheckpointSaved"][-1] == ["final", "last"]
+    assert ev[-1]["kind"] == "Finished" and ev[-1]["step"] == 9
+    again = ReturnsMidEpoch(epochs=3)
+    assert again.loop(tmp_path, "cut", resume=tmp_path / "cut" / "checkpoints" / "last.pt") == 0
+    for (name, a), b in zip(whole.model.named_parameters(), again.model.parameters()):
+        assert torch.equal(a, b), name
+    assert [e["epoch"] for e in events(tmp_path / "cut") if e["kind"] == "EpochEnd"] == [1, 2, 3]

@@ -42,7 +42,10 @@ Decisions (what a careful user may rely on):
   once per epoch (for the training batches: iterate validation loaders directly).
 - A `break` out of `run.batches` ends the epoch's batches (the batch in flight counts when
   `run.log` was called for it); a `break` out of `run.epochs` ends the loop: its epoch ends and the
-  final checkpoint is written when `train_fn` returns.
+  final checkpoint is written when `train_fn` returns. A `return` (or a break out of both) from
+  inside `run.batches` before the epoch's last batch, with no `run.log_epoch` for it, leaves that
+  epoch unfinished, as a stop does: no epoch result, no best.pt from part of an epoch, and the final
+  last.pt is at that batch, so a resume finishes the epoch.
 - LR keys: every param group's LR is the user's schedule value x the manual factor. The user's
   scheduler instance is wrapped for the run (its class is swapped for a subclass whose `step()` puts
   the schedule's own LR back into the param groups, steps, and applies the factor again), so
@@ -513,6 +516,7 @@ class Run:
         # state
         self._epochs_used = False
         self._left_epochs = False  # a break out of run.epochs: its epoch ends when train_fn returns
+        self._left_mid = False  # the last run.batches was left before its end (a break, a return)
         self._started = False
         self._early_events: list[Event] = []
         self._warnings: list[str] = []
@@ -630,7 +634,7 @@ class Run:
         return self._batches(loader)
 
     def _batches(self, loader) -> Iterator[Any]:
-        self._epoch_trained = True
+        self._epoch_trained, self._left_mid = True, False
         if self._t_tail is not None:
             self._tail_seconds = time.monotonic() - self._t_tail
             self._t_tail = None
@@ -673,6 +677,7 @@ class Run:
             if self._logged_step == self.step + 1 and not self._ended:
                 self.step += 1  # the batch in flight was trained (run.log was called for it)
                 self._in_epoch += 1
+            self._left_mid = not self._steps_per_epoch or self._in_epoch < self._steps_per_epoch
             raise
         finally:
             self._iterator = None
@@ -1183,6 +1188,11 @@ class Run:
     def _finish(self, t0: float) -> Finished | Failed:
         if not self._started:
             self._start(None)
+        if (self._left_epochs and self._left_mid and self._epoch_trained and not self._epoch_metrics
+                and not self._stopped_mid and not self._nonfinite):
+            # returned from inside run.batches, the epoch not done and not judged by the loop: as a stop,
+            # not an epoch result (a best.pt from part of an epoch; a resume that skipped the rest)
+            self._stopped_mid = True
         if self._epoch_trained and not self._stopped_mid and not self._nonfinite and (
                 self._left_epochs or not self._epochs_used):
             self._end_epoch()  # a break out of run.epochs, or no run.epochs: the last epoch ends here
