@@ -448,3 +448,16 @@ def test_every_epochs_0_still_ends_a_completed_run_with_a_last_pt_to_resume(tmp_
     assert result.last_path == str(ckpts / "last.pt") and (ckpts / "last.pt").is_file()
     assert not any(p.name.startswith("epoch-") for p in ckpts.iterdir())
     assert torch.load(ckpts / "last.pt", weights_only=True)["step"] == 8
+
+
+def test_a_report_emitted_after_the_epochs_scheduler_step_shows_the_lr_its_steps_trained_at(tmp_path,
+                                                                                           one_torch_thread):
+    """Losses left to the run's last report (paced) were shown with the LR after the final scheduler.step()."""
+    model, opt = objects(lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+    result = tui_trainer.fit(model, Blobs(64), None, optimizer=opt, loss=nn.CrossEntropyLoss(), scheduler=sched,
+                             epochs=2, batch_size=16, run_dir=tmp_path / "run", ui=False, log_every=1,
+                             log_min_interval_s=60)
+    assert result.status == "completed"
+    reports = [e for e in events(tmp_path / "run") if e["kind"] == "StepReport"]
+    assert reports[-1]["step"] == 8 and reports[-1]["lrs"] == [0.05], reports[-1]  # epoch 2's, not 0.025

@@ -858,3 +858,11 @@ def test_a_return_from_inside_the_batches_leaves_the_epoch_unfinished_and_resume
     for (name, a), b in zip(whole.model.named_parameters(), again.model.parameters()):
         assert torch.equal(a, b), name
     assert [e["epoch"] for e in events(tmp_path / "cut") if e["kind"] == "EpochEnd"] == [1, 2, 3]
+
+
+def test_a_loop_report_emitted_after_the_users_scheduler_step_shows_the_lr_its_steps_trained_at(tmp_path,
+                                                                                                one_torch_thread):
+    t = Textbook(epochs=2, lr=0.1, sched=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5))
+    assert t.loop(tmp_path, log_min_interval_s=60) == 0  # the epochs' last losses wait for a later report
+    reports = [e for e in events(tmp_path / "run") if e["kind"] == "StepReport"]
+    assert reports[-1]["step"] == 12 and reports[-1]["lrs"] == [0.05], reports[-1]  # epoch 2's, not 0.025

@@ -158,6 +158,7 @@ class Trainer:
         self._pending_first = 1  # the step number of _pending[0]
         self._values: list[float] = []  # losses read (reduced over the ranks), not reported yet
         self._values_first = 1  # the step number of _values[0]
+        self._values_lrs: tuple[float, ...] | None = None  # the LRs when the newest of _values was read
         self._rank_slots: list[float] = []  # every rank's memory, as the last sync had it (probes.unpack)
         self._mine_read, self._mine_at = None, -math.inf  # this rank's memory, read at most every MEMORY_EVERY_S
         self._mine_slot: list[float] = []  # ... as one slot (probes.slot): what a CPU sync gathers
@@ -660,6 +661,8 @@ class Trainer:
         if not self._values:
             self._values_first = first
         self._values += values
+        if values:  # the LR they trained at: a report emitted later (after an epoch's scheduler step) shows it
+            self._values_lrs = tuple(self.schedule.current())
         finite = [v for v in values if math.isfinite(v)]
         self.epoch_loss[0] += sum(finite)
         self.epoch_loss[1] += len(finite)
@@ -685,8 +688,8 @@ class Trainer:
             self._mem_at = now
             memory, ranks = ((self._mine_read, probes.unpack(self._rank_slots, self.dist.world)) if self.dist.active
                              else (self._memory.read(), ()))
-        self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values),
-                              tuple(self.schedule.current()), len(values) * self.batch_size / dt, eta, memory,
+        lrs, self._values_lrs = self._values_lrs or tuple(self.schedule.current()), None
+        self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values), lrs, len(values) * self.batch_size / dt, eta, memory,
                               ranks, wait / dt))
         self._input_bound(wait / dt, now)
         if (self._stats is not None and now - self._stats_at >= self._stats_every

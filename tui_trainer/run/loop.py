@@ -517,6 +517,7 @@ class Run:
         self._epochs_used = False
         self._left_epochs = False  # a break out of run.epochs: its epoch ends when train_fn returns
         self._left_mid = False  # the last run.batches was left before its end (a break, a return)
+        self._read_lrs: tuple[float, ...] | None = None  # the LRs when the newest unreported loss was read
         self._started = False
         self._early_events: list[Event] = []
         self._warnings: list[str] = []
@@ -939,6 +940,8 @@ class Run:
         bad = next((v for v in values if not math.isfinite(v)), None) if len(finite) != len(values) else None
         now = time.monotonic()
         self._unreported += values
+        if values and self.optimizer is not None:  # the LR they trained at: a report emitted later (after
+            self._read_lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)  # the loop's sched.step)
         if not force and bad is None and now - self._reported_at < self._log_min_s:
             self._active += now - self._t_report  # their training time, for samples/s
             self._t_report = now
@@ -964,7 +967,9 @@ class Run:
             memory = self._memory.read()
         if self._schedule is not None and self._schedule.adopt():  # the loop wrote an LR itself
             self._emit(LrChanged(self.step, tuple(self._schedule.current()), self._schedule.manual_factor, "loop"))
-        lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups) if self.optimizer is not None else ()
+        lrs = self._read_lrs or (tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+                                 if self.optimizer is not None else ())
+        self._read_lrs = None
         self._emit(StepReport(self.step, self.epoch_of_step, self.step - len(values) + 1, tuple(values), lrs,
                               max(steps, 0) * max(self._batch_size, 0) / dt, eta, memory, data_wait=wait / dt))
         self._input_bound(wait / dt, now)
