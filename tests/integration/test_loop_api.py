@@ -866,3 +866,36 @@ def test_a_loop_report_emitted_after_the_users_scheduler_step_shows_the_lr_its_s
     assert t.loop(tmp_path, log_min_interval_s=60) == 0  # the epochs' last losses wait for a later report
     reports = [e for e in events(tmp_path / "run") if e["kind"] == "StepReport"]
     assert reports[-1]["step"] == 12 and reports[-1]["lrs"] == [0.05], reports[-1]  # epoch 2's, not 0.025
+
+
+class ValSometimes(Textbook):
+    """The textbook loop that logs val_loss only in the epochs of `val_in` (0-based), as 5.0: worse than
+    any train loss of this data."""
+
+    def __init__(self, val_in, **kw):
+        super().__init__(**kw)
+        self.val_in = val_in
+
+    def __call__(self, run):
+        for epoch in run.epochs(self.epochs):
+            for x, y in run.batches(self.loader):
+                self.opt.zero_grad()
+                loss = self.crit(self.model(x), y)
+                loss.backward()
+                self.opt.step()
+                run.log(loss=loss)
+            if epoch in self.val_in:
+                run.log_epoch(val_loss=5.0 - epoch * 0.1)
+
+
+@pytest.mark.parametrize("val_in, best_epoch", [((0,), 1), ((1, 2), 3)])
+def test_a_train_loss_never_stands_in_for_a_validation_loss_the_loop_logs(tmp_path, one_torch_thread, val_in,
+                                                                          best_epoch):
+    """An epoch without val_loss was judged by its train loss against the best val_loss (0.6 beat 5.0: best.pt
+    overwritten); and once judged by train losses, the first val_loss never beat them."""
+    t = ValSometimes(val_in, epochs=3)
+    assert t.loop(tmp_path) == 0
+    ends = [e for e in events(tmp_path / "run") if e["kind"] == "EpochEnd"]
+    assert ends[-1]["best_epoch"] == best_epoch and ends[-1]["monitor"] == "val_loss", ends[-1]
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert saved["step"] == 6 * best_epoch

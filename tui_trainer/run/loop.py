@@ -494,6 +494,7 @@ class Run:
         self._best = Best(resolve_mode(self._monitor, cfg.checkpoint.mode, goals))
         self._best_monitor = self._monitor  # what _best.value is: train_loss where an epoch logged no monitor
         self._said_unlogged = False  # the warning that the monitor is never logged, said once
+        self._monitors_logged: set[str] = set()  # every epoch number logged so far (no train_loss fallback for them)
         es = cfg.early_stopping
         self._early = EarlyStopping(resolve_mode(es.monitor, es.mode, goals), es.patience, es.min_delta) \
             if es.enabled else None
@@ -860,19 +861,32 @@ class Run:
         everything = {"val_loss": val_loss, "val_acc": val_acc, "train_loss": train_loss, **metrics}
         # an epoch without the monitored number (no run.log_epoch of it) is judged by its train_loss
         # when the monitor is a loss too, else not at all (stopping.monitored)
-        value, monitor = monitored(everything, self._monitor, self._best.mode, train_loss)
+        # ... but only until the loop logs the monitor itself: after that an epoch without it is not judged (a
+        # train loss against a best validation loss), and the first epoch with it starts the best afresh
+        logged = {k for k, v in everything.items() if v is not None}
+        if self._monitor in logged and self._best_monitor != self._monitor:
+            self._best.value, self._best.epoch, self._best.bad_epochs = None, None, 0
+        seen = self._monitors_logged
+        seen |= logged
+        if self._best_monitor == self._monitor and self._best.value is not None:
+            seen.add(self._monitor)  # judged by it before (a resume's best too)
+        value, monitor = monitored(everything, self._monitor, self._best.mode,
+                                   None if self._monitor in seen else train_loss)
         if value is None and not self._said_unlogged and everything.get(self._monitor) is None:
             self._said_unlogged = True  # else a run with save_best made no best.pt, silently
-            logged = ", ".join(k for k, v in everything.items() if v is not None) or "nothing"
-            self._warn(f"checkpoint.monitor is {self._monitor} and epoch {epoch_no} logged none ({logged}): no"
-                       f" epoch is judged and no best.pt is kept; run.log_epoch({self._monitor}=...) each epoch, or"
+            have = ", ".join(k for k, v in everything.items() if v is not None) or "nothing"
+            what = ("it is not judged (only epochs that log it are)" if self._monitor in seen
+                    else "no epoch is judged and no best.pt is kept")
+            self._warn(f"checkpoint.monitor is {self._monitor} and epoch {epoch_no} logged none ({have}): {what};"
+                       f" run.log_epoch({self._monitor}=...) each epoch, or"
                        f' checkpoint={{"monitor": "<one of those>"}}')
         improved = self._best.update(value, epoch_no) if value is not None else False
         if improved:
             self._best_monitor = monitor
         if self._early is not None:
             es = self._cfg.early_stopping
-            self._early.update(monitored(everything, es.monitor, self._early.best.mode, train_loss)[0], epoch_no)
+            self._early.update(monitored(everything, es.monitor, self._early.best.mode,
+                                         None if es.monitor in seen else train_loss)[0], epoch_no)
         self.epoch += 1
         if not self._steps_per_epoch:
             self._seen_per_epoch = self._in_epoch
