@@ -88,6 +88,14 @@ class Textbook:
                 else:
                     self.sched.step()
 
+    def plain_step(self, run, x, y) -> None:
+        """The textbook body alone (for loops that change the epoch's shape, not the step)."""
+        self.opt.zero_grad()
+        loss = self.crit(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        run.log(loss=loss)
+
     def loop(self, tmp_path, name="run", **kw):
         kw = {**QUIET, **kw}
         return tui_trainer.loop(self, model=self.model, optimizer=self.opt, scheduler=self.sched,
@@ -832,11 +840,7 @@ class ReturnsMidEpoch(Textbook):
     def __call__(self, run):
         for epoch in run.epochs(self.epochs):
             for x, y in run.batches(self.loader):
-                self.opt.zero_grad()
-                loss = self.crit(self.model(x), y)
-                loss.backward()
-                self.opt.step()
-                run.log(loss=loss)
+                self.plain_step(run, x, y)
                 if run.step + 1 == self.cut:
                     return
             run.log_epoch(val_loss=1.0 / (epoch + 1))
@@ -879,11 +883,7 @@ class ValSometimes(Textbook):
     def __call__(self, run):
         for epoch in run.epochs(self.epochs):
             for x, y in run.batches(self.loader):
-                self.opt.zero_grad()
-                loss = self.crit(self.model(x), y)
-                loss.backward()
-                self.opt.step()
-                run.log(loss=loss)
+                self.plain_step(run, x, y)
             if epoch in self.val_in:
                 run.log_epoch(val_loss=5.0 - epoch * 0.1)
 
