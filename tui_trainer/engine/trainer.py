@@ -689,8 +689,8 @@ class Trainer:
             memory, ranks = ((self._mine_read, probes.unpack(self._rank_slots, self.dist.world)) if self.dist.active
                              else (self._memory.read(), ()))
         lrs, self._values_lrs = self._values_lrs or tuple(self.schedule.current()), None
-        self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values), lrs, len(values) * self.batch_size / dt, eta, memory,
-                              ranks, wait / dt))
+        self._emit(StepReport(first + len(values) - 1, self.epoch_of_step, first, tuple(values), lrs,
+                              len(values) * self.batch_size / dt, eta, memory, ranks, wait / dt))
         self._input_bound(wait / dt, now)
         if (self._stats is not None and now - self._stats_at >= self._stats_every
                 and (self._stats_wanted is None or self._stats_wanted())):

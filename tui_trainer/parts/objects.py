@@ -48,8 +48,8 @@ PRESET_HINTS = (("check model.arch and the input size (data.image_size, data.cha
                  "the model's first layer must take this input"),
                 ("check [loss] and that", "check the loss and that"),
                 ("(or write a [step] fn)", "(or pass step=fn)"),
-                ('[step] fn = "package.module:step" (see the README)', "pass step=fn, a function (model, batch, loss_fn)"
-                 " -> loss (see the README)"))
+                ('[step] fn = "package.module:step" (see the README)',
+                 "pass step=fn, a function (model, batch, loss_fn) -> loss (see the README)"))
 
 
 def is_loader(data: Any) -> bool:

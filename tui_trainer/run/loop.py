@@ -494,7 +494,7 @@ class Run:
         self._best = Best(resolve_mode(self._monitor, cfg.checkpoint.mode, goals))
         self._best_monitor = self._monitor  # what _best.value is: train_loss where an epoch logged no monitor
         self._said_unlogged = False  # the warning that the monitor is never logged, said once
-        self._monitors_logged: set[str] = set()  # every epoch number logged so far (no train_loss fallback for them)
+        self._monitors_logged: set[str] = set()  # every number an epoch has logged (none falls back to train_loss)
         es = cfg.early_stopping
         self._early = EarlyStopping(resolve_mode(es.monitor, es.mode, goals), es.patience, es.min_delta) \
             if es.enabled else None
