@@ -830,12 +830,13 @@ def test_every_epochs_0_still_ends_a_completed_loop_with_a_last_pt(tmp_path, one
     assert torch.load(ckpts / "last.pt", weights_only=True)["step"] == 12
 
 
-class ReturnsMidEpoch(Textbook):
-    """The textbook loop that returns from inside run.batches at step `cut` (a user's time budget)."""
+class Reshaped(Textbook):
+    """The textbook body in a loop whose epochs change shape: it returns from inside run.batches at step
+    `cut` (a user's time budget), and logs val_loss = `val_of(epoch)` (0-based) where that is not None."""
 
-    def __init__(self, cut=None, **kw):
+    def __init__(self, cut=None, val_of=lambda epoch: 1.0 / (epoch + 1), **kw):
         super().__init__(**kw)
-        self.cut = cut
+        self.cut, self.val_of = cut, val_of
 
     def __call__(self, run):
         for epoch in run.epochs(self.epochs):
@@ -843,21 +844,22 @@ class ReturnsMidEpoch(Textbook):
                 self.plain_step(run, x, y)
                 if run.step + 1 == self.cut:
                     return
-            run.log_epoch(val_loss=1.0 / (epoch + 1))
+            if (val := self.val_of(epoch)) is not None:
+                run.log_epoch(val_loss=val)
 
 
 def test_a_return_from_inside_the_batches_leaves_the_epoch_unfinished_and_resumes_exactly(tmp_path, one_torch_thread):
     """It counted as a finished epoch: "epoch 2 done" from 3 of 6 batches, a best.pt judged on its train
     loss, and a resume that skipped the rest of the epoch (weights off by ~0.02)."""
-    whole = ReturnsMidEpoch(epochs=3)
+    whole = Reshaped(epochs=3)
     assert whole.loop(tmp_path, "whole") == 0
-    cut = ReturnsMidEpoch(cut=9, epochs=3)  # epoch 2, batch 3 of 6
+    cut = Reshaped(cut=9, epochs=3)  # epoch 2, batch 3 of 6
     assert cut.loop(tmp_path, "cut") == 0
     ev = events(tmp_path / "cut")
     assert [e["epoch"] for e in ev if e["kind"] == "EpochEnd"] == [1]
     assert [e["tags"] for e in ev if e["kind"] == "CheckpointSaved"][-1] == ["final", "last"]
     assert ev[-1]["kind"] == "Finished" and ev[-1]["step"] == 9
-    again = ReturnsMidEpoch(epochs=3)
+    again = Reshaped(epochs=3)
     assert again.loop(tmp_path, "cut", resume=tmp_path / "cut" / "checkpoints" / "last.pt") == 0
     for (name, a), b in zip(whole.model.named_parameters(), again.model.parameters()):
         assert torch.equal(a, b), name
@@ -872,28 +874,13 @@ def test_a_loop_report_emitted_after_the_users_scheduler_step_shows_the_lr_its_s
     assert reports[-1]["step"] == 12 and reports[-1]["lrs"] == [0.05], reports[-1]  # epoch 2's, not 0.025
 
 
-class ValSometimes(Textbook):
-    """The textbook loop that logs val_loss only in the epochs of `val_in` (0-based), as 5.0: worse than
-    any train loss of this data."""
-
-    def __init__(self, val_in, **kw):
-        super().__init__(**kw)
-        self.val_in = val_in
-
-    def __call__(self, run):
-        for epoch in run.epochs(self.epochs):
-            for x, y in run.batches(self.loader):
-                self.plain_step(run, x, y)
-            if epoch in self.val_in:
-                run.log_epoch(val_loss=5.0 - epoch * 0.1)
-
-
 @pytest.mark.parametrize("val_in, best_epoch", [((0,), 1), ((1, 2), 3)])
 def test_a_train_loss_never_stands_in_for_a_validation_loss_the_loop_logs(tmp_path, one_torch_thread, val_in,
                                                                           best_epoch):
     """An epoch without val_loss was judged by its train loss against the best val_loss (0.6 beat 5.0: best.pt
     overwritten); and once judged by train losses, the first val_loss never beat them."""
-    t = ValSometimes(val_in, epochs=3)
+    # val_loss 5.0 - 0.1 x epoch in the epochs of val_in (0-based): worse than any train loss of this data
+    t = Reshaped(val_of=lambda epoch: 5.0 - epoch * 0.1 if epoch in val_in else None, epochs=3)
     assert t.loop(tmp_path) == 0
     ends = [e for e in events(tmp_path / "run") if e["kind"] == "EpochEnd"]
     assert ends[-1]["best_epoch"] == best_epoch and ends[-1]["monitor"] == "val_loss", ends[-1]
